@@ -1,0 +1,101 @@
+"""The Starlette app: routes, JSON errors, and a lifespan that owns the store and the relay."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from scorers import Scorer, available, select
+from webhook.deliver import Relay
+from webhook.helicone import Helicone
+from webhook.receive import Ingest, error, json_response, receive
+from webhook.settings import Settings, SettingsError
+from webhook.store import open_store
+from webhook.verify import Verifier
+
+__all__ = ["create_app", "startup_checks"]
+
+log = logging.getLogger("webhook")
+
+
+def startup_checks(settings: Settings) -> list[Scorer]:
+    """Refuse unsafe or broken configurations before serving; returns the scorers to run."""
+    if not settings.secrets and not settings.allow_unsigned:
+        raise SettingsError(
+            "HELICONE_WEBHOOK_SECRET is not set: set it to the webhook's HMAC key"
+            " (or SCORER_ALLOW_UNSIGNED=true for local tries only)"
+        )
+    return select(available())
+
+
+def create_app(settings: Settings, scorers: list[Scorer] | None = None) -> Starlette:
+    chosen = startup_checks(settings) if scorers is None else scorers
+    store = open_store(settings.database_url)
+    client = (
+        None
+        if settings.api_key is None
+        else Helicone(
+            settings.api_base, settings.api_key.get_secret_value(), timeout=settings.post_timeout
+        )
+    )
+    relay = Relay(store, chosen, client, concurrency=settings.relay_concurrency)
+    verifier = Verifier(settings.secrets) if settings.secrets else None
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if verifier is None:
+            log.warning("SCORER_ALLOW_UNSIGNED is on: webhooks are NOT verified. Local use only.")
+        if client is None:
+            log.warning("HELICONE_API_KEY is not set: dry run, scores are stored but not posted")
+        log.info("scorers: %s", ", ".join(s.name for s in chosen) or "(none)")
+        await store.open()
+        await relay.start()
+        try:
+            yield
+        finally:
+            await relay.stop(settings.shutdown_grace)
+            if client is not None:
+                await client.aclose()
+            await store.close()
+
+    async def healthz(request: Request) -> Response:
+        return json_response(200, {"status": "ok"})
+
+    async def readyz(request: Request) -> Response:
+        try:
+            await asyncio.wait_for(store.ping(), 5.0)
+        except Exception as exc:
+            return error(503, f"store is not writable: {type(exc).__name__}")
+        return json_response(200, {"status": "ready"})
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        response = error(exc.status_code, exc.detail)
+        if exc.headers:
+            response.headers.update(exc.headers)
+        return response
+
+    async def internal_error(request: Request, exc: Exception) -> Response:
+        return error(500, "internal error")
+
+    app = Starlette(
+        routes=[
+            Route("/webhook", receive, methods=["POST"]),
+            Route("/", receive, methods=["POST"]),
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/readyz", readyz, methods=["GET"]),
+        ],
+        exception_handlers={HTTPException: http_error, Exception: internal_error},
+        lifespan=lifespan,
+    )
+    app.state.ingest = Ingest(store, verifier, settings.max_body_bytes, relay.wake)
+    app.state.store = store
+    return app

@@ -1,0 +1,144 @@
+"""The ``helicone-scorer`` command line."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import uuid
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import httpx2
+import orjson
+import typer
+
+from scorers import UnknownScorerError
+from webhook.settings import Settings, SettingsError, load_settings
+from webhook.verify import sign
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    help="Score Helicone traffic: a webhook that scores every logged LLM response.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    typer.echo(f"helicone-scorer: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def settings_or_exit() -> Settings:
+    try:
+        return load_settings()
+    except SettingsError as exc:
+        fail(str(exc))
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "0.0.0.0",
+    port: Annotated[
+        int | None, typer.Option(help="Port to listen on [default: $PORT or 8080].")
+    ] = None,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+) -> None:
+    """Run the webhook server, with its background relay to Helicone."""
+    import uvicorn
+
+    from webhook.app import create_app
+
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    settings = settings_or_exit()
+    try:
+        application = create_app(settings)
+    except (SettingsError, UnknownScorerError, ValueError) as exc:
+        fail(str(exc))
+    uvicorn.run(
+        application,
+        host=host,
+        port=port or settings.port,
+        log_level=log_level,
+        access_log=False,
+        timeout_graceful_shutdown=int(settings.shutdown_grace) + 5,
+        server_header=False,
+    )
+
+
+SAMPLE = {
+    "request_body": {
+        "model": "gpt-4o-mini",
+        "messages": [{"role": "user", "content": "Say hello in three languages."}],
+    },
+    "response_body": {
+        "id": "chatcmpl-sample",
+        "object": "chat.completion",
+        "model": "gpt-4o-mini",
+        "choices": [
+            {
+                "index": 0,
+                "message": {
+                    "role": "assistant",
+                    "content": "Hello! Bonjour! ¡Hola! Three ways to say hello.",
+                },
+                "finish_reason": "stop",
+            }
+        ],
+    },
+    "model": "gpt-4o-mini",
+    "provider": "OPENAI",
+    "metadata": {
+        "cost": 0.000012,
+        "promptTokens": 14,
+        "completionTokens": 12,
+        "totalTokens": 26,
+        "latencyMs": 420,
+    },
+}
+
+
+@app.command()
+def send(
+    file: Annotated[
+        Path | None,
+        typer.Argument(help="Payload JSON file, or - for stdin [default: a built-in sample]."),
+    ] = None,
+    url: Annotated[str, typer.Option(help="Where the server listens.")] = (
+        "http://127.0.0.1:8080/webhook"
+    ),
+    secret: Annotated[
+        str | None,
+        typer.Option(
+            envvar="HELICONE_WEBHOOK_SECRET",
+            help="Key to sign with [default: $HELICONE_WEBHOOK_SECRET; the first if several].",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Sign a payload as Helicone does and POST it, to try a server locally."""
+    if file is None:
+        body = orjson.dumps({"request_id": str(uuid.uuid4()), **SAMPLE})
+    else:
+        try:
+            body = sys.stdin.buffer.read() if str(file) == "-" else file.read_bytes()
+        except OSError as exc:
+            fail(f"cannot read {file}: {exc.strerror}")
+    headers = {"Content-Type": "application/json"}
+    if secret:
+        headers["Helicone-Signature"] = sign(secret.split(",")[0].strip(), body)
+    try:
+        response = httpx2.post(url, content=body, headers=headers, timeout=30)
+    except httpx2.HTTPError as exc:
+        fail(f"cannot reach {url}: {exc}", 1)
+    typer.echo(f"{response.status_code} {response.text}")
+    if response.is_error:
+        raise typer.Exit(1)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,88 @@
+"""Receive Helicone's webhook: bound the body, verify it, validate it, store it, then answer.
+
+The answer is the only point of durability, because Helicone never retries: 202 is sent only
+after the webhook is committed to the store. Every rejection is a short JSON ``{"error": ...}``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from webhook.store import Store
+from webhook.verify import HEADER, Verifier
+
+__all__ = ["Ingest", "error", "json_response", "receive"]
+
+log = logging.getLogger("webhook.receive")
+
+MAX_REQUEST_ID = 512
+
+
+@dataclass(slots=True)
+class Ingest:
+    """What the receiver needs, built once by the app."""
+
+    store: Store
+    verifier: Verifier | None  # None only when unsigned webhooks are explicitly allowed
+    max_body_bytes: int
+    wake: Callable[[], None]  # tell the relay there is new work
+
+
+def json_response(status: int, content: dict[str, object]) -> Response:
+    return Response(orjson.dumps(content), status_code=status, media_type="application/json")
+
+
+def error(status: int, message: str) -> Response:
+    return json_response(status, {"error": message})
+
+
+async def _read_bounded(request: Request, limit: int) -> bytes | None:
+    """The body, or None as soon as it passes ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def receive(request: Request) -> Response:
+    ingest: Ingest = request.app.state.ingest
+    body = await _read_bounded(request, ingest.max_body_bytes)
+    if body is None:
+        return error(413, f"body is larger than {ingest.max_body_bytes} bytes")
+    if ingest.verifier is not None and not ingest.verifier.verify(
+        body, request.headers.get(HEADER)
+    ):
+        return error(401, "missing or invalid Helicone-Signature")
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return error(400, "body is not valid JSON")
+    if not isinstance(payload, dict):
+        return error(422, "body must be a JSON object")
+    request_id = payload.get("request_id")
+    if not isinstance(request_id, str) or not request_id:
+        return error(422, "request_id must be a non-empty string")
+    if len(request_id) > MAX_REQUEST_ID:
+        return error(422, f"request_id is longer than {MAX_REQUEST_ID} characters")
+    try:
+        new = await ingest.store.add(request_id, body)
+    except Exception:
+        log.exception("request_id=%s outcome=store_error", request_id)
+        return error(503, "could not store the webhook; it was not accepted")
+    if not new:
+        return json_response(200, {"request_id": request_id, "status": "duplicate"})
+    ingest.wake()
+    return json_response(202, {"request_id": request_id, "status": "queued"})

@@ -1,0 +1,107 @@
+"""Settings, read from the environment and an optional ``.env`` file.
+
+The variable names are a public contract: users' deployments set them.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+__all__ = ["Settings", "SettingsError", "load_settings"]
+
+MiB = 1024 * 1024
+
+
+def _env(*names: str) -> AliasChoices:
+    return AliasChoices(*names)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", populate_by_name=True
+    )
+
+    api_key: SecretStr | None = Field(
+        default=None, validation_alias=_env("HELICONE_API_KEY", "HELICONE_AUTH")
+    )
+    webhook_secrets: Annotated[tuple[SecretStr, ...], NoDecode] = Field(
+        default=(), validation_alias=_env("HELICONE_WEBHOOK_SECRET")
+    )
+    api_base: str = Field(
+        default="https://api.helicone.ai", validation_alias=_env("HELICONE_API_BASE")
+    )
+    database_url: str = Field(
+        default="sqlite:///./data/helicone-scorer.db", validation_alias=_env("SCORER_DATABASE_URL")
+    )
+    max_body_bytes: int = Field(
+        default=16 * MiB, gt=0, validation_alias=_env("SCORER_MAX_BODY_BYTES")
+    )
+    port: int = Field(default=8080, ge=1, le=65535, validation_alias=_env("PORT"))
+    allow_unsigned: bool = Field(default=False, validation_alias=_env("SCORER_ALLOW_UNSIGNED"))
+    relay_concurrency: int = Field(
+        default=8, ge=1, le=256, validation_alias=_env("SCORER_RELAY_CONCURRENCY")
+    )
+    post_timeout: float = Field(default=10.0, gt=0, validation_alias=_env("SCORER_POST_TIMEOUT"))
+    shutdown_grace: float = Field(
+        default=20.0, ge=0, validation_alias=_env("SCORER_SHUTDOWN_GRACE")
+    )
+
+    @field_validator("webhook_secrets", mode="before")
+    @classmethod
+    def _split_secrets(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(s.strip() for s in value.split(",") if s.strip())
+        return value
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _blank_is_none(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("api_base")
+    @classmethod
+    def _check_base(cls, value: str) -> str:
+        if not value.startswith(("https://", "http://")):
+            raise ValueError("must start with https:// or http://")
+        return value.rstrip("/")
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: str) -> str:
+        if not value.startswith("sqlite:///"):
+            raise ValueError("must be sqlite:///PATH (PostgreSQL support is planned)")
+        return value
+
+    @property
+    def dry_run(self) -> bool:
+        """No API key: scores are computed and stored, but not posted."""
+        return self.api_key is None
+
+    @property
+    def secrets(self) -> list[str]:
+        return [s.get_secret_value() for s in self.webhook_secrets]
+
+
+class SettingsError(Exception):
+    """A setting has a bad value; the message is one line naming the variable."""
+
+
+def load_settings(**overrides: object) -> Settings:
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = str(err["loc"][0]) if err["loc"] else "?"
+        name = _variable_name(field)
+        raise SettingsError(f"invalid setting {name}: {err['msg']}") from None
+
+
+def _variable_name(field: str) -> str:
+    info = Settings.model_fields.get(field)
+    alias = info.validation_alias if info else None
+    if isinstance(alias, AliasChoices):
+        return str(alias.choices[0])
+    return field

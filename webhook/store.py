@@ -1,0 +1,104 @@
+"""The durable queue of webhooks: what the store promises, whatever the database.
+
+Policy:
+
+- ``add`` returns only once the webhook is committed to disk; only then may the receiver answer 2xx.
+  A ``request_id`` that is already stored is reported as a duplicate and never queued twice.
+- Delivery is at-least-once. ``claim`` hands out *leases*: a claimed webhook becomes claimable
+  again when its lease runs out, so a crash of the relay never strands work.
+- Every outcome of one attempt (done, retry later, dead) is one write, which also records the
+  computed scores, so a retry posts the same scores without scoring again.
+- ``release`` gives leases back at shutdown so the work is picked up at once after a restart.
+
+States: ``pending`` (waiting until ``available_at``), ``leased`` (being worked on until its lease
+expires), ``done`` (delivered, or nothing to deliver) and ``dead`` (a dead letter, kept until
+retried or purged).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+__all__ = ["STATES", "Job", "QueueStats", "Store", "open_store"]
+
+STATES = ("pending", "leased", "done", "dead")
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One claimed webhook."""
+
+    request_id: str
+    body: bytes
+    attempts: int  # including this one
+    received_at: float
+    scores: dict[str, int] | None  # computed by an earlier attempt, if any
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    request_id: str
+    attempts: int
+    last_status: int | None
+    last_error: str | None
+    received_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    counts: dict[str, int]
+    oldest_pending_at: float | None
+
+
+class Store(Protocol):
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
+
+    async def add(self, request_id: str, body: bytes) -> bool:
+        """Commit a webhook durably. True if new, False if ``request_id`` was already stored."""
+
+    async def claim(self, limit: int, lease_seconds: float) -> list[Job]:
+        """Lease up to ``limit`` webhooks that are due, oldest first."""
+
+    async def complete(self, request_id: str, scores: dict[str, int], status: int | None) -> None:
+        """Mark delivered (``status`` is the API's answer, None when nothing was posted)."""
+
+    async def retry(
+        self,
+        request_id: str,
+        scores: dict[str, int] | None,
+        delay: float,
+        status: int | None,
+        error: str,
+    ) -> None:
+        """Return a webhook to the queue, due again after ``delay`` seconds."""
+
+    async def bury(
+        self, request_id: str, scores: dict[str, int] | None, status: int | None, error: str
+    ) -> None:
+        """Move a webhook to the dead letters."""
+
+    async def release(self, request_ids: list[str]) -> None:
+        """Give leases back unfinished; the attempt does not count."""
+
+    async def ping(self) -> None:
+        """Raise unless the store accepts a durable write."""
+
+    async def stats(self) -> QueueStats: ...
+
+    async def dead_letters(self, limit: int) -> list[DeadLetter]: ...
+
+    async def requeue_dead(self, request_ids: list[str] | None) -> int:
+        """Re-queue the named dead letters (all when None); returns how many."""
+
+    async def purge_dead(self) -> int: ...
+
+
+def open_store(url: str) -> Store:
+    """Pick the store from the URL's scheme."""
+    if url.startswith("sqlite:///"):
+        from webhook.store_sqlite import SQLiteStore
+
+        return SQLiteStore(url.removeprefix("sqlite:///"))
+    raise ValueError(f"unsupported database URL scheme: {url.split(':', 1)[0]!r}")
