@@ -14,7 +14,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from scorers import Scorer, available, select
-from webhook.deliver import Relay
+from webhook.deliver import Relay, RetryPolicy
 from webhook.helicone import Helicone
 from webhook.receive import Ingest, error, json_response, receive
 from webhook.settings import Settings, SettingsError
@@ -46,7 +46,21 @@ def create_app(settings: Settings, scorers: list[Scorer] | None = None) -> Starl
             settings.api_base, settings.api_key.get_secret_value(), timeout=settings.post_timeout
         )
     )
-    relay = Relay(store, chosen, client, concurrency=settings.relay_concurrency)
+    policy = RetryPolicy(
+        max_attempts=settings.max_attempts,
+        base=settings.retry_base,
+        cap=settings.retry_cap,
+        max_age=settings.max_age,
+        lease=settings.lease_seconds,
+    )
+    relay = Relay(
+        store,
+        chosen,
+        client,
+        concurrency=settings.relay_concurrency,
+        policy=policy,
+        poll_interval=settings.poll_interval,
+    )
     verifier = Verifier(settings.secrets) if settings.secrets else None
 
     @contextlib.asynccontextmanager

@@ -19,7 +19,6 @@ Retry policy (all of it is in :class:`RetryPolicy`):
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import time
@@ -78,6 +77,7 @@ class Relay:
         self._inflight: dict[asyncio.Task[None], str] = {}
         self._loop_task: asyncio.Task[None] | None = None
         self._paused_until = 0.0
+        self._stopping = False
 
     def wake(self) -> None:
         """New work was stored: look for it now rather than at the next poll."""
@@ -87,10 +87,12 @@ class Relay:
         self._loop_task = asyncio.create_task(self._run(), name="relay")
 
     async def stop(self, grace: float) -> None:
+        # The loop is never cancelled mid-claim: a claim that commits after its caller is gone
+        # would hold leases nobody works on. It is asked to stop, and stops between claims.
+        self._stopping = True
+        self._wake.set()
         if self._loop_task is not None:
-            self._loop_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop_task
+            await self._loop_task
             self._loop_task = None
         if not self._inflight:
             return
@@ -104,26 +106,35 @@ class Relay:
             log.info("released %d unfinished webhook(s) for the next start", len(left))
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             free = self.concurrency - len(self._inflight)
             if free <= 0:
-                await asyncio.wait(list(self._inflight), return_when=asyncio.FIRST_COMPLETED)
+                self._wake.clear()
+                await self._idle(list(self._inflight), None)
                 continue
             self._wake.clear()
             try:
                 jobs = await self.store.claim(free, self.policy.lease)
             except Exception:
                 log.exception("claiming work failed; retrying")
-                await asyncio.sleep(self.poll_interval)
-                continue
-            if not jobs:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+                await self._idle([], self.poll_interval)
                 continue
             for job in jobs:
                 task = asyncio.create_task(self._guarded(job))
                 self._inflight[task] = job.request_id
                 task.add_done_callback(self._inflight.pop)
+            if not jobs:
+                await self._idle([], self.poll_interval)
+
+    async def _idle(self, tasks: list[asyncio.Task[None]], seconds: float | None) -> None:
+        """Wait until a task ends, new work is announced, stop is asked, or the timeout passes."""
+        waker = asyncio.create_task(self._wake.wait())
+        try:
+            await asyncio.wait(
+                [*tasks, waker], timeout=seconds, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            waker.cancel()
 
     async def _guarded(self, job: Job) -> None:
         try:

@@ -45,6 +45,12 @@ class Settings(BaseSettings):
         default=8, ge=1, le=256, validation_alias=_env("SCORER_RELAY_CONCURRENCY")
     )
     post_timeout: float = Field(default=10.0, gt=0, validation_alias=_env("SCORER_POST_TIMEOUT"))
+    poll_interval: float = Field(default=1.0, gt=0, validation_alias=_env("SCORER_POLL_INTERVAL"))
+    max_attempts: int = Field(default=12, ge=1, validation_alias=_env("SCORER_MAX_ATTEMPTS"))
+    retry_base: float = Field(default=2.0, gt=0, validation_alias=_env("SCORER_RETRY_BASE"))
+    retry_cap: float = Field(default=600.0, gt=0, validation_alias=_env("SCORER_RETRY_CAP"))
+    max_age: float = Field(default=86400.0, gt=0, validation_alias=_env("SCORER_MAX_AGE"))
+    lease_seconds: float = Field(default=120.0, gt=0, validation_alias=_env("SCORER_LEASE_SECONDS"))
     shutdown_grace: float = Field(
         default=20.0, ge=0, validation_alias=_env("SCORER_SHUTDOWN_GRACE")
     )

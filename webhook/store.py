@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Protocol
+from urllib.parse import parse_qsl
 
 __all__ = ["STATES", "Job", "QueueStats", "Store", "open_store"]
 
@@ -100,5 +101,7 @@ def open_store(url: str) -> Store:
     if url.startswith("sqlite:///"):
         from webhook.store_sqlite import SQLiteStore
 
-        return SQLiteStore(url.removeprefix("sqlite:///"))
+        path, _, query = url.removeprefix("sqlite:///").partition("?")
+        options = dict(parse_qsl(query))
+        return SQLiteStore(path, busy_timeout_ms=int(options.get("busy_timeout_ms", 10_000)))
     raise ValueError(f"unsupported database URL scheme: {url.split(':', 1)[0]!r}")

@@ -54,8 +54,9 @@ def _dumps(scores: dict[str, int] | None) -> str | None:
 
 
 class SQLiteStore:
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, busy_timeout_ms: int = 10_000) -> None:
         self.path = path
+        self.busy_timeout_ms = busy_timeout_ms
         self._ops: queue.SimpleQueue[
             tuple[Op, asyncio.Future[Any], asyncio.AbstractEventLoop] | None
         ] = queue.SimpleQueue()
@@ -80,7 +81,7 @@ class SQLiteStore:
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA busy_timeout = 10000")
+        conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = FULL")
         return conn

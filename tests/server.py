@@ -1,0 +1,132 @@
+"""Run the real ``helicone-scorer serve`` as a child process on loopback, and talk to it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import httpx2
+import orjson
+
+from tests.standin import API_KEY, free_port
+from webhook.verify import sign
+
+SECRET = "4b1f0c3e9d2a7b6c5e8f1a0d3c2b4e6f7a9c8b1d2e3f4a5b6c7d8e9f0a1b2c3d"
+
+
+def payload(request_id: str | None = None, text: str = "Hello there, general Kenobi.") -> bytes:
+    """A compact OpenAI chat payload, as Helicone would send it."""
+    return orjson.dumps(
+        {
+            "request_id": request_id or str(uuid.uuid4()),
+            "request_body": {"model": "gpt-4o", "messages": [{"role": "user", "content": "Hi"}]},
+            "response_body": {"choices": [{"message": {"role": "assistant", "content": text}}]},
+            "model": "gpt-4o",
+            "provider": "OPENAI",
+            "metadata": {"cost": 0.0001, "latencyMs": 321, "completionTokens": 6},
+        }
+    )
+
+
+class Server:
+    """One server process with its own SQLite file. ``env`` overrides the defaults."""
+
+    def __init__(self, workdir: Path, env: dict[str, str | None]) -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.db = workdir / "scorer.db"
+        self.log_path = workdir / f"server-{self.port}.log"
+        base = {k: v for k, v in os.environ.items() if not k.startswith(("HELICONE_", "SCORER_"))}
+        base |= {
+            "HELICONE_WEBHOOK_SECRET": SECRET,
+            "SCORER_DATABASE_URL": f"sqlite:///{self.db}",
+            "SCORER_RETRY_BASE": "0.2",
+            "SCORER_POLL_INTERVAL": "0.2",
+            "PYTHONUNBUFFERED": "1",
+        }
+        for key, value in env.items():
+            if value is None:
+                base.pop(key, None)
+            else:
+                base[key] = value
+        self.env = base
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log: BinaryIO | None = None
+        self.client = httpx2.Client(base_url=self.url, timeout=30)
+
+    def start(self, wait: bool = True) -> Server:
+        if self._log is None:
+            self._log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "webhook", "serve", "--host", "127.0.0.1"],
+            env=self.env | {"PORT": str(self.port)},
+            cwd=self.workdir,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        if wait:
+            self.wait_healthy()
+        return self
+
+    def wait_healthy(self, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited {self.proc.returncode}:\n{self.log()}")
+            try:
+                if self.client.get("/healthz").status_code == 200:
+                    return
+            except httpx2.TransportError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"server did not become healthy:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def post(
+        self, body: bytes, *, path: str = "/webhook", secret: str | None = SECRET, **headers: str
+    ) -> httpx2.Response:
+        hdrs = {"Content-Type": "application/json", **headers}
+        if secret is not None:
+            hdrs["Helicone-Signature"] = sign(secret, body)
+        return self.client.post(path, content=body, headers=hdrs)
+
+    def terminate(self, timeout: float = 30.0) -> bool:
+        """SIGTERM; True when the process finished its graceful shutdown."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout)
+        # uvicorn re-raises the signal after a clean shutdown, so -SIGTERM is a clean exit too.
+        return code in (0, -signal.SIGTERM) and "Application shutdown complete" in self.log()
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.kill()
+        self.client.close()
+        if self._log is not None:
+            self._log.close()
+
+    def rows(self) -> dict[str, dict[str, Any]]:
+        """The store's rows, read straight from the SQLite file."""
+        with sqlite3.connect(self.db) as conn:
+            conn.row_factory = sqlite3.Row
+            return {r["request_id"]: dict(r) for r in conn.execute("SELECT * FROM webhooks")}
+
+
+def with_api(standin_url: str) -> dict[str, str | None]:
+    return {"HELICONE_API_KEY": API_KEY, "HELICONE_API_BASE": standin_url}

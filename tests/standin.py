@@ -1,0 +1,186 @@
+"""A loopback stand-in of Helicone's REST API, behaving as ``shared/helicone-facts.md`` says.
+
+- It checks ``Authorization: Bearer <key>`` (401 without it) and that scores are ints or bools
+  (the real API accepts floats and silently drops them; the stand-in records them as violations).
+- Success is 201 ``{"data": null, "error": null}``.
+- Failures are injected with :meth:`StandIn.fail_next` (any status, optional ``Retry-After``,
+  optional stall), and a sliding 60-second window limit answers 429 like the real one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+API_KEY = "sk-helicone-test"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Injected:
+    status: int
+    body: dict[str, Any] | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    stall: float = 0.0
+
+
+@dataclass
+class Call:
+    kind: str  # "score" or "feedback" or "evals" ...
+    request_id: str | None
+    body: Any
+    at: float
+    status: int
+
+
+def _json(status: int, content: Any, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(content), status, headers, media_type="application/json")
+
+
+class StandIn:
+    def __init__(self, *, window_limit: int | None = None, window: float = 60.0) -> None:
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.calls: list[Call] = []
+        self.violations: list[str] = []
+        self.window_limit = window_limit
+        self.window = window
+        self._window_hits: deque[float] = deque()
+        self._injected: deque[Injected] = deque()
+        self._lock = threading.Lock()
+        self.app = Starlette(
+            routes=[
+                Route("/v1/request/{rid:path}/score", self._score, methods=["POST"]),
+                Route("/v1/request/{rid:path}/feedback", self._feedback, methods=["POST"]),
+            ]
+        )
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- control ------------------------------------------------------------------------------
+
+    def fail_next(self, *answers: Injected) -> None:
+        with self._lock:
+            self._injected.extend(answers)
+
+    def ok_calls(self, kind: str = "score") -> list[Call]:
+        with self._lock:
+            return [c for c in self.calls if c.kind == kind and 200 <= c.status < 300]
+
+    def scores_for(self, request_id: str) -> list[dict[str, Any]]:
+        return [c.body["scores"] for c in self.ok_calls() if c.request_id == request_id]
+
+    def posted_ids(self) -> set[str]:
+        return {c.request_id for c in self.ok_calls() if c.request_id is not None}
+
+    def wait_for(self, predicate: Any, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate():
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"stand-in: condition not met in {timeout}s; calls={len(self.calls)}")
+
+    def start(self) -> StandIn:
+        config = uvicorn.Config(
+            self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off"
+        )
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started:
+            if time.monotonic() > deadline:
+                raise RuntimeError("stand-in did not start")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None and self._thread is not None:
+            self._server.should_exit = True
+            self._thread.join(10)
+
+    # -- the API ------------------------------------------------------------------------------
+
+    async def _answer(self, request: Request, kind: str, check: Any) -> Response:
+        rid = request.path_params["rid"]
+        if request.headers.get("authorization") != f"Bearer {API_KEY}":
+            return self._record(kind, rid, None, _json(401, {"error": "Unauthorized"}))
+        try:
+            body = orjson.loads(await request.body())
+        except orjson.JSONDecodeError:
+            return self._record(kind, rid, None, _json(400, {"error": "invalid json"}))
+        with self._lock:
+            injected = self._injected.popleft() if self._injected else None
+            limited = self._over_window()
+        if injected is not None:
+            if injected.stall:
+                await asyncio.sleep(injected.stall)
+            content = injected.body or {"data": None, "error": f"injected {injected.status}"}
+            return self._record(kind, rid, body, _json(injected.status, content, injected.headers))
+        if limited is not None:
+            content = {"error": "Too many requests, please try again later."}
+            headers = {"Retry-After": str(limited), "RateLimit-Reset": str(limited)}
+            return self._record(kind, rid, body, _json(429, content, headers))
+        problem = check(rid, body)
+        if problem:
+            return self._record(kind, rid, body, _json(500, {"data": None, "error": problem}))
+        return self._record(kind, rid, body, _json(201, {"data": None, "error": None}))
+
+    def _over_window(self) -> int | None:
+        if self.window_limit is None:
+            return None
+        now = time.monotonic()
+        while self._window_hits and now - self._window_hits[0] >= self.window:
+            self._window_hits.popleft()
+        if len(self._window_hits) >= self.window_limit:
+            return max(1, int(self.window - (now - self._window_hits[0])) + 1)
+        self._window_hits.append(now)
+        return None
+
+    def _record(self, kind: str, rid: str, body: Any, response: Response) -> Response:
+        with self._lock:
+            self.calls.append(Call(kind, rid, body, time.monotonic(), response.status_code))
+        return response
+
+    async def _score(self, request: Request) -> Response:
+        def check(rid: str, body: Any) -> str | None:
+            scores = body.get("scores") if isinstance(body, dict) else None
+            if not isinstance(scores, dict):
+                return "scores must be an object"
+            for name, value in scores.items():
+                if not isinstance(value, int):  # bool is an int subclass, and allowed
+                    self.violations.append(f"{rid}: {name}={value!r}")
+            return None
+
+        return await self._answer(request, "score", check)
+
+    async def _feedback(self, request: Request) -> Response:
+        def check(rid: str, body: Any) -> str | None:
+            try:
+                uuid.UUID(rid)
+            except ValueError:
+                return "Invalid requestId: must be a valid UUID"
+            if not isinstance(body, dict) or not isinstance(body.get("rating"), bool):
+                return "rating must be a boolean"
+            return None
+
+        return await self._answer(request, "feedback", check)

@@ -1,0 +1,171 @@
+"""The relay, against the real server and the stand-in: retries, dry runs, crashes, shutdown."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import threading
+import time
+import uuid
+
+import httpx2
+
+from tests.conftest import ServerFactory
+from tests.server import Server, payload
+from tests.standin import Injected, StandIn
+
+
+def test_5xx_and_no_answer_are_retried_until_delivered(server: Server, standin: StandIn) -> None:
+    standin.fail_next(Injected(503), Injected(500), Injected(502))
+    rid = str(uuid.uuid4())
+    assert server.post(payload(rid)).status_code == 202
+    standin.wait_for(lambda: rid in standin.posted_ids())
+    statuses = [c.status for c in standin.calls if c.request_id == rid]
+    assert statuses == [503, 500, 502, 201]
+    row = server.rows()[rid]
+    assert row["state"] == "done"
+    assert row["attempts"] == 4
+
+
+def test_unreachable_api_is_retried(make_server: ServerFactory, standin: StandIn) -> None:
+    dead_port = StandIn().port  # nothing listens there
+    server = make_server(HELICONE_API_BASE=f"http://127.0.0.1:{dead_port}")
+    rid = str(uuid.uuid4())
+    assert server.post(payload(rid)).status_code == 202
+    deadline = time.monotonic() + 10
+    while server.rows()[rid]["attempts"] < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    row = server.rows()[rid]
+    assert row["state"] in ("pending", "leased")
+    assert row["attempts"] >= 2
+    assert "ConnectError" in row["last_error"]
+    # Point it at the real stand-in: the same stored webhook is delivered.
+    server.terminate()
+    server.env["HELICONE_API_BASE"] = standin.base_url
+    server.start()
+    standin.wait_for(lambda: rid in standin.posted_ids())
+
+
+def test_permanent_4xx_goes_to_dead_letters(server: Server, standin: StandIn) -> None:
+    standin.fail_next(Injected(400, {"data": None, "error": "bad scores"}))
+    rid = str(uuid.uuid4())
+    assert server.post(payload(rid)).status_code == 202
+    standin.wait_for(lambda: any(c.request_id == rid for c in standin.calls))
+    deadline = time.monotonic() + 10
+    while server.rows()[rid]["state"] != "dead" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    row = server.rows()[rid]
+    assert (row["state"], row["last_status"], row["last_error"]) == ("dead", 400, "bad scores")
+    assert len([c for c in standin.calls if c.request_id == rid]) == 1
+
+
+def test_dry_run_scores_and_stores_but_posts_nothing(
+    make_server: ServerFactory, standin: StandIn
+) -> None:
+    server = make_server(api=False, HELICONE_API_BASE=standin.base_url)
+    rid = str(uuid.uuid4())
+    assert server.post(payload(rid, "one two two")).status_code == 202
+    deadline = time.monotonic() + 10
+    while server.rows()[rid]["state"] != "done" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    row = server.rows()[rid]
+    assert row["state"] == "done"
+    assert row["scores"] == '{"vocabulary_diversity":67}'
+    assert row["last_status"] is None
+    assert standin.calls == []
+    log = server.log()
+    assert "dry run" in log
+    assert f"request_id={rid} outcome=dry_run" in log
+
+
+def test_no_scores_posts_nothing(server: Server, standin: StandIn) -> None:
+    rid = str(uuid.uuid4())
+    assert server.post(b'{"request_id":"%s"}' % rid.encode()).status_code == 202
+    marker = str(uuid.uuid4())
+    assert server.post(payload(marker)).status_code == 202
+    standin.wait_for(lambda: marker in standin.posted_ids())
+    deadline = time.monotonic() + 5
+    while server.rows()[rid]["state"] != "done" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.rows()[rid]["state"] == "done"
+    assert rid not in {c.request_id for c in standin.calls}
+
+
+def _burst(server: Server, count: int, acked: list[str], stop: threading.Event) -> None:
+    """Send ``count`` webhooks from 16 threads; record every id the server acknowledged."""
+
+    def one(i: int) -> None:
+        if stop.is_set():
+            return
+        rid = f"burst-{i}-{uuid.uuid4()}"
+        try:
+            response = server.post(payload(rid))
+        except httpx2.TransportError:
+            return
+        if response.status_code == 202:
+            acked.append(rid)
+
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        list(pool.map(one, range(count)))
+
+
+def test_sigkill_mid_burst_loses_no_acknowledged_webhook(
+    make_server: ServerFactory, standin: StandIn
+) -> None:
+    # A slow API keeps work in flight, so the kill lands on leased and pending webhooks alike.
+    server = make_server(SCORER_LEASE_SECONDS="2")
+    standin.fail_next(*[Injected(201, {"data": None, "error": None}, stall=0.3)] * 40)
+    acked: list[str] = []
+    stop = threading.Event()
+    sender = threading.Thread(target=_burst, args=(server, 600, acked, stop))
+    sender.start()
+    while len(acked) < 150:
+        time.sleep(0.01)
+    server.kill()
+    stop.set()
+    sender.join()
+    killed_at = len(acked)
+    assert killed_at >= 150
+    server.start()
+    standin.wait_for(lambda: set(acked) <= standin.posted_ids(), timeout=60)
+    assert standin.violations == []
+    standin.wait_for(lambda: all(server.rows()[rid]["state"] == "done" for rid in acked))
+
+
+def test_sigterm_releases_work_in_flight_and_restart_finishes_it(
+    make_server: ServerFactory, standin: StandIn
+) -> None:
+    server = make_server(SCORER_SHUTDOWN_GRACE="0.5", SCORER_LEASE_SECONDS="600")
+    standin.fail_next(Injected(201, stall=5.0), Injected(201, stall=5.0))
+    first, second = str(uuid.uuid4()), str(uuid.uuid4())
+    assert server.post(payload(first)).status_code == 202
+    assert server.post(payload(second)).status_code == 202
+    standin.wait_for(lambda: _leased(server) == 2, timeout=10)
+    assert server.terminate()
+    rows = server.rows()
+    # The grace period ended before the stalled posts answered: both were released, not lost,
+    # and, with a 10-minute lease, only the release lets a restart pick them up at once.
+    assert rows[first]["state"] == rows[second]["state"] == "pending"
+    assert "released 2 unfinished webhook(s)" in server.log()
+    server.start()
+    standin.wait_for(lambda: {first, second} <= standin.posted_ids(), timeout=20)
+
+
+def _leased(server: Server) -> int:
+    return sum(1 for r in server.rows().values() if r["state"] == "leased")
+
+
+def test_sigterm_lets_requests_in_flight_finish(server: Server, standin: StandIn) -> None:
+    """Webhooks that are being received when SIGTERM arrives are still stored and answered."""
+    acked: list[str] = []
+    stop = threading.Event()
+    sender = threading.Thread(target=_burst, args=(server, 200, acked, stop))
+    sender.start()
+    while len(acked) < 20:
+        time.sleep(0.01)
+    assert server.terminate()
+    stop.set()
+    sender.join()
+    rows = server.rows()
+    assert set(acked) <= set(rows)
+    server.start()
+    standin.wait_for(lambda: set(acked) <= standin.posted_ids(), timeout=30)

@@ -1,0 +1,109 @@
+"""Start-up: settings from the environment, clear one-line errors, safe defaults."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ServerFactory
+from tests.server import payload
+from tests.standin import StandIn
+from webhook.settings import Settings, SettingsError, load_settings
+
+
+def run_cli(tmp_path: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    clean = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    return subprocess.run(
+        [sys.executable, "-m", "webhook", *args],
+        env=clean | env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("env", "name"),
+    [
+        ({"SCORER_MAX_BODY_BYTES": "lots"}, "SCORER_MAX_BODY_BYTES"),
+        ({"SCORER_MAX_BODY_BYTES": "0"}, "SCORER_MAX_BODY_BYTES"),
+        ({"PORT": "99999"}, "PORT"),
+        ({"HELICONE_API_BASE": "api.helicone.ai"}, "HELICONE_API_BASE"),
+        ({"SCORER_DATABASE_URL": "mysql://x"}, "SCORER_DATABASE_URL"),
+        ({"SCORER_ALLOW_UNSIGNED": "perhaps"}, "SCORER_ALLOW_UNSIGNED"),
+    ],
+)
+def test_bad_value_stops_start_with_one_line_naming_it(
+    tmp_path: Path, env: dict[str, str], name: str
+) -> None:
+    result = run_cli(tmp_path, {"HELICONE_WEBHOOK_SECRET": "k", **env}, "serve")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"helicone-scorer: invalid setting {name}:")
+
+
+def test_no_secret_refuses_to_start(tmp_path: Path) -> None:
+    result = run_cli(tmp_path, {}, "serve")
+    assert result.returncode == 2
+    assert "HELICONE_WEBHOOK_SECRET is not set" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_unsigned_allowed_explicitly_warns_and_accepts(
+    make_server: ServerFactory, standin: StandIn
+) -> None:
+    server = make_server(HELICONE_WEBHOOK_SECRET=None, SCORER_ALLOW_UNSIGNED="true")
+    assert "webhooks are NOT verified" in server.log()
+    assert server.post(payload(), secret=None).status_code == 202
+
+
+def test_missing_api_key_runs_dry_and_says_so(make_server: ServerFactory) -> None:
+    server = make_server(api=False)
+    assert "HELICONE_API_KEY is not set: dry run" in server.log()
+
+
+def test_env_names_and_worker_alias(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HELICONE_AUTH", "sk-from-worker")
+    monkeypatch.setenv("HELICONE_WEBHOOK_SECRET", "a, b ,,c")
+    monkeypatch.setenv("HELICONE_API_BASE", "https://eu.api.helicone.ai/")
+    s = load_settings()
+    assert s.api_key is not None
+    assert s.api_key.get_secret_value() == "sk-from-worker"
+    assert s.secrets == ["a", "b", "c"]
+    assert s.api_base == "https://eu.api.helicone.ai"
+    assert "sk-from-worker" not in repr(s)
+    monkeypatch.setenv("HELICONE_API_KEY", "sk-new")
+    assert load_settings().api_key.get_secret_value() == "sk-new"  # type: ignore[union-attr]
+
+
+def test_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    for name in ("HELICONE_API_KEY", "HELICONE_AUTH", "HELICONE_API_BASE", "PORT"):
+        monkeypatch.delenv(name, raising=False)
+    s = Settings()
+    assert s.api_base == "https://api.helicone.ai"
+    assert s.database_url == "sqlite:///./data/helicone-scorer.db"
+    assert s.max_body_bytes == 16 * 1024 * 1024
+    assert s.port == 8080
+    assert s.dry_run
+
+
+def test_dotenv_file_is_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("PORT", raising=False)
+    (tmp_path / ".env").write_text("PORT=9191\nHELICONE_WEBHOOK_SECRET=from-dotenv\n")
+    s = load_settings()
+    assert (s.port, s.secrets) == (9191, ["from-dotenv"])
+
+
+def test_settings_error_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SCORER_RELAY_CONCURRENCY", "-1")
+    with pytest.raises(SettingsError, match=r"^invalid setting SCORER_RELAY_CONCURRENCY: "):
+        load_settings()
