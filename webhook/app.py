@@ -21,9 +21,14 @@ from webhook.settings import Settings, SettingsError
 from webhook.store import open_store
 from webhook.verify import Verifier
 
-__all__ = ["create_app", "startup_checks"]
+__all__ = ["create_app", "enabled_scorers", "startup_checks"]
 
 log = logging.getLogger("webhook")
+
+
+def enabled_scorers(settings: Settings) -> list[Scorer]:
+    """The scorers that run, for the server and every offline command alike."""
+    return select(available())
 
 
 def startup_checks(settings: Settings) -> list[Scorer]:
@@ -33,7 +38,7 @@ def startup_checks(settings: Settings) -> list[Scorer]:
             "HELICONE_WEBHOOK_SECRET is not set: set it to the webhook's HMAC key"
             " (or SCORER_ALLOW_UNSIGNED=true for local tries only)"
         )
-    return select(available())
+    return enabled_scorers(settings)
 
 
 def create_app(settings: Settings, scorers: list[Scorer] | None = None) -> Starlette:
