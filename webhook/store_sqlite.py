@@ -16,6 +16,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +62,8 @@ class SQLiteStore:
             tuple[Op, asyncio.Future[Any], asyncio.AbstractEventLoop] | None
         ] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
-        self._conn: sqlite3.Connection | None = None
+        self._adds: list[tuple[str, bytes, float, asyncio.Future[bool]]] = []
+        self._flusher: asyncio.Task[None] | None = None
 
     # -- the writer thread ------------------------------------------------------------------
 
@@ -145,24 +147,38 @@ class SQLiteStore:
     # -- the protocol -----------------------------------------------------------------------
 
     async def add(self, request_id: str, body: bytes) -> bool:
-        now = time.time()
+        # Adds are gathered on the event loop and handed to the writer as one operation: while
+        # one commit is in flight, every webhook that arrives joins the next one.
+        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._adds.append((request_id, body, time.time(), fut))
+        if self._flusher is None:
+            self._flusher = asyncio.create_task(self._flush_adds())
+        return await fut
 
-        def op(conn: sqlite3.Connection) -> bool:
-            cur = conn.execute(
-                "INSERT OR IGNORE INTO webhooks (request_id, body, received_at, available_at)"
-                " VALUES (?, ?, ?, ?)",
-                (request_id, body, now, now),
-            )
-            return cur.rowcount == 1
-
-        return bool(await self._submit(op))
+    async def _flush_adds(self) -> None:
+        try:
+            while self._adds:
+                batch, self._adds = self._adds, []
+                rows = [(rid, body, now, now) for rid, body, now, _ in batch]
+                try:
+                    inserted: list[bool] = await self._submit(partial(_insert_all, rows))
+                except Exception as exc:
+                    for *_, fut in batch:
+                        if not fut.done():
+                            fut.set_exception(exc)
+                    continue
+                for (*_, fut), new in zip(batch, inserted, strict=True):
+                    if not fut.done():
+                        fut.set_result(new)
+        finally:
+            self._flusher = None
 
     async def claim(self, limit: int, lease_seconds: float) -> list[Job]:
         def op(conn: sqlite3.Connection) -> list[Job]:
             now = time.time()
             rows = conn.execute(
                 "UPDATE webhooks SET state = 'leased', available_at = ?, attempts = attempts + 1"
-                " WHERE request_id IN (SELECT request_id FROM webhooks"
+                " WHERE request_id IN (SELECT request_id FROM webhooks INDEXED BY webhooks_due"
                 "   WHERE state IN ('pending', 'leased') AND available_at <= ?"
                 "   ORDER BY available_at LIMIT ?)"
                 " RETURNING request_id, body, attempts, received_at, scores",
@@ -287,6 +303,17 @@ class SQLiteStore:
 
         result: int = await self._submit(op)
         return result
+
+
+def _insert_all(
+    rows: list[tuple[str, bytes, float, float]], conn: sqlite3.Connection
+) -> list[bool]:
+    """Insert each webhook unless its request_id is stored; True for each one inserted."""
+    sql = (
+        "INSERT OR IGNORE INTO webhooks (request_id, body, received_at, available_at)"
+        " VALUES (?, ?, ?, ?)"
+    )
+    return [conn.execute(sql, row).rowcount == 1 for row in rows]
 
 
 def _settle(
