@@ -7,6 +7,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -16,12 +17,16 @@ from starlette.routing import Route
 from scorers import Scorer, available, select
 from webhook.deliver import Relay, RetryPolicy
 from webhook.helicone import Helicone
+from webhook.limit import SlidingWindow
+from webhook.metrics import QUEUE_DEPTH, REGISTRY
 from webhook.receive import Ingest, error, json_response, receive
+from webhook.rules import RuleError, load_scorer_rules, parse_feedback_rule
+from webhook.score import Scoring
 from webhook.settings import Settings, SettingsError
 from webhook.store import open_store
 from webhook.verify import Verifier
 
-__all__ = ["create_app", "enabled_scorers", "startup_checks"]
+__all__ = ["create_app", "enabled_scorers", "scoring_from", "startup_checks"]
 
 log = logging.getLogger("webhook")
 
@@ -31,18 +36,36 @@ def enabled_scorers(settings: Settings) -> list[Scorer]:
     return select(available())
 
 
-def startup_checks(settings: Settings) -> list[Scorer]:
-    """Refuse unsafe or broken configurations before serving; returns the scorers to run."""
+def scoring_from(settings: Settings) -> Scoring:
+    """The scoring stage as configured: scorers, their rules, and the feedback rule."""
+    scorers = enabled_scorers(settings)
+    try:
+        feedback = parse_feedback_rule(settings.feedback_rule) if settings.feedback_rule else None
+    except RuleError as exc:
+        raise SettingsError(f"invalid setting SCORER_FEEDBACK_RULE: {exc}") from None
+    try:
+        rules = (
+            load_scorer_rules(settings.rules_file, (s.name for s in scorers))
+            if settings.rules_file
+            else {}
+        )
+    except RuleError as exc:
+        raise SettingsError(f"invalid setting SCORER_RULES_FILE: {exc}") from None
+    return Scoring(scorers, rules, feedback)
+
+
+def startup_checks(settings: Settings) -> Scoring:
+    """Refuse unsafe or broken configurations before serving; returns the scoring stage."""
     if not settings.secrets and not settings.allow_unsigned:
         raise SettingsError(
             "HELICONE_WEBHOOK_SECRET is not set: set it to the webhook's HMAC key"
             " (or SCORER_ALLOW_UNSIGNED=true for local tries only)"
         )
-    return enabled_scorers(settings)
+    return scoring_from(settings)
 
 
-def create_app(settings: Settings, scorers: list[Scorer] | None = None) -> Starlette:
-    chosen = startup_checks(settings) if scorers is None else scorers
+def create_app(settings: Settings) -> Starlette:
+    scoring = startup_checks(settings)
     store = open_store(settings.database_url)
     client = (
         None
@@ -58,10 +81,12 @@ def create_app(settings: Settings, scorers: list[Scorer] | None = None) -> Starl
         max_age=settings.max_age,
         lease=settings.lease_seconds,
     )
+    limiter = SlidingWindow(settings.rate_limit_per_minute, settings.rate_window_seconds)
     relay = Relay(
         store,
-        chosen,
+        scoring,
         client,
+        limiter,
         concurrency=settings.relay_concurrency,
         policy=policy,
         poll_interval=settings.poll_interval,
@@ -74,7 +99,9 @@ def create_app(settings: Settings, scorers: list[Scorer] | None = None) -> Starl
             log.warning("SCORER_ALLOW_UNSIGNED is on: webhooks are NOT verified. Local use only.")
         if client is None:
             log.warning("HELICONE_API_KEY is not set: dry run, scores are stored but not posted")
-        log.info("scorers: %s", ", ".join(s.name for s in chosen) or "(none)")
+        log.info("scorers: %s", ", ".join(s.name for s in scoring.scorers) or "(none)")
+        if scoring.feedback_rule is not None:
+            log.info("feedback rule: %s", scoring.feedback_rule.text)
         await store.open()
         await relay.start()
         try:
@@ -95,6 +122,12 @@ def create_app(settings: Settings, scorers: list[Scorer] | None = None) -> Starl
             return error(503, f"store is not writable: {type(exc).__name__}")
         return json_response(200, {"status": "ready"})
 
+    async def metrics(request: Request) -> Response:
+        stats = await store.stats()
+        for state, count in stats.counts.items():
+            QUEUE_DEPTH.labels(state).set(count)
+        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
         response = error(exc.status_code, exc.detail)
@@ -111,6 +144,7 @@ def create_app(settings: Settings, scorers: list[Scorer] | None = None) -> Starl
             Route("/", receive, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
+            Route("/metrics", metrics, methods=["GET"]),
         ],
         exception_handlers={HTTPException: http_error, Exception: internal_error},
         lifespan=lifespan,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 import uuid
 from pathlib import Path
@@ -13,6 +12,7 @@ import orjson
 import typer
 
 from scorers import UnknownScorerError
+from webhook.logs import setup_logging
 from webhook.settings import Settings, SettingsError, load_settings
 from webhook.verify import sign
 
@@ -51,12 +51,8 @@ def serve(
 
     from webhook.app import create_app
 
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    for noisy in ("httpx2", "httpcore2", "httpx", "httpcore"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
     settings = settings_or_exit()
+    setup_logging(log_level, settings.log_format)
     try:
         application = create_app(settings)
     except (SettingsError, UnknownScorerError, ValueError) as exc:
@@ -66,6 +62,7 @@ def serve(
         host=host,
         port=port or settings.port,
         log_level=log_level,
+        log_config=None,
         access_log=False,
         timeout_graceful_shutdown=int(settings.shutdown_grace) + 5,
         server_header=False,

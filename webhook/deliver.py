@@ -1,19 +1,22 @@
-"""The relay: claim stored webhooks, score them, and post the scores to Helicone.
+"""The relay: score stored webhooks promptly, then post their scores at the allowed pace.
 
-It runs as a background task in the server's process, started and stopped by the app's lifespan.
+It runs as background tasks in the server's process, started and stopped by the app's lifespan.
+Two stages claim work from the store: *score* (as fast as webhooks come, so large bodies are
+fetched while their URLs are valid) and *post* (only when the rate limit has room, so the backlog
+waits on disk). In a dry run (no API key) only the first stage runs.
 
-Retry policy (all of it is in :class:`RetryPolicy`):
+Retry policy, all of it in :class:`RetryPolicy`:
 
-- A 2xx answer delivers the webhook. A webhook with no scores, or a dry run (no API key), is
-  finished without posting.
-- No answer (connection error, timeout), 408, 429 and 5xx are retried, with exponential backoff
-  and full jitter: attempt *n* waits a random time up to ``base * 2**(n-1)``, capped at ``cap``.
-  A ``Retry-After`` from the API is honoured when it asks for longer.
+- A 2xx answer delivers. All of a request's scores go in one call; a feedback rating, if a rule
+  gave one, in a second. A call that already succeeded is not repeated on a retry.
+- No answer (connection error, timeout), 408, 429 and 5xx are retried with exponential backoff
+  and full jitter: attempt *n* waits a random time up to ``base * 2**(n-1)``, capped at ``cap``;
+  a ``Retry-After`` that asks for longer wins. A 429 also pauses *all* calls until then.
 - Any other 4xx is permanent: the webhook goes to the dead letters at once, with its status and
-  error. So does a webhook that used up ``max_attempts`` or is older than ``max_age``.
+  error. So does one that used up ``max_attempts`` or is older than ``max_age``.
 - At shutdown, work in flight gets ``grace`` seconds to finish; what is left is released to the
-  store, so it is claimed again at once after a restart. A crash releases nothing, but leases
-  expire, so the work is claimed again ``lease`` seconds later.
+  store and claimed again at once after a restart. A crash releases nothing, but leases expire,
+  so the work is claimed again ``lease`` seconds later.
 """
 
 from __future__ import annotations
@@ -22,14 +25,16 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
-import orjson
-
-from scorers import Context, Scorer, run_scorers
+from webhook import metrics
 from webhook.helicone import Answer, Helicone
-from webhook.store import Job, Store
+from webhook.limit import SlidingWindow
+from webhook.logs import event
+from webhook.score import Scoring
+from webhook.store import FEEDBACK_POSTED, SCORES_POSTED, Job, Stage, Store
 
 __all__ = ["Relay", "RetryPolicy"]
 
@@ -56,78 +61,80 @@ class RetryPolicy:
         return job.attempts >= self.max_attempts or now - job.received_at >= self.max_age
 
 
-class Relay:
+class _Stage:
+    """Claims due work for one stage and runs up to ``concurrency`` jobs at once."""
+
     def __init__(
         self,
+        stage: Stage,
         store: Store,
-        scorers: Sequence[Scorer],
-        client: Helicone | None,
+        handle: Callable[[Job], Awaitable[None]],
         *,
-        concurrency: int = 8,
-        policy: RetryPolicy | None = None,
-        poll_interval: float = 1.0,
+        concurrency: int,
+        lease: float,
+        poll: float,
+        limiter: SlidingWindow | None = None,
     ) -> None:
-        self.store = store
-        self.scorers = list(scorers)
-        self.client = client
-        self.concurrency = concurrency
-        self.policy = policy or RetryPolicy()
-        self.poll_interval = poll_interval
+        self.stage, self.store, self.handle = stage, store, handle
+        self.concurrency, self.lease, self.poll, self.limiter = concurrency, lease, poll, limiter
         self._wake = asyncio.Event()
         self._inflight: dict[asyncio.Task[None], str] = {}
-        self._loop_task: asyncio.Task[None] | None = None
-        self._paused_until = 0.0
+        self._task: asyncio.Task[None] | None = None
         self._stopping = False
 
     def wake(self) -> None:
-        """New work was stored: look for it now rather than at the next poll."""
         self._wake.set()
 
-    async def start(self) -> None:
-        self._loop_task = asyncio.create_task(self._run(), name="relay")
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"relay-{self.stage}")
 
-    async def stop(self, grace: float) -> None:
-        # The loop is never cancelled mid-claim: a claim that commits after its caller is gone
-        # would hold leases nobody works on. It is asked to stop, and stops between claims.
+    async def stop(self, grace: float) -> list[str]:
+        """Stop claiming; wait ``grace`` for work in flight; return the ids left unfinished."""
+        # Never cancelled mid-claim: a claim committed after its caller is gone would hold
+        # leases nobody works on. The loop is asked to stop, and stops between claims.
         self._stopping = True
         self._wake.set()
-        if self._loop_task is not None:
-            await self._loop_task
-            self._loop_task = None
+        if self._task is not None:
+            await self._task
         if not self._inflight:
-            return
+            return []
         _, pending = await asyncio.wait(list(self._inflight), timeout=grace)
         left = [self._inflight[t] for t in pending]
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
-        await self.store.release(left)
-        if left:
-            log.info("released %d unfinished webhook(s) for the next start", len(left))
+        return left
+
+    def _room(self) -> tuple[int, float | None]:
+        """How many jobs to claim now, and how long to wait when none."""
+        free = self.concurrency - len(self._inflight)
+        if self.limiter is not None:
+            free = min(free, self.limiter.free())
+            if free <= 0 and len(self._inflight) < self.concurrency:
+                return 0, self.limiter.wait_time()
+        return free, None
 
     async def _run(self) -> None:
         while not self._stopping:
-            free = self.concurrency - len(self._inflight)
-            if free <= 0:
-                self._wake.clear()
-                await self._idle(list(self._inflight), None)
-                continue
+            free, wait = self._room()
             self._wake.clear()
-            try:
-                jobs = await self.store.claim(free, self.policy.lease)
-            except Exception:
-                log.exception("claiming work failed; retrying")
-                await self._idle([], self.poll_interval)
+            if free <= 0:
+                await self._idle(list(self._inflight), wait)
                 continue
+            try:
+                jobs = await self.store.claim(self.stage, free, self.lease)
+            except Exception:
+                log.exception("claiming %s work failed; trying again", self.stage)
+                jobs = []
             for job in jobs:
                 task = asyncio.create_task(self._guarded(job))
                 self._inflight[task] = job.request_id
                 task.add_done_callback(self._inflight.pop)
             if not jobs:
-                await self._idle([], self.poll_interval)
+                await self._idle([], self.poll)
 
     async def _idle(self, tasks: list[asyncio.Task[None]], seconds: float | None) -> None:
-        """Wait until a task ends, new work is announced, stop is asked, or the timeout passes."""
+        """Wait until a task ends, new work is announced, stop is asked, or time passes."""
         waker = asyncio.create_task(self._wake.wait())
         try:
             await asyncio.wait(
@@ -138,64 +145,140 @@ class Relay:
 
     async def _guarded(self, job: Job) -> None:
         try:
-            await self._handle(job)
+            await self.handle(job)
         except asyncio.CancelledError:
             raise
         except Exception:
             # The lease will expire and the webhook will be tried again.
-            log.exception("request_id=%s: unexpected error; will retry", job.request_id)
+            log.exception("%s failed unexpectedly; will retry", self.stage, extra=_rid(job))
 
-    async def _handle(self, job: Job) -> None:
-        rid = job.request_id
-        scores = job.scores if job.scores is not None else await self._score(job)
-        if not scores:
-            await self.store.complete(rid, {}, None)
-            log.info("request_id=%s outcome=no_scores", rid)
-            return
-        if self.client is None:
-            await self.store.complete(rid, scores, None)
-            log.info("request_id=%s outcome=dry_run scores=%s", rid, _fmt(scores))
-            return
-        await self._respect_pause()
-        answer = await self.client.post_scores(rid, scores)
-        await self._settle(job, scores, answer)
 
-    async def _score(self, job: Job) -> dict[str, int]:
-        payload = orjson.loads(job.body)
-        outcome = await run_scorers(self.scorers, Context.from_payload(payload))
-        return outcome.scores
+class Relay:
+    def __init__(
+        self,
+        store: Store,
+        scoring: Scoring,
+        client: Helicone | None,
+        limiter: SlidingWindow,
+        *,
+        concurrency: int = 8,
+        policy: RetryPolicy | None = None,
+        poll_interval: float = 1.0,
+    ) -> None:
+        self.store, self.scoring, self.client, self.limiter = store, scoring, client, limiter
+        self.policy = policy or RetryPolicy()
 
-    async def _settle(self, job: Job, scores: dict[str, int], answer: Answer) -> None:
-        rid = job.request_id
-        if answer.ok:
-            await self.store.complete(rid, scores, answer.status)
-            log.info("request_id=%s outcome=posted status=%s", rid, answer.status)
+        def stage(name: Stage, handle: Callable[[Job], Awaitable[None]]) -> _Stage:
+            return _Stage(
+                name,
+                store,
+                handle,
+                concurrency=concurrency,
+                lease=self.policy.lease,
+                poll=poll_interval,
+                limiter=limiter if name == "post" else None,
+            )
+
+        self._scorer = stage("score", self._score)
+        self._poster = stage("post", self._post)
+
+    def wake(self) -> None:
+        """New work was stored: look for it now rather than at the next poll."""
+        self._scorer.wake()
+
+    async def start(self) -> None:
+        now = time.time()
+        self.limiter.seed(await self.store.recent_posts(now - self.limiter.window))
+        self._scorer.start()
+        if self.client is not None:
+            self._poster.start()
+
+    async def stop(self, grace: float) -> None:
+        deadline = time.monotonic() + grace
+        left = await self._scorer.stop(grace)
+        left += await self._poster.stop(max(0.0, deadline - time.monotonic()))
+        await self.store.release(left)
+        if left:
+            event(log, f"released {len(left)} unfinished webhook(s) for the next start")
+
+    # -- the score stage --------------------------------------------------------------------
+
+    async def _score(self, job: Job) -> None:
+        scored = await self.scoring.score(job.request_id, job.body)
+        nothing = not scored.scores and scored.feedback is None
+        finished = nothing or self.client is None
+        await self.store.scored(job.request_id, scored.scores, scored.feedback, finished)
+        if not finished:
+            self._poster.wake()
             return
-        error = answer.error or "no answer"
-        if answer.status == 429:
-            self._pause(answer.retry_after)
-        if self.policy.permanent(answer.status) or self.policy.gives_up(job, time.time()):
-            await self.store.bury(rid, scores, answer.status, error)
-            log.warning("request_id=%s outcome=dead status=%s error=%s", rid, answer.status, error)
-            return
-        delay = self.policy.delay(job.attempts, answer.retry_after)
-        await self.store.retry(rid, scores, delay, answer.status, error)
-        log.info(
-            "request_id=%s outcome=retry status=%s delay=%.1fs error=%s",
-            rid,
-            answer.status,
-            delay,
-            error,
+        outcome = "no_scores" if nothing else "dry_run"
+        event(
+            log,
+            "scored, nothing posted" if nothing else "dry run: scored, not posted",
+            request_id=job.request_id,
+            outcome=outcome,
+            scores=scored.scores,
+            feedback=scored.feedback,
         )
 
-    def _pause(self, seconds: float | None) -> None:
-        self._paused_until = max(self._paused_until, time.monotonic() + (seconds or 60.0))
+    # -- the post stage ---------------------------------------------------------------------
 
-    async def _respect_pause(self) -> None:
-        wait = self._paused_until - time.monotonic()
-        if wait > 0:
-            await asyncio.sleep(wait)
+    async def _post(self, job: Job) -> None:
+        assert self.client is not None
+        client, rid, posted = self.client, job.request_id, job.posted
+        answer: Answer | None = None
+        if job.scores and not posted & SCORES_POSTED:
+            scores = job.scores
+            answer = await self._call(lambda: client.post_scores(rid, scores))
+            if not answer.ok:
+                await self._failed(job, answer, posted)
+                return
+            posted |= SCORES_POSTED
+            metrics.SCORES_POSTED.inc()
+        if job.feedback is not None and not posted & FEEDBACK_POSTED:
+            rating = job.feedback
+            answer = await self._call(lambda: client.post_feedback(rid, rating))
+            if not answer.ok:
+                await self._failed(job, answer, posted)
+                return
+            posted |= FEEDBACK_POSTED
+            metrics.FEEDBACK_POSTED.inc()
+        status = answer.status if answer else None
+        await self.store.complete(rid, status)
+        event(
+            log,
+            "delivered",
+            request_id=rid,
+            outcome="posted",
+            status=status,
+            attempts=job.attempts,
+            feedback=job.feedback,
+        )
+
+    async def _call(self, send: Callable[[], Awaitable[Answer]]) -> Answer:
+        """One API call inside the rate limit; a 429 pauses every call."""
+        async with self.limiter.slot():
+            answer = await send()
+        await self.store.log_posts([time.time()])
+        if answer.status == 429:
+            self.limiter.pause(answer.retry_after if answer.retry_after is not None else 60.0)
+        if not answer.ok:
+            metrics.POST_FAILURES.labels(str(answer.status or "none")).inc()
+        return answer
+
+    async def _failed(self, job: Job, answer: Answer, posted: int) -> None:
+        rid, error = job.request_id, answer.error or "no answer"
+        fields: dict[str, Any] = {"request_id": rid, "status": answer.status, "error": error}
+        if self.policy.permanent(answer.status) or self.policy.gives_up(job, time.time()):
+            await self.store.bury(rid, answer.status, error, posted)
+            metrics.DEAD_LETTERS.inc()
+            event(log, "dead letter", level=logging.WARNING, outcome="dead", **fields)
+            return
+        delay = self.policy.delay(job.attempts, answer.retry_after)
+        await self.store.retry(rid, delay, answer.status, error, posted)
+        metrics.RETRIES.inc()
+        event(log, "will retry", outcome="retry", delay=round(delay, 2), **fields)
 
 
-def _fmt(scores: dict[str, int]) -> str:
-    return orjson.dumps(scores, option=orjson.OPT_SORT_KEYS).decode()
+def _rid(job: Job) -> dict[str, str]:
+    return {"request_id": job.request_id}

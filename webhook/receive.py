@@ -14,6 +14,8 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from webhook.logs import event
+from webhook.metrics import RECEIVED_BY
 from webhook.store import Store
 from webhook.verify import HEADER, Verifier
 
@@ -57,32 +59,49 @@ async def _read_bounded(request: Request, limit: int) -> bytes | None:
     return b"".join(chunks)
 
 
+def _reject(outcome: str, status: int, message: str, request_id: str | None = None) -> Response:
+    RECEIVED_BY[outcome].inc()
+    event(
+        log, message, level=logging.WARNING, outcome=outcome, status=status, request_id=request_id
+    )
+    return error(status, message)
+
+
 async def receive(request: Request) -> Response:
     ingest: Ingest = request.app.state.ingest
     body = await _read_bounded(request, ingest.max_body_bytes)
     if body is None:
-        return error(413, f"body is larger than {ingest.max_body_bytes} bytes")
+        return _reject("too_large", 413, f"body is larger than {ingest.max_body_bytes} bytes")
     if ingest.verifier is not None and not ingest.verifier.verify(
         body, request.headers.get(HEADER)
     ):
-        return error(401, "missing or invalid Helicone-Signature")
+        return _reject("bad_signature", 401, "missing or invalid Helicone-Signature")
     try:
         payload = orjson.loads(body)
     except orjson.JSONDecodeError:
-        return error(400, "body is not valid JSON")
+        return _reject("bad_json", 400, "body is not valid JSON")
     if not isinstance(payload, dict):
-        return error(422, "body must be a JSON object")
+        return _reject("bad_payload", 422, "body must be a JSON object")
     request_id = payload.get("request_id")
     if not isinstance(request_id, str) or not request_id:
-        return error(422, "request_id must be a non-empty string")
+        return _reject("bad_payload", 422, "request_id must be a non-empty string")
     if len(request_id) > MAX_REQUEST_ID:
-        return error(422, f"request_id is longer than {MAX_REQUEST_ID} characters")
+        return _reject("bad_payload", 422, f"request_id is longer than {MAX_REQUEST_ID} characters")
     try:
         new = await ingest.store.add(request_id, body)
-    except Exception:
-        log.exception("request_id=%s outcome=store_error", request_id)
+    except Exception as exc:
+        RECEIVED_BY["store_error"].inc()
+        log.error(
+            "could not store the webhook: %s",
+            exc,
+            extra={"request_id": request_id, "outcome": "store_error", "status": 503},
+        )
         return error(503, "could not store the webhook; it was not accepted")
     if not new:
+        RECEIVED_BY["duplicate"].inc()
+        event(log, "duplicate", request_id=request_id, outcome="duplicate", status=200)
         return json_response(200, {"request_id": request_id, "status": "duplicate"})
+    RECEIVED_BY["accepted"].inc()
+    event(log, "accepted", request_id=request_id, outcome="accepted", status=202)
     ingest.wake()
     return json_response(202, {"request_id": request_id, "status": "queued"})

@@ -5,7 +5,8 @@ The variable names are a public contract: users' deployments set them.
 
 from __future__ import annotations
 
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -55,6 +56,18 @@ class Settings(BaseSettings):
         default=20.0, ge=0, validation_alias=_env("SCORER_SHUTDOWN_GRACE")
     )
 
+    rate_limit_per_minute: int = Field(
+        default=200, ge=1, validation_alias=_env("SCORER_RATE_LIMIT_PER_MINUTE")
+    )
+    rate_window_seconds: float = Field(
+        default=60.0, gt=0, validation_alias=_env("SCORER_RATE_WINDOW_SECONDS")
+    )
+    feedback_rule: str | None = Field(default=None, validation_alias=_env("SCORER_FEEDBACK_RULE"))
+    rules_file: Path | None = Field(default=None, validation_alias=_env("SCORER_RULES_FILE"))
+    log_format: Literal["text", "json"] = Field(
+        default="text", validation_alias=_env("SCORER_LOG_FORMAT")
+    )
+
     @field_validator("webhook_secrets", mode="before")
     @classmethod
     def _split_secrets(cls, value: object) -> object:
@@ -62,7 +75,7 @@ class Settings(BaseSettings):
             return tuple(s.strip() for s in value.split(",") if s.strip())
         return value
 
-    @field_validator("api_key", mode="before")
+    @field_validator("api_key", "feedback_rule", "rules_file", mode="before")
     @classmethod
     def _blank_is_none(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value

@@ -2,12 +2,15 @@
 
 Policy:
 
-- ``add`` returns only once the webhook is committed to disk; only then may the receiver answer 2xx.
-  A ``request_id`` that is already stored is reported as a duplicate and never queued twice.
+- ``add`` returns only once the webhook is committed to disk; only then may the receiver answer
+  2xx. A ``request_id`` that is already stored is reported as a duplicate and never queued twice.
+- Work has two stages. A webhook is first *scored* (promptly, so a large body's short-lived URL
+  is still valid and the judge sees fresh traffic), then *posted* at the pace the API allows.
+  The backlog waits here, on disk, not in memory.
 - Delivery is at-least-once. ``claim`` hands out *leases*: a claimed webhook becomes claimable
-  again when its lease runs out, so a crash of the relay never strands work.
-- Every outcome of one attempt (done, retry later, dead) is one write, which also records the
-  computed scores, so a retry posts the same scores without scoring again.
+  again when its lease runs out, so a crash never strands work.
+- Each outcome (scored, delivered, retry later, dead) is one write. The scores are stored when
+  computed, so a retry posts the same scores without scoring again.
 - ``release`` gives leases back at shutdown so the work is picked up at once after a restart.
 
 States: ``pending`` (waiting until ``available_at``), ``leased`` (being worked on until its lease
@@ -18,12 +21,27 @@ retried or purged).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
 from urllib.parse import parse_qsl
 
-__all__ = ["STATES", "Job", "QueueStats", "Store", "open_store"]
+__all__ = [
+    "FEEDBACK_POSTED",
+    "SCORES_POSTED",
+    "STATES",
+    "DeadLetter",
+    "Job",
+    "QueueStats",
+    "Stage",
+    "Store",
+    "open_store",
+]
 
 STATES = ("pending", "leased", "done", "dead")
+Stage = Literal["score", "post"]
+
+# Bits of Job.posted: what one webhook has already delivered.
+SCORES_POSTED = 1
+FEEDBACK_POSTED = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,10 +49,12 @@ class Job:
     """One claimed webhook."""
 
     request_id: str
-    body: bytes
-    attempts: int  # including this one
+    body: bytes | None
+    attempts: int  # delivery attempts, including this one when claimed to post
     received_at: float
-    scores: dict[str, int] | None  # computed by an earlier attempt, if any
+    scores: dict[str, int] | None  # None until scored
+    feedback: bool | None = None  # the rating to post, if a feedback rule gave one
+    posted: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,29 +79,32 @@ class Store(Protocol):
     async def add(self, request_id: str, body: bytes) -> bool:
         """Commit a webhook durably. True if new, False if ``request_id`` was already stored."""
 
-    async def claim(self, limit: int, lease_seconds: float) -> list[Job]:
-        """Lease up to ``limit`` webhooks that are due, oldest first."""
+    async def claim(self, stage: Stage, limit: int, lease_seconds: float) -> list[Job]:
+        """Lease up to ``limit`` webhooks due for ``stage``, oldest first."""
 
-    async def complete(self, request_id: str, scores: dict[str, int], status: int | None) -> None:
-        """Mark delivered (``status`` is the API's answer, None when nothing was posted)."""
+    async def scored(
+        self, request_id: str, scores: dict[str, int], feedback: bool | None, finished: bool
+    ) -> None:
+        """Record the scores; ``finished`` when there is nothing to post (or a dry run)."""
+
+    async def complete(self, request_id: str, status: int | None) -> None:
+        """Mark delivered (``status`` is the API's last answer)."""
 
     async def retry(
-        self,
-        request_id: str,
-        scores: dict[str, int] | None,
-        delay: float,
-        status: int | None,
-        error: str,
+        self, request_id: str, delay: float, status: int | None, error: str, posted: int
     ) -> None:
         """Return a webhook to the queue, due again after ``delay`` seconds."""
 
-    async def bury(
-        self, request_id: str, scores: dict[str, int] | None, status: int | None, error: str
-    ) -> None:
+    async def bury(self, request_id: str, status: int | None, error: str, posted: int) -> None:
         """Move a webhook to the dead letters."""
 
     async def release(self, request_ids: list[str]) -> None:
         """Give leases back unfinished; the attempt does not count."""
+
+    async def log_posts(self, ended_at: list[float]) -> None:
+        """Remember when API calls ended, so the rate limit holds across restarts."""
+
+    async def recent_posts(self, since: float) -> list[float]: ...
 
     async def ping(self) -> None:
         """Raise unless the store accepts a durable write."""

@@ -1,28 +1,16 @@
-"""The SQLite store: WAL mode, ``synchronous=FULL``, and group commit.
-
-One writer thread owns the connection. Callers on the event loop hand it operations and await a
-future. The thread takes every operation that is waiting, runs them in one transaction and commits
-once, so one fsync acknowledges a whole burst of concurrent webhooks instead of one each. If the
-batch fails, each operation is retried in a transaction of its own, so one bad operation fails
-alone and nothing is acknowledged that was not committed.
-"""
+"""The SQLite store: WAL mode, ``synchronous=FULL``, group commit (see :mod:`sqlite_writer`)."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import queue
 import sqlite3
-import threading
 import time
-from collections.abc import Callable
 from functools import partial
-from pathlib import Path
-from typing import Any
 
 import orjson
 
-from webhook.store import DeadLetter, Job, QueueStats
+from webhook.sqlite_writer import Writer
+from webhook.store import DeadLetter, Job, QueueStats, Stage
 
 __all__ = ["SQLiteStore"]
 
@@ -35,116 +23,69 @@ CREATE TABLE IF NOT EXISTS webhooks (
     available_at REAL NOT NULL,
     attempts     INTEGER NOT NULL DEFAULT 0,
     scores       TEXT,
+    feedback     INTEGER,
+    posted       INTEGER NOT NULL DEFAULT 0,
     last_status  INTEGER,
     last_error   TEXT,
     finished_at  REAL
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS webhooks_due ON webhooks (available_at)
-    WHERE state IN ('pending', 'leased');
+CREATE INDEX IF NOT EXISTS webhooks_to_score ON webhooks (available_at)
+    WHERE state IN ('pending', 'leased') AND scores IS NULL;
+CREATE INDEX IF NOT EXISTS webhooks_to_post ON webhooks (available_at)
+    WHERE state IN ('pending', 'leased') AND scores IS NOT NULL;
 CREATE INDEX IF NOT EXISTS webhooks_state ON webhooks (state);
+CREATE TABLE IF NOT EXISTS post_log (ended_at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS post_log_ended ON post_log (ended_at);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT) WITHOUT ROWID;
 """
 
-MAX_BATCH = 1024
+INSERT = (
+    "INSERT OR IGNORE INTO webhooks (request_id, body, received_at, available_at)"
+    " VALUES (?, ?, ?, ?)"
+)
+# Each stage claims through its own partial index, so a long backlog of one never slows the other.
+CLAIM = {
+    "score": (
+        "UPDATE webhooks SET state = 'leased', available_at = ?"
+        " WHERE request_id IN (SELECT request_id FROM webhooks INDEXED BY webhooks_to_score"
+        "   WHERE state IN ('pending', 'leased') AND scores IS NULL AND available_at <= ?"
+        "   ORDER BY available_at LIMIT ?)"
+    ),
+    "post": (
+        "UPDATE webhooks SET state = 'leased', available_at = ?, attempts = attempts + 1"
+        " WHERE request_id IN (SELECT request_id FROM webhooks INDEXED BY webhooks_to_post"
+        "   WHERE state IN ('pending', 'leased') AND scores IS NOT NULL AND available_at <= ?"
+        "   ORDER BY available_at LIMIT ?)"
+    ),
+}
+RETURNING = " RETURNING request_id, body, attempts, received_at, scores, feedback, posted"
 
-Op = Callable[[sqlite3.Connection], Any]
 
-
-def _dumps(scores: dict[str, int] | None) -> str | None:
-    return None if scores is None else orjson.dumps(scores).decode()
+def _job(row: tuple[str, bytes | None, int, float, str | None, int | None, int]) -> Job:
+    rid, body, attempts, received, scores, feedback, posted = row
+    return Job(
+        rid,
+        None if body is None else bytes(body),
+        attempts,
+        received,
+        None if scores is None else orjson.loads(scores),
+        None if feedback is None else bool(feedback),
+        posted,
+    )
 
 
 class SQLiteStore:
     def __init__(self, path: str, busy_timeout_ms: int = 10_000) -> None:
-        self.path = path
-        self.busy_timeout_ms = busy_timeout_ms
-        self._ops: queue.SimpleQueue[
-            tuple[Op, asyncio.Future[Any], asyncio.AbstractEventLoop] | None
-        ] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
+        self._writer = Writer(path, busy_timeout_ms)
         self._adds: list[tuple[str, bytes, float, asyncio.Future[bool]]] = []
         self._flusher: asyncio.Task[None] | None = None
 
-    # -- the writer thread ------------------------------------------------------------------
-
     async def open(self) -> None:
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self._thread = threading.Thread(target=self._run, name="sqlite-writer", daemon=True)
-        self._thread.start()
-        await self._submit(self._init)
+        self._writer.start()
+        await self._writer.run(_create_schema)
 
     async def close(self) -> None:
-        if self._thread is None:
-            return
-        self._ops.put(None)
-        await asyncio.to_thread(self._thread.join)
-        self._thread = None
-
-    def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("PRAGMA synchronous = FULL")
-        return conn
-
-    def _init(self, conn: sqlite3.Connection) -> None:
-        for statement in filter(str.strip, SCHEMA.split(";")):
-            conn.execute(statement)
-
-    def _run(self) -> None:
-        conn = self._connect()
-        try:
-            while True:
-                first = self._ops.get()
-                if first is None:
-                    return
-                batch = [first]
-                stop = False
-                while len(batch) < MAX_BATCH:
-                    try:
-                        nxt = self._ops.get_nowait()
-                    except queue.Empty:
-                        break
-                    if nxt is None:
-                        stop = True
-                        break
-                    batch.append(nxt)
-                self._apply(conn, batch)
-                if stop:
-                    return
-        finally:
-            conn.close()
-
-    def _apply(
-        self,
-        conn: sqlite3.Connection,
-        batch: list[tuple[Op, asyncio.Future[Any], asyncio.AbstractEventLoop]],
-    ) -> None:
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            results = [op(conn) for op, _, _ in batch]
-            conn.execute("COMMIT")
-        except Exception as exc:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            if len(batch) == 1:
-                _settle(batch, [exc], failed=True)
-            else:
-                for item in batch:
-                    self._apply(conn, [item])
-            return
-        _settle(batch, results, failed=False)
-
-    async def _submit(self, op: Op) -> Any:
-        if self._thread is None:
-            raise RuntimeError("store is not open")
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[Any] = loop.create_future()
-        self._ops.put((op, fut, loop))
-        return await fut
-
-    # -- the protocol -----------------------------------------------------------------------
+        await self._writer.stop()
 
     async def add(self, request_id: str, body: bytes) -> bool:
         # Adds are gathered on the event loop and handed to the writer as one operation: while
@@ -161,7 +102,7 @@ class SQLiteStore:
                 batch, self._adds = self._adds, []
                 rows = [(rid, body, now, now) for rid, body, now, _ in batch]
                 try:
-                    inserted: list[bool] = await self._submit(partial(_insert_all, rows))
+                    inserted = await self._writer.run(partial(_insert_all, rows))
                 except Exception as exc:
                     for *_, fut in batch:
                         if not fut.done():
@@ -173,86 +114,89 @@ class SQLiteStore:
         finally:
             self._flusher = None
 
-    async def claim(self, limit: int, lease_seconds: float) -> list[Job]:
+    async def claim(self, stage: Stage, limit: int, lease_seconds: float) -> list[Job]:
         def op(conn: sqlite3.Connection) -> list[Job]:
             now = time.time()
-            rows = conn.execute(
-                "UPDATE webhooks SET state = 'leased', available_at = ?, attempts = attempts + 1"
-                " WHERE request_id IN (SELECT request_id FROM webhooks INDEXED BY webhooks_due"
-                "   WHERE state IN ('pending', 'leased') AND available_at <= ?"
-                "   ORDER BY available_at LIMIT ?)"
-                " RETURNING request_id, body, attempts, received_at, scores",
-                (now + lease_seconds, now, limit),
-            ).fetchall()
-            jobs = [
-                Job(rid, bytes(body), attempts, received, orjson.loads(sc) if sc else None)
-                for rid, body, attempts, received, sc in rows
-            ]
-            jobs.sort(key=lambda j: j.received_at)
-            return jobs
+            rows = conn.execute(CLAIM[stage] + RETURNING, (now + lease_seconds, now, limit))
+            return sorted(map(_job, rows), key=lambda j: j.received_at)
 
-        result: list[Job] = await self._submit(op)
-        return result
+        return await self._writer.run(op)
 
-    async def complete(self, request_id: str, scores: dict[str, int], status: int | None) -> None:
-        def op(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "UPDATE webhooks SET state = 'done', body = NULL, scores = ?, last_status = ?,"
-                " last_error = NULL, finished_at = ? WHERE request_id = ?",
-                (_dumps(scores), status, time.time(), request_id),
-            )
+    async def scored(
+        self, request_id: str, scores: dict[str, int], feedback: bool | None, finished: bool
+    ) -> None:
+        now = time.time()
+        await self._execute(
+            "UPDATE webhooks SET scores = ?, feedback = ?, state = ?, available_at = ?,"
+            " finished_at = ?, body = CASE WHEN ? THEN NULL ELSE body END WHERE request_id = ?",
+            (
+                orjson.dumps(scores).decode(),
+                None if feedback is None else int(feedback),
+                "done" if finished else "pending",
+                now,
+                now if finished else None,
+                finished,
+                request_id,
+            ),
+        )
 
-        await self._submit(op)
+    async def complete(self, request_id: str, status: int | None) -> None:
+        await self._execute(
+            "UPDATE webhooks SET state = 'done', body = NULL, last_status = ?, last_error = NULL,"
+            " finished_at = ?, posted = 3 WHERE request_id = ?",
+            (status, time.time(), request_id),
+        )
 
     async def retry(
-        self,
-        request_id: str,
-        scores: dict[str, int] | None,
-        delay: float,
-        status: int | None,
-        error: str,
+        self, request_id: str, delay: float, status: int | None, error: str, posted: int
     ) -> None:
-        def op(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "UPDATE webhooks SET state = 'pending', available_at = ?, scores = ?,"
-                " last_status = ?, last_error = ? WHERE request_id = ?",
-                (time.time() + delay, _dumps(scores), status, error, request_id),
-            )
+        await self._execute(
+            "UPDATE webhooks SET state = 'pending', available_at = ?, last_status = ?,"
+            " last_error = ?, posted = ? WHERE request_id = ?",
+            (time.time() + delay, status, error, posted, request_id),
+        )
 
-        await self._submit(op)
-
-    async def bury(
-        self, request_id: str, scores: dict[str, int] | None, status: int | None, error: str
-    ) -> None:
-        def op(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "UPDATE webhooks SET state = 'dead', scores = ?, last_status = ?, last_error = ?,"
-                " finished_at = ? WHERE request_id = ?",
-                (_dumps(scores), status, error, time.time(), request_id),
-            )
-
-        await self._submit(op)
+    async def bury(self, request_id: str, status: int | None, error: str, posted: int) -> None:
+        await self._execute(
+            "UPDATE webhooks SET state = 'dead', last_status = ?, last_error = ?, posted = ?,"
+            " finished_at = ? WHERE request_id = ?",
+            (status, error, posted, time.time(), request_id),
+        )
 
     async def release(self, request_ids: list[str]) -> None:
         def op(conn: sqlite3.Connection) -> None:
+            # A post-stage lease counted an attempt when claimed; giving it back undoes that.
             conn.executemany(
-                "UPDATE webhooks SET state = 'pending', available_at = ?,"
-                " attempts = MAX(attempts - 1, 0) WHERE request_id = ? AND state = 'leased'",
+                "UPDATE webhooks SET state = 'pending', available_at = ?, attempts ="
+                " CASE WHEN scores IS NULL THEN attempts ELSE MAX(attempts - 1, 0) END"
+                " WHERE request_id = ? AND state = 'leased'",
                 [(time.time(), rid) for rid in request_ids],
             )
 
         if request_ids:
-            await self._submit(op)
+            await self._writer.run(op)
+
+    async def log_posts(self, ended_at: list[float]) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            conn.executemany("INSERT INTO post_log (ended_at) VALUES (?)", [(t,) for t in ended_at])
+            conn.execute("DELETE FROM post_log WHERE ended_at < ?", (time.time() - 3600,))
+
+        if ended_at:
+            await self._writer.run(op)
+
+    async def recent_posts(self, since: float) -> list[float]:
+        def op(conn: sqlite3.Connection) -> list[float]:
+            rows = conn.execute("SELECT ended_at FROM post_log WHERE ended_at >= ?", (since,))
+            return sorted(t for (t,) in rows)
+
+        return await self._writer.run(op)
 
     async def ping(self) -> None:
-        def op(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "INSERT INTO meta (key, value) VALUES ('heartbeat', ?)"
-                " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                (str(time.time()),),
-            )
-
-        await self._submit(op)
+        await self._execute(
+            "INSERT INTO meta (key, value) VALUES ('heartbeat', ?)"
+            " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (str(time.time()),),
+        )
 
     async def stats(self) -> QueueStats:
         def op(conn: sqlite3.Connection) -> QueueStats:
@@ -264,8 +208,7 @@ class SQLiteStore:
             ).fetchone()
             return QueueStats(counts, oldest)
 
-        result: QueueStats = await self._submit(op)
-        return result
+        return await self._writer.run(op)
 
     async def dead_letters(self, limit: int) -> list[DeadLetter]:
         def op(conn: sqlite3.Connection) -> list[DeadLetter]:
@@ -276,8 +219,7 @@ class SQLiteStore:
             )
             return [DeadLetter(*row) for row in rows]
 
-        result: list[DeadLetter] = await self._submit(op)
-        return result
+        return await self._writer.run(op)
 
     async def requeue_dead(self, request_ids: list[str] | None) -> int:
         sql = (
@@ -294,47 +236,25 @@ class SQLiteStore:
                 for rid in request_ids
             )
 
-        result: int = await self._submit(op)
-        return result
+        return await self._writer.run(op)
 
     async def purge_dead(self) -> int:
         def op(conn: sqlite3.Connection) -> int:
             return conn.execute("DELETE FROM webhooks WHERE state = 'dead'").rowcount
 
-        result: int = await self._submit(op)
-        return result
+        return await self._writer.run(op)
+
+    async def _execute(self, sql: str, params: tuple[object, ...]) -> None:
+        await self._writer.run(lambda conn: conn.execute(sql, params))
+
+
+def _create_schema(conn: sqlite3.Connection) -> None:
+    for statement in filter(str.strip, SCHEMA.split(";")):
+        conn.execute(statement)
 
 
 def _insert_all(
     rows: list[tuple[str, bytes, float, float]], conn: sqlite3.Connection
 ) -> list[bool]:
     """Insert each webhook unless its request_id is stored; True for each one inserted."""
-    sql = (
-        "INSERT OR IGNORE INTO webhooks (request_id, body, received_at, available_at)"
-        " VALUES (?, ?, ?, ?)"
-    )
-    return [conn.execute(sql, row).rowcount == 1 for row in rows]
-
-
-def _settle(
-    batch: list[tuple[Op, asyncio.Future[Any], asyncio.AbstractEventLoop]],
-    results: list[Any],
-    *,
-    failed: bool,
-) -> None:
-    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any]]] = {}
-    for (_, fut, loop), result in zip(batch, results, strict=True):
-        by_loop.setdefault(loop, []).append((fut, result))
-    for loop, pairs in by_loop.items():
-        with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting any more
-            loop.call_soon_threadsafe(_resolve, pairs, failed)
-
-
-def _resolve(pairs: list[tuple[asyncio.Future[Any], Any]], failed: bool) -> None:
-    for fut, result in pairs:
-        if fut.done():
-            continue
-        if failed:
-            fut.set_exception(result)
-        else:
-            fut.set_result(result)
+    return [conn.execute(INSERT, row).rowcount == 1 for row in rows]

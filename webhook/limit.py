@@ -1,0 +1,82 @@
+"""The client-side rate limit: at most ``limit`` API calls in any ``window`` seconds.
+
+Helicone allows 200 calls per minute per organisation, on a sliding window, and answers 429 past
+it. To never cross it, each call holds its place in the window from the moment it is sent until
+``window`` seconds after its answer arrived: whatever the network delays, the server has seen it
+by then, so no ``window`` of the server's clock can hold more than ``limit`` of our calls.
+
+Score and feedback posts share the one window. The end times are also written to the store, and
+read back at start, so a restart does not grant a fresh budget. A 429 pauses all calls until its
+``Retry-After`` has passed, not only the call that got it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+
+__all__ = ["SlidingWindow"]
+
+
+class SlidingWindow:
+    def __init__(
+        self, limit: int, window: float = 60.0, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.limit = limit
+        self.window = window
+        self._clock = clock
+        self._ended: deque[float] = deque()  # end times of recent calls, oldest first
+        self._open = 0  # calls sent and not yet answered
+        self._paused_until = 0.0
+        self._changed = asyncio.Event()
+
+    def seed(self, ended_at: list[float]) -> None:
+        """Count calls made before this process started (end times, any order)."""
+        self._ended.extend(sorted(ended_at))
+        self._prune(self._clock())
+
+    def _prune(self, now: float) -> None:
+        while self._ended and self._ended[0] <= now - self.window:
+            self._ended.popleft()
+
+    def free(self) -> int:
+        """Calls that may start now."""
+        now = self._clock()
+        if now < self._paused_until:
+            return 0
+        self._prune(now)
+        return max(0, self.limit - len(self._ended) - self._open)
+
+    def wait_time(self) -> float:
+        """Seconds until a call may start, as far as is known now (0 when one may)."""
+        now = self._clock()
+        self._prune(now)
+        wait = max(0.0, self._paused_until - now)
+        excess = len(self._ended) + self._open - self.limit + 1  # places that must free up
+        if excess > 0:
+            if excess <= len(self._ended):
+                wait = max(wait, self._ended[excess - 1] + self.window - now)
+            else:
+                wait = max(wait, 1.0)  # calls in flight must end first; each end wakes waiters
+        return wait
+
+    def pause(self, seconds: float) -> None:
+        self._paused_until = max(self._paused_until, self._clock() + seconds)
+
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """Hold a place in the window for one call; its end time is recorded on exit."""
+        while self.free() <= 0:
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), max(self.wait_time(), 0.01))
+        self._open += 1
+        try:
+            yield
+        finally:
+            self._open -= 1
+            self._ended.append(self._clock())
+            self._changed.set()

@@ -1,0 +1,73 @@
+"""Prometheus metrics, in one registry served at ``GET /metrics``."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+__all__ = [
+    "DEAD_LETTERS",
+    "FEEDBACK_POSTED",
+    "POST_FAILURES",
+    "QUEUE_DEPTH",
+    "RECEIVED",
+    "REGISTRY",
+    "RETRIES",
+    "SCORER_DURATION",
+    "SCORER_ERRORS",
+    "SCORES_POSTED",
+]
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+RECEIVED = Counter(
+    "helicone_scorer_webhooks_received",
+    "Webhooks received, by outcome.",
+    ["outcome"],
+    registry=REGISTRY,
+)
+SCORES_POSTED = Counter(
+    "helicone_scorer_scores_posted", "Score posts Helicone accepted.", registry=REGISTRY
+)
+FEEDBACK_POSTED = Counter(
+    "helicone_scorer_feedback_posted", "Feedback posts Helicone accepted.", registry=REGISTRY
+)
+POST_FAILURES = Counter(
+    "helicone_scorer_post_failures",
+    "API calls that failed, by status (none: no answer).",
+    ["status"],
+    registry=REGISTRY,
+)
+RETRIES = Counter(
+    "helicone_scorer_retries", "Deliveries scheduled to be tried again.", registry=REGISTRY
+)
+DEAD_LETTERS = Counter(
+    "helicone_scorer_dead_letters", "Webhooks moved to the dead letters.", registry=REGISTRY
+)
+QUEUE_DEPTH = Gauge(
+    "helicone_scorer_queue_depth", "Stored webhooks, by state.", ["state"], registry=REGISTRY
+)
+SCORER_DURATION = Histogram(
+    "helicone_scorer_scorer_duration_seconds",
+    "Time each scorer took.",
+    ["scorer"],
+    buckets=(0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10),
+    registry=REGISTRY,
+)
+SCORER_ERRORS = Counter(
+    "helicone_scorer_scorer_errors",
+    "Scorer failures (exception, timeout, or a value that is not an int), by scorer.",
+    ["scorer"],
+    registry=REGISTRY,
+)
+
+# Outcomes the receiver reports, bound once so the hot path does no label lookup.
+OUTCOMES = (
+    "accepted",
+    "duplicate",
+    "bad_signature",
+    "too_large",
+    "bad_json",
+    "bad_payload",
+    "store_error",
+)
+RECEIVED_BY = {outcome: RECEIVED.labels(outcome) for outcome in OUTCOMES}
