@@ -5,15 +5,17 @@ from __future__ import annotations
 import sys
 import uuid
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import httpx2
 import orjson
 import typer
 
 from scorers import UnknownScorerError
+from webhook import cli_queue
+from webhook.console import fail, settings_or_exit
 from webhook.logs import setup_logging
-from webhook.settings import Settings, SettingsError, load_settings
+from webhook.settings import SettingsError
 from webhook.verify import sign
 
 __all__ = ["app", "main"]
@@ -24,18 +26,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-
-
-def fail(message: str, code: int = 2) -> NoReturn:
-    typer.echo(f"helicone-scorer: {message}", err=True)
-    raise typer.Exit(code)
-
-
-def settings_or_exit() -> Settings:
-    try:
-        return load_settings()
-    except SettingsError as exc:
-        fail(str(exc))
 
 
 @app.command()
@@ -141,3 +131,6 @@ def send(
 
 def main() -> None:
     app()
+
+
+cli_queue.register(app)

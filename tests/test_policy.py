@@ -1,0 +1,150 @@
+"""Delivery that never floods and never drops: rate limit, 429, stalls, dead letters."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+from tests.conftest import ServerFactory
+from tests.server import payload
+from tests.standin import Call, Injected, StandIn
+
+
+def max_in_window(calls: list[Call], window: float) -> int:
+    """The most calls the stand-in saw in any ``window`` seconds."""
+    times = sorted(c.at for c in calls)
+    return max((sum(1 for u in times if t <= u < t + window) for t in times), default=0)
+
+
+def wait_rows(server: object, predicate: object, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate(server.rows()):  # type: ignore[attr-defined, operator]
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"rows never matched: {server.rows()}")  # type: ignore[attr-defined]
+
+
+def test_rate_limit_is_never_exceeded_for_scores_and_feedback(
+    make_server: ServerFactory,
+) -> None:
+    window = 3.0
+    limited = StandIn(window_limit=5, window=window).start()
+    try:
+        server = make_server(
+            HELICONE_API_BASE=limited.base_url,
+            SCORER_RATE_LIMIT_PER_MINUTE="5",
+            SCORER_RATE_WINDOW_SECONDS=str(window),
+            SCORER_FEEDBACK_RULE="vocabulary_diversity >= 0",
+        )
+        ids = [str(uuid.uuid4()) for _ in range(8)]
+        for rid in ids:
+            assert server.post(payload(rid)).status_code == 202
+        # 8 score posts and 8 feedback posts: 16 calls at 5 per 3 s.
+        limited.wait_for(lambda: len(limited.ok_calls("feedback")) == 8, timeout=40)
+        assert [c for c in limited.calls if c.status == 429] == []
+        assert len(limited.ok_calls("score")) == 8
+        assert max_in_window(limited.calls, window) <= 5
+        # The backlog waited in the store: while it drained, most of it was pending on disk.
+        assert limited.violations == []
+    finally:
+        limited.stop()
+
+
+def test_rate_limit_holds_across_a_restart(make_server: ServerFactory) -> None:
+    window = 4.0
+    limited = StandIn(window_limit=3, window=window).start()
+    try:
+        env = {
+            "HELICONE_API_BASE": limited.base_url,
+            "SCORER_RATE_LIMIT_PER_MINUTE": "3",
+            "SCORER_RATE_WINDOW_SECONDS": str(window),
+        }
+        server = make_server(**env)
+        first = [str(uuid.uuid4()) for _ in range(3)]
+        for rid in first:
+            server.post(payload(rid))
+        limited.wait_for(lambda: len(limited.ok_calls()) == 3)
+        assert server.terminate()
+        server.start()  # a fresh process: its budget must come from the store, not be full
+        second = [str(uuid.uuid4()) for _ in range(3)]
+        for rid in second:
+            server.post(payload(rid))
+        limited.wait_for(lambda: len(limited.ok_calls()) == 6, timeout=30)
+        assert [c for c in limited.calls if c.status == 429] == []
+    finally:
+        limited.stop()
+
+
+def test_429_pauses_all_posting_until_retry_after(
+    make_server: ServerFactory, standin: StandIn
+) -> None:
+    server = make_server(SCORER_RELAY_CONCURRENCY="4")
+    standin.fail_next(
+        Injected(429, {"error": "Too many requests, please try again later."}, {"Retry-After": "2"})
+    )
+    ids = [str(uuid.uuid4()) for _ in range(4)]
+    for rid in ids:
+        assert server.post(payload(rid)).status_code == 202
+    standin.wait_for(lambda: set(ids) <= standin.posted_ids(), timeout=20)
+    limited = next(c for c in standin.calls if c.status == 429)
+    # Calls sent alongside the one that got 429 are answered with it; after that, nothing is
+    # sent until Retry-After has passed, by any of the four concurrent deliveries.
+    during_pause = [c.at - limited.at for c in standin.calls if 0.3 < c.at - limited.at < 1.9]
+    assert during_pause == []
+    retried = [c for c in standin.calls if c.request_id == limited.request_id and c.status == 201]
+    assert retried[0].at - limited.at >= 1.9
+
+
+def test_stall_longer_than_the_client_timeout_is_retried(
+    make_server: ServerFactory, standin: StandIn
+) -> None:
+    server = make_server(SCORER_POST_TIMEOUT="0.5")
+    standin.fail_next(Injected(201, stall=3.0))
+    rid = str(uuid.uuid4())
+    assert server.post(payload(rid)).status_code == 202
+    standin.wait_for(lambda: rid in standin.posted_ids(), timeout=20)
+    row = server.rows()[rid]
+    assert row["attempts"] >= 2
+    assert row["state"] in ("done", "leased", "pending")
+    wait_rows(server, lambda rows: rows[rid]["state"] == "done")
+    assert "Timeout" in server.log()
+
+
+def test_exhausted_retries_become_dead_letters(
+    make_server: ServerFactory, standin: StandIn
+) -> None:
+    server = make_server(SCORER_MAX_ATTEMPTS="3")
+    standin.fail_next(Injected(500), Injected(502), Injected(503))
+    rid = str(uuid.uuid4())
+    assert server.post(payload(rid)).status_code == 202
+    wait_rows(server, lambda rows: rows[rid]["state"] == "dead")
+    row = server.rows()[rid]
+    assert (row["attempts"], row["last_status"]) == (3, 503)
+    assert "injected 503" in row["last_error"]
+
+
+def test_400_is_permanent_and_posted_once(make_server: ServerFactory, standin: StandIn) -> None:
+    server = make_server()
+    standin.fail_next(Injected(400, {"data": None, "error": "bad request"}))
+    rid = str(uuid.uuid4())
+    server.post(payload(rid))
+    wait_rows(server, lambda rows: rows[rid]["state"] == "dead")
+    assert [c.status for c in standin.calls if c.request_id == rid] == [400]
+
+
+def test_feedback_follows_the_rule_for_uuid_ids_only(
+    make_server: ServerFactory, standin: StandIn
+) -> None:
+    server = make_server(
+        SCORER_FEEDBACK_RULE="vocabulary_diversity>=50 and not vocabulary_diversity > 100"
+    )
+    good, poor, not_uuid = str(uuid.uuid4()), str(uuid.uuid4()), "req_abc123"
+    server.post(payload(good, "every word here is different"))  # 100
+    server.post(payload(poor, "la la la la la la"))  # 1 unique of 6: 17
+    server.post(payload(not_uuid, "every word here is different"))
+    standin.wait_for(lambda: len(standin.ok_calls("feedback")) == 2)
+    standin.wait_for(lambda: not_uuid in standin.posted_ids())
+    ratings = {c.request_id: c.body["rating"] for c in standin.ok_calls("feedback")}
+    assert ratings == {good: True, poor: False}
+    wait_rows(server, lambda rows: all(r["state"] == "done" for r in rows.values()))
