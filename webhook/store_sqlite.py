@@ -217,6 +217,38 @@ class SQLiteStore:
 
         await self._submit(op)
 
+    async def enqueue_scores(self, request_id: str, scores: dict[str, int]) -> bool:
+        stub = orjson.dumps({"request_id": request_id})  # the relay never reads it: scores are set
+
+        def op(conn: sqlite3.Connection) -> bool:
+            now = time.time()
+            row = conn.execute(
+                "SELECT state, scores, last_status FROM webhooks WHERE request_id = ?",
+                (request_id,),
+            ).fetchone()
+            if row is None:
+                conn.execute(
+                    "INSERT INTO webhooks (request_id, body, received_at, available_at, scores)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (request_id, stub, now, now, _dumps(scores)),
+                )
+                return True
+            state, stored, last_status = row
+            if state in ("pending", "leased"):
+                return False
+            posted = state == "done" and last_status is not None and stored is not None
+            if posted and orjson.loads(stored) == scores:
+                return False
+            conn.execute(
+                "UPDATE webhooks SET state = 'pending', body = COALESCE(body, ?), scores = ?,"
+                " received_at = ?, available_at = ?, attempts = 0, last_status = NULL,"
+                " last_error = NULL, finished_at = NULL WHERE request_id = ?",
+                (stub, _dumps(scores), now, now, request_id),
+            )
+            return True
+
+        return bool(await self._submit(op))
+
     async def release(self, request_ids: list[str]) -> None:
         def op(conn: sqlite3.Connection) -> None:
             conn.executemany(
