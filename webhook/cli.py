@@ -13,6 +13,7 @@ import orjson
 import typer
 
 from scorers import UnknownScorerError
+from webhook import cli_api
 from webhook.settings import Settings, SettingsError, load_settings
 from webhook.verify import sign
 
@@ -144,3 +145,6 @@ def send(
 
 def main() -> None:
     app()
+
+
+cli_api.register(app)
