@@ -16,10 +16,12 @@ from scorers.registry import (
     scorer,
     select,
 )
-from scorers.run import Outcome, as_score, run_scorers
+from scorers.run import INT64_MAX, INT64_MIN, Outcome, as_score, run_scorers
 
 __all__ = [
     "ENTRY_POINT_GROUP",
+    "INT64_MAX",
+    "INT64_MIN",
     "Context",
     "Outcome",
     "Result",

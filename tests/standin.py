@@ -5,17 +5,26 @@
 - Success is 201 ``{"data": null, "error": null}``.
 - Failures are injected with :meth:`StandIn.fail_next` (any status, optional ``Retry-After``,
   optional stall), and a sliding 60-second window limit answers 429 like the real one.
+- ``POST /v1/evals/query`` answers :attr:`StandIn.evals` once the body has a ``filter`` and ISO
+  ``timeFilter`` bounds.
+- ``POST /v1/request/query`` lists :meth:`StandIn.log_request` rows as jawn's Postgres path does:
+  the ``request.created_at`` filter tree, sort, ``offset`` <= :attr:`StandIn.max_offset` and
+  ``limit`` <= 1000, bodies replaced by a placeholder, and the real ones behind a
+  ``signed_body_url`` serving gzip JSON ``{"request", "response"}``, like S3 (which refuses a
+  request carrying an ``Authorization`` header).
 """
 
 from __future__ import annotations
 
 import asyncio
+import gzip
 import socket
 import threading
 import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -26,6 +35,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 API_KEY = "sk-helicone-test"
+PLACEHOLDER = {
+    "helicone_message": "fetching body from signed_url... contact engineering@helicone.ai for"
+    " more information"
+}
 
 
 def free_port() -> int:
@@ -66,10 +79,17 @@ class StandIn:
         self._window_hits: deque[float] = deque()
         self._injected: deque[Injected] = deque()
         self._lock = threading.Lock()
+        self.evals: list[dict[str, Any]] = []
+        self.logged: list[dict[str, Any]] = []
+        self.bodies: dict[str, tuple[bytes, dict[str, str]]] = {}
+        self.max_offset = 10_000
         self.app = Starlette(
             routes=[
+                Route("/v1/evals/query", self._evals, methods=["POST"]),
+                Route("/v1/request/query", self._request_query, methods=["POST"]),
                 Route("/v1/request/{rid:path}/score", self._score, methods=["POST"]),
                 Route("/v1/request/{rid:path}/feedback", self._feedback, methods=["POST"]),
+                Route("/bodies/{rid}", self._body, methods=["GET"]),
             ]
         )
         self._server: uvicorn.Server | None = None
@@ -90,6 +110,51 @@ class StandIn:
 
     def posted_ids(self) -> set[str]:
         return {c.request_id for c in self.ok_calls() if c.request_id is not None}
+
+    def log_request(
+        self,
+        request_id: str,
+        request_body: Any,
+        response_body: Any,
+        *,
+        created_at: str,
+        body: str = "gzip",
+        **fields: Any,
+    ) -> None:
+        """Log one request. ``body``: where its bodies are: ``gzip`` (signed URL,
+        ``Content-Encoding: gzip``), ``raw-gzip`` (signed URL, gzip bytes without that header),
+        ``plain`` (signed URL, plain JSON), ``expired`` (signed URL answering 403), ``inline``
+        (in the row, as ClickHouse-stored requests are), or ``none``."""
+        row: dict[str, Any] = {
+            "response_id": str(uuid.uuid4()),
+            "request_id": request_id,
+            "request_created_at": created_at,
+            "request_body": PLACEHOLDER,
+            "response_body": PLACEHOLDER,
+            "request_model": "gpt-4o",
+            "provider": "OPENAI",
+            "request_user_id": None,
+            "delay_ms": 321,
+            "prompt_tokens": 7,
+            "completion_tokens": 5,
+            "total_tokens": 12,
+            "costUSD": 0.0001,
+            "response_status": 200,
+            **fields,
+        }
+        content = orjson.dumps({"request": request_body, "response": response_body})
+        if body == "inline":
+            row["request_body"], row["response_body"] = request_body, response_body
+        elif body != "none":
+            row["signed_body_url"] = f"{self.base_url}/bodies/{request_id}?X-Amz-Signature=ok"
+            if body == "gzip":
+                self.bodies[request_id] = (gzip.compress(content), {"Content-Encoding": "gzip"})
+            elif body == "raw-gzip":
+                self.bodies[request_id] = (gzip.compress(content), {})
+            elif body == "plain":
+                self.bodies[request_id] = (content, {})
+        with self._lock:
+            self.logged.append(row)
 
     def wait_for(self, predicate: Any, timeout: float = 20.0) -> None:
         deadline = time.monotonic() + timeout
@@ -121,7 +186,7 @@ class StandIn:
     # -- the API ------------------------------------------------------------------------------
 
     async def _answer(self, request: Request, kind: str, check: Any) -> Response:
-        rid = request.path_params["rid"]
+        rid = request.path_params.get("rid")
         if request.headers.get("authorization") != f"Bearer {API_KEY}":
             return self._record(kind, rid, None, _json(401, {"error": "Unauthorized"}))
         try:
@@ -140,9 +205,11 @@ class StandIn:
             content = {"error": "Too many requests, please try again later."}
             headers = {"Retry-After": str(limited), "RateLimit-Reset": str(limited)}
             return self._record(kind, rid, body, _json(429, content, headers))
-        problem = check(rid, body)
-        if problem:
-            return self._record(kind, rid, body, _json(500, {"data": None, "error": problem}))
+        outcome = check(rid, body)
+        if isinstance(outcome, str):
+            return self._record(kind, rid, body, _json(500, {"data": None, "error": outcome}))
+        if isinstance(outcome, list):  # a query's rows
+            return self._record(kind, rid, body, _json(200, {"data": outcome, "error": None}))
         return self._record(kind, rid, body, _json(201, {"data": None, "error": None}))
 
     def _over_window(self) -> int | None:
@@ -156,7 +223,7 @@ class StandIn:
         self._window_hits.append(now)
         return None
 
-    def _record(self, kind: str, rid: str, body: Any, response: Response) -> Response:
+    def _record(self, kind: str, rid: str | None, body: Any, response: Response) -> Response:
         with self._lock:
             self.calls.append(Call(kind, rid, body, time.monotonic(), response.status_code))
         return response
@@ -184,3 +251,77 @@ class StandIn:
             return None
 
         return await self._answer(request, "feedback", check)
+
+    async def _evals(self, request: Request) -> Response:
+        def check(rid: str | None, body: Any) -> str | list[dict[str, Any]]:
+            if not isinstance(body, dict) or "filter" not in body:
+                return "filter is required"
+            window = body.get("timeFilter")
+            if not isinstance(window, dict):
+                return "timeFilter is required"
+            try:
+                start, end = _instant(window["start"]), _instant(window["end"])
+            except (KeyError, TypeError, ValueError):
+                return "timeFilter.start and timeFilter.end must be ISO strings"
+            if start >= end:
+                return "timeFilter.start must be before timeFilter.end"
+            return list(self.evals)
+
+        return await self._answer(request, "evals", check)
+
+    async def _request_query(self, request: Request) -> Response:
+        def check(rid: str | None, body: Any) -> str | list[dict[str, Any]]:
+            if not isinstance(body, dict) or "filter" not in body:
+                return "filter is required"
+            offset, limit = body.get("offset", 0), body.get("limit", 10)
+            if not isinstance(offset, int) or not isinstance(limit, int):
+                return "Invalid offset or limit"
+            if offset > self.max_offset or offset < 0:
+                return "unsupport offset value"
+            if limit < 0 or limit > 1_000:
+                return "invalid limit"
+            try:
+                with self._lock:
+                    rows = [r for r in self.logged if _matches(body["filter"], r)]
+            except (KeyError, TypeError, ValueError) as exc:
+                return f"unsupported filter: {exc}"
+            descending = (body.get("sort") or {"created_at": "desc"}).get("created_at") != "asc"
+            rows.sort(key=lambda r: _instant(r["request_created_at"]), reverse=descending)
+            return rows[offset : offset + limit]
+
+        return await self._answer(request, "request_query", check)
+
+    async def _body(self, request: Request) -> Response:
+        rid = request.path_params["rid"]
+        if request.headers.get("authorization"):
+            return Response(b"<Error>Only one auth mechanism allowed</Error>", 400)
+        stored = self.bodies.get(rid)
+        if stored is None or request.query_params.get("X-Amz-Signature") != "ok":
+            return Response(b"<Error><Code>AccessDenied</Code></Error>", 403)
+        content, headers = stored
+        return Response(content, 200, headers, media_type="application/json")
+
+
+def _instant(value: Any) -> datetime:
+    if not isinstance(value, str):
+        raise TypeError("a time must be a string")
+    return datetime.fromisoformat(value)
+
+
+def _matches(node: Any, row: dict[str, Any]) -> bool:
+    """Evaluate jawn's filter tree for the ``request.created_at`` leaves the scorer sends."""
+    if node == "all" or node == {}:
+        return True
+    if "operator" in node:
+        left, right = _matches(node["left"], row), _matches(node["right"], row)
+        return left and right if node["operator"] == "and" else left or right
+    ops = node["request"]["created_at"]
+    at = _instant(row["request_created_at"])
+    tests = {
+        "gte": lambda v: at >= v,
+        "gt": lambda v: at > v,
+        "lte": lambda v: at <= v,
+        "lt": lambda v: at < v,
+        "equals": lambda v: at == v,
+    }
+    return all(tests[op](_instant(value)) for op, value in ops.items())

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.cli import run
 from tests.conftest import ServerFactory
 from tests.server import payload
 from tests.standin import StandIn
@@ -15,16 +15,7 @@ from webhook.settings import Settings, SettingsError, load_settings
 
 
 def run_cli(tmp_path: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    clean = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
-    return subprocess.run(
-        [sys.executable, "-m", "webhook", *args],
-        env=clean | env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return run(tmp_path, env, *args, timeout=60)
 
 
 @pytest.mark.parametrize(

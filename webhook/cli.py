@@ -12,7 +12,7 @@ import orjson
 import typer
 
 from scorers import UnknownScorerError
-from webhook import cli_queue
+from webhook import cli_api, cli_queue
 from webhook.console import fail, settings_or_exit
 from webhook.logs import setup_logging
 from webhook.settings import SettingsError
@@ -134,3 +134,4 @@ def main() -> None:
 
 
 cli_queue.register(app)
+cli_api.register(app)

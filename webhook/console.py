@@ -14,7 +14,7 @@ __all__ = ["age", "fail", "print_table", "settings_or_exit"]
 
 def fail(message: str, code: int = 2) -> NoReturn:
     """Print ``helicone-scorer: message`` on stderr and exit (2: usage or config, 1: failure)."""
-    typer.echo(f"helicone-scorer: {message}", err=True)
+    typer.echo(f"helicone-scorer: {' '.join(message.split())}", err=True)
     raise typer.Exit(code)
 
 

@@ -3,30 +3,48 @@
 It never raises for HTTP or network failures: every call returns an :class:`Answer`, and the
 caller's policy decides what to retry. See ``../shared/helicone-facts.md`` for the API's
 behaviour (201 on success, ints only, 200 requests per minute, 429 with ``Retry-After``).
+
+The query methods return typed data (:mod:`webhook.helicone_types`). An answer whose body is
+not what the API promises counts as no usable answer: ``status`` None, with the reason in
+``error``.
 """
 
 from __future__ import annotations
 
 import email.utils
 import time
+import zlib
 from dataclasses import dataclass
-from typing import Any
-from urllib.parse import quote
+from datetime import datetime
+from typing import Any, Generic
+from urllib.parse import quote, urlsplit
 
 import httpx2
 import orjson
+from pydantic import TypeAdapter, ValidationError
+from typing_extensions import TypeVar
+
+from webhook.helicone_types import Eval, RequestRow, SignedBody, iso
 
 __all__ = ["Answer", "Helicone", "retry_after_seconds"]
 
 USER_AGENT = "helicone-scorer/0.1"
+MAX_SIGNED_BODY = 64 * 1024 * 1024  # decoded bytes; a larger body is refused
+
+T = TypeVar("T", default=Any)
+
+_EVALS = TypeAdapter(list[Eval])
+_ROWS = TypeAdapter(list[RequestRow])
+_SIGNED = TypeAdapter(SignedBody)
 
 
 @dataclass(frozen=True, slots=True)
-class Answer:
-    """What the API said. ``status`` is None when no answer came (network error or timeout)."""
+class Answer(Generic[T]):
+    """What the API said. ``status`` is None when no usable answer came (network error, timeout,
+    or a body that is not what the API promises)."""
 
     status: int | None
-    data: Any = None
+    data: T | None = None
     error: str | None = None
     retry_after: float | None = None
 
@@ -65,8 +83,11 @@ class Helicone:
         timeout: float = 10.0,
         transport: httpx2.AsyncBaseTransport | None = None,
     ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._timeout = timeout
+        self._transport = transport
         self._client = httpx2.AsyncClient(
-            base_url=base_url,
+            base_url=self.base_url,
             headers={
                 "Authorization": f"Bearer {api_key}",
                 "Content-Type": "application/json",
@@ -76,9 +97,14 @@ class Helicone:
             limits=httpx2.Limits(max_connections=64, max_keepalive_connections=16),
             transport=transport,
         )
+        self._bodies: httpx2.AsyncClient | None = None  # no API key: signed URLs carry their own
 
     async def aclose(self) -> None:
         await self._client.aclose()
+        if self._bodies is not None:
+            await self._bodies.aclose()
+
+    # -- scores and feedback --------------------------------------------------------------------
 
     async def post_scores(self, request_id: str, scores: dict[str, int]) -> Answer:
         return await self._post(
@@ -90,11 +116,108 @@ class Helicone:
             f"/v1/request/{quote(request_id, safe='')}/feedback", {"rating": rating}
         )
 
+    # -- queries --------------------------------------------------------------------------------
+
+    async def evals_query(
+        self,
+        start: datetime,
+        end: datetime,
+        *,
+        filter: Any = "all",
+        offset: int | None = None,
+        limit: int | None = None,
+    ) -> Answer[list[Eval]]:
+        """``POST /v1/evals/query``: per score name, count, min, max, average, and hourly series.
+
+        Shape from Helicone's docs (shared/seeds/004) and jawn's ``EvalController`` /
+        ``EvalManager.getEvals`` (valhalla/jawn/src/managers/eval/EvalManager.ts).
+        """
+        body: dict[str, Any] = {
+            "filter": filter,
+            "timeFilter": {"start": iso(start), "end": iso(end)},
+            "timeZoneDifference": 0,
+        }
+        if offset is not None:
+            body["offset"] = offset
+        if limit is not None:
+            body["limit"] = limit
+        return _typed(await self._post("/v1/evals/query", body), _EVALS)
+
+    async def request_query(
+        self,
+        filter: Any = "all",
+        *,
+        offset: int = 0,
+        limit: int = 100,
+        sort: dict[str, str] | None = None,
+    ) -> Answer[list[RequestRow]]:
+        """``POST /v1/request/query``: logged requests, one page.
+
+        Body and answer from jawn's ``RequestController.getRequests`` (valhalla/jawn/src/
+        controllers/public/requestController.ts), which serves it from Postgres through
+        ``getRequests`` in valhalla/jawn/src/lib/stores/request/request.ts: ``offset`` at most
+        10,000, ``limit`` at most 1,000 (the docs say 100), and bodies replaced by a placeholder,
+        with the real ones behind ``signed_body_url``.
+        """
+        body = {
+            "filter": filter,
+            "offset": offset,
+            "limit": limit,
+            "sort": sort or {"created_at": "asc"},
+            "isCached": False,
+        }
+        return _typed(await self._post("/v1/request/query", body), _ROWS)
+
+    def trusts(self, url: str) -> bool:
+        """Signed URLs are fetched over https, or from the API's own origin (a local API)."""
+        parts, base = urlsplit(url), urlsplit(self.base_url)
+        if parts.scheme == "https" and parts.netloc:
+            return True
+        return (parts.scheme, parts.netloc) == (base.scheme, base.netloc)
+
+    async def fetch_signed_body(self, url: str) -> Answer[SignedBody]:
+        """GET a signed body URL: JSON ``{"request": ..., "response": ...}``, maybe gzipped.
+
+        The object Helicone stores (the webhook's ``request_response_url`` and the query API's
+        ``signed_body_url`` point at the same kind) is gzip-encoded JSON. It is fetched without
+        the API key, and refused past :data:`MAX_SIGNED_BODY` bytes.
+        """
+        if not self.trusts(url):
+            host = urlsplit(url).netloc or "?"
+            return Answer(None, error=f"not fetching a body URL from an untrusted host ({host})")
+        if self._bodies is None:
+            self._bodies = httpx2.AsyncClient(
+                headers={"User-Agent": USER_AGENT},
+                timeout=self._timeout,
+                transport=self._transport,
+            )
+        try:
+            async with self._bodies.stream("GET", url) as response:
+                if not (200 <= response.status_code < 300):
+                    reason = response.reason_phrase or f"HTTP {response.status_code}"
+                    return Answer(response.status_code, error=f"body URL answered {reason}")
+                raw = bytearray()
+                async for chunk in response.aiter_bytes():
+                    raw += chunk
+                    if len(raw) > MAX_SIGNED_BODY:
+                        return Answer(None, error="body is too large")
+                status = response.status_code
+        except httpx2.HTTPError as exc:
+            return Answer(None, error=_describe(exc))
+        try:
+            content = _gunzip(bytes(raw))
+            data = _SIGNED.validate_python(orjson.loads(content))
+        except (OSError, EOFError, zlib.error, orjson.JSONDecodeError, ValidationError) as exc:
+            return Answer(None, error=f"unreadable body: {type(exc).__name__}")
+        return Answer(status, data=data)
+
+    # -- transport ------------------------------------------------------------------------------
+
     async def _post(self, path: str, body: dict[str, Any]) -> Answer:
         try:
             response = await self._client.post(path, content=orjson.dumps(body))
         except httpx2.HTTPError as exc:
-            return Answer(None, error=f"{type(exc).__name__}: {exc}".rstrip(": "))
+            return Answer(None, error=_describe(exc))
         data: Any = None
         error: str | None = None
         try:
@@ -114,3 +237,31 @@ class Helicone:
             error=error,
             retry_after=retry_after_seconds(response.headers),
         )
+
+
+def _describe(exc: httpx2.HTTPError) -> str:
+    return f"{type(exc).__name__}: {exc}".rstrip(": ")
+
+
+def _typed(answer: Answer, adapter: TypeAdapter[Any]) -> Answer[Any]:
+    if not answer.ok:
+        return answer
+    try:
+        return Answer(answer.status, data=adapter.validate_python(answer.data))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "data"
+        return Answer(None, error=f"unexpected answer from Helicone: {where}: {first['msg']}")
+
+
+def _gunzip(raw: bytes) -> bytes:
+    """Undo gzip when the server did not say ``Content-Encoding: gzip`` (S3 objects may not)."""
+    if raw[:2] != b"\x1f\x8b":
+        return raw
+    d = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+    out = d.decompress(raw, MAX_SIGNED_BODY + 1)
+    if len(out) > MAX_SIGNED_BODY or d.unconsumed_tail:
+        raise OSError("body is too large")
+    if not d.eof:
+        raise EOFError("truncated gzip")
+    return out

@@ -48,12 +48,14 @@ class Scoring:
         ]
 
     async def score(self, request_id: str, body: bytes | None) -> Scored:
+        """Score a stored webhook body (the receiver checked it is a JSON object)."""
         try:
             payload = orjson.loads(body) if body else {}
         except orjson.JSONDecodeError:
             payload = {}
-        if not isinstance(payload, dict):
-            payload = {}
+        return await self.score_payload(request_id, payload if isinstance(payload, dict) else {})
+
+    async def score_payload(self, request_id: str, payload: dict[str, object]) -> Scored:
         ctx = Context.from_payload(payload)
         outcome = await run_scorers(self.chosen(ctx), ctx)
         for name in outcome.errors:

@@ -98,6 +98,15 @@ class Store(Protocol):
     async def bury(self, request_id: str, status: int | None, error: str, posted: int) -> None:
         """Move a webhook to the dead letters."""
 
+    async def enqueue_scores(self, request_id: str, scores: dict[str, int]) -> bool:
+        """Queue already-computed scores for delivery (backfill), so the relay posts them as
+        they are, under the same retries and rate limit, without scoring again.
+
+        A new ``request_id`` is inserted as pending; a finished one (done or dead) is re-opened
+        with fresh attempts and age, unless it is done with these very scores already posted.
+        Returns False, changing nothing, for that case and for work already pending or leased.
+        """
+
     async def release(self, request_ids: list[str]) -> None:
         """Give leases back unfinished; the attempt does not count."""
 

@@ -10,7 +10,7 @@ from functools import partial
 import orjson
 
 from webhook.sqlite_writer import Writer
-from webhook.store import DeadLetter, Job, QueueStats, Stage
+from webhook.store import SCORES_POSTED, DeadLetter, Job, QueueStats, Stage
 
 __all__ = ["SQLiteStore"]
 
@@ -162,6 +162,34 @@ class SQLiteStore:
             " finished_at = ? WHERE request_id = ?",
             (status, error, posted, time.time(), request_id),
         )
+
+    async def enqueue_scores(self, request_id: str, scores: dict[str, int]) -> bool:
+        def op(conn: sqlite3.Connection) -> bool:
+            now = time.time()
+            row = conn.execute(
+                "SELECT state, scores, posted FROM webhooks WHERE request_id = ?", (request_id,)
+            ).fetchone()
+            if row is None:
+                conn.execute(
+                    "INSERT INTO webhooks (request_id, received_at, available_at, scores)"
+                    " VALUES (?, ?, ?, ?)",
+                    (request_id, now, now, orjson.dumps(scores).decode()),
+                )
+                return True
+            state, stored, posted = row
+            if state in ("pending", "leased"):
+                return False
+            if state == "done" and posted & SCORES_POSTED and orjson.loads(stored) == scores:
+                return False
+            conn.execute(
+                "UPDATE webhooks SET state = 'pending', scores = ?, feedback = NULL, posted = 0,"
+                " received_at = ?, available_at = ?, attempts = 0, last_status = NULL,"
+                " last_error = NULL, finished_at = NULL WHERE request_id = ?",
+                (orjson.dumps(scores).decode(), now, now, request_id),
+            )
+            return True
+
+        return await self._writer.run(op)
 
     async def release(self, request_ids: list[str]) -> None:
         def op(conn: sqlite3.Connection) -> None:

@@ -1,0 +1,109 @@
+"""``helicone-scorer backfill``: the store, the scorers and a progress bar around
+:func:`webhook.backfill.backfill`."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from datetime import datetime
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
+
+from scorers import UnknownScorerError
+from webhook.app import scoring_from
+from webhook.backfill import QueryFailed, Tally, backfill
+from webhook.cli_api import describe
+from webhook.console import fail
+from webhook.helicone import Helicone
+from webhook.settings import Settings, SettingsError
+from webhook.store import open_store
+
+__all__ = ["run"]
+
+
+def _summary(t: Tally) -> str:
+    return (
+        f"read {t.read} request(s): {t.queued} queued for delivery, {t.skipped} already queued"
+        f" or posted, {t.no_scores} without scores, {t.no_body} without bodies"
+    )
+
+
+def run(
+    settings: Settings, client: Helicone, since: datetime, until: datetime, limit: int | None
+) -> None:
+    try:
+        scoring = scoring_from(settings)
+        store = open_store(settings.database_url)
+    except (SettingsError, UnknownScorerError, ValueError) as exc:
+        fail(str(exc))
+    if not scoring.scorers:
+        fail("no scorer is enabled: nothing to backfill")
+    names = ", ".join(s.name for s in scoring.scorers)
+    progress = Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+    )
+    task = progress.add_task(f"scoring ({names})", total=limit)
+    tally = Tally()
+
+    def on_row(t: Tally) -> None:
+        nonlocal tally
+        tally = t
+        progress.update(task, completed=t.read, description=f"scoring: {t.queued} queued")
+
+    async def go() -> Tally:
+        try:
+            await store.open()
+            return await backfill(
+                client,
+                store,
+                scoring,
+                since,
+                until,
+                limit=limit,
+                on_row=on_row,
+                backoff=settings.retry_base,
+            )
+        finally:
+            await client.aclose()
+            await store.close()
+
+    try:
+        with progress:
+            result = asyncio.run(go())
+            progress.update(task, total=result.read, completed=result.read)
+    except QueryFailed as exc:
+        fail(
+            f"{describe('backfill: request query', exc.answer, settings.api_base)}"
+            f" (at offset {exc.offset}; {tally.queued} queued before it, running again skips them)",
+            1,
+        )
+    except (sqlite3.Error, OSError) as exc:
+        fail(f"backfill: the store at {settings.database_url} failed: {exc}", 1)
+    except KeyboardInterrupt:
+        fail(f"backfill interrupted; {tally.queued} queued before it", 130)
+    typer.echo(_summary(result))
+    if result.queued:
+        typer.echo(
+            "The relay of `helicone-scorer serve` on this store delivers them"
+            " (at once if it is running, else when it starts)."
+        )
+    if result.no_body:
+        fail(
+            f"{result.no_body} request(s) skipped, their bodies could not be fetched"
+            f" ({'; '.join(result.body_errors)})",
+            1,
+        )
