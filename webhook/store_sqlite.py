@@ -58,7 +58,11 @@ CLAIM = {
         "   ORDER BY available_at LIMIT ?)"
     ),
 }
-RETURNING = " RETURNING request_id, body, attempts, received_at, scores, feedback, posted"
+# The post stage needs no body (its scores are stored), so it never reads one back.
+RETURNING = {
+    "score": " RETURNING request_id, body, attempts, received_at, scores, feedback, posted",
+    "post": " RETURNING request_id, NULL, attempts, received_at, scores, feedback, posted",
+}
 
 
 def _job(row: tuple[str, bytes | None, int, float, str | None, int | None, int]) -> Job:
@@ -117,7 +121,7 @@ class SQLiteStore:
     async def claim(self, stage: Stage, limit: int, lease_seconds: float) -> list[Job]:
         def op(conn: sqlite3.Connection) -> list[Job]:
             now = time.time()
-            rows = conn.execute(CLAIM[stage] + RETURNING, (now + lease_seconds, now, limit))
+            rows = conn.execute(CLAIM[stage] + RETURNING[stage], (now + lease_seconds, now, limit))
             return sorted(map(_job, rows), key=lambda j: j.received_at)
 
         return await self._writer.run(op)
