@@ -27,8 +27,15 @@ log = logging.getLogger("webhook")
 
 
 def enabled_scorers(settings: Settings) -> list[Scorer]:
-    """The scorers that run, for the server and every offline command alike."""
-    return select(available())
+    """The scorers that run, for the server and every offline command alike.
+
+    Built-ins that are on by default and every installed plugin, narrowed by ``SCORER_ENABLED``
+    and ``SCORER_DISABLED`` (disabled plugins are not even imported). Raises
+    :class:`scorers.ScorerError` (one line) for an unknown name, a plugin that fails to import,
+    or a scorer enabled without its settings.
+    """
+    registry = available(skip=settings.scorer_disabled)
+    return select(registry, settings.scorer_enabled, settings.scorer_disabled)
 
 
 def startup_checks(settings: Settings) -> list[Scorer]:
@@ -65,6 +72,10 @@ def create_app(settings: Settings, scorers: list[Scorer] | None = None) -> Starl
         concurrency=settings.relay_concurrency,
         policy=policy,
         poll_interval=settings.poll_interval,
+        scorer_timeout=settings.scorer_timeout,
+        body_allow=settings.body_origins,
+        body_fetch_timeout=settings.body_fetch_timeout,
+        body_fetch_max_bytes=settings.body_fetch_max_bytes,
     )
     verifier = Verifier(settings.secrets) if settings.secrets else None
 

@@ -144,3 +144,8 @@ def send(
 
 def main() -> None:
     app()
+
+
+from webhook import cli_score  # noqa: E402  (its commands join the app above)
+
+cli_score.register(app)

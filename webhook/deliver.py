@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import orjson
 
-from scorers import Context, Scorer, run_scorers
+from scorers import DEFAULT_TIMEOUT, Context, Origin, Scorer, fill_bodies, run_scorers
 from webhook.helicone import Answer, Helicone
 from webhook.store import Job, Store
 
@@ -66,6 +66,10 @@ class Relay:
         concurrency: int = 8,
         policy: RetryPolicy | None = None,
         poll_interval: float = 1.0,
+        scorer_timeout: float = DEFAULT_TIMEOUT,
+        body_allow: Sequence[Origin] = (),
+        body_fetch_timeout: float = 10.0,
+        body_fetch_max_bytes: int = 32 * 1024 * 1024,
     ) -> None:
         self.store = store
         self.scorers = list(scorers)
@@ -73,6 +77,10 @@ class Relay:
         self.concurrency = concurrency
         self.policy = policy or RetryPolicy()
         self.poll_interval = poll_interval
+        self.scorer_timeout = scorer_timeout
+        self.body_allow = tuple(body_allow)
+        self.body_fetch_timeout = body_fetch_timeout
+        self.body_fetch_max_bytes = body_fetch_max_bytes
         self._wake = asyncio.Event()
         self._inflight: dict[asyncio.Task[None], str] = {}
         self._loop_task: asyncio.Task[None] | None = None
@@ -162,7 +170,16 @@ class Relay:
 
     async def _score(self, job: Job) -> dict[str, int]:
         payload = orjson.loads(job.body)
-        outcome = await run_scorers(self.scorers, Context.from_payload(payload))
+        # "Body too large": fetch the full bodies now, while the presigned URL is valid.
+        payload = await fill_bodies(
+            payload,
+            self.body_allow,
+            fetch_timeout=self.body_fetch_timeout,
+            max_bytes=self.body_fetch_max_bytes,
+        )
+        # Extraction can be long on big bodies: keep it off the loop that serves webhooks.
+        ctx = await asyncio.to_thread(Context.from_payload, payload)
+        outcome = await run_scorers(self.scorers, ctx, scorer_timeout=self.scorer_timeout)
         return outcome.scores
 
     async def _settle(self, job: Job, scores: dict[str, int], answer: Answer) -> None:
