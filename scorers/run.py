@@ -133,11 +133,9 @@ class Runner:
         for name in late:
             self._fail(outcome, ctx, name, "skipped: an earlier call is still running late")
         sync = [s for s in sync if s.name not in late]
-        jobs = [
-            self._run_async(s, ctx, timeout, raws, outcome) for s in scorers if _is_async(s.func)
-        ]
+        jobs = [self._run_async(s, ctx, timeout, raws) for s in scorers if _is_async(s.func)]
         if sync:
-            jobs.append(self._run_sync(sync, ctx, timeout, raws, outcome))
+            jobs.append(self._run_sync(sync, ctx, timeout, raws))
         await asyncio.gather(*jobs)
         keys: dict[str, str] = {}
         for s in scorers:
@@ -177,7 +175,7 @@ class Runner:
         return (False, value, time.perf_counter() - t0)
 
     async def _run_async(
-        self, s: Scorer, ctx: Context, default: float, raws: dict[str, _Raw], outcome: Outcome
+        self, s: Scorer, ctx: Context, default: float, raws: dict[str, _Raw]
     ) -> None:
         try:
             awaitable = s.func(ctx)
@@ -192,7 +190,6 @@ class Runner:
         ctx: Context,
         default: float,
         raws: dict[str, _Raw],
-        outcome: Outcome,
     ) -> None:
         limits = {s.name: self._limit(s, default) for s in todo}
         while todo:
@@ -207,7 +204,7 @@ class Runner:
                 if current is not None:
                     deadline = started + limits[current.name]
                 elif not begun:
-                    deadline = queued + max(limits[s.name] for s in batch.todo)
+                    deadline = queued + max(limits.values())
                 else:
                     deadline = now + min(limits.values())
                 done, _ = await asyncio.wait({fut}, timeout=max(0.0, deadline - now))

@@ -10,7 +10,13 @@ from __future__ import annotations
 
 import string
 
-__all__ = ["sentence_count", "syllable_count", "tokens", "word_count"]
+__all__ = [
+    "readability_counts",
+    "sentence_count",
+    "syllable_count",
+    "tokens",
+    "word_count",
+]
 
 _LETTERS = string.ascii_lowercase
 _VOWELS = "aiouy"  # and "e", which has a class of its own
@@ -37,8 +43,10 @@ _SHAPE = _table(
     "c",
     " ",
 )
-# Vowel groups: v and e become "v", everything else a space; groups are then split() tokens.
+# Vowel groups and words: a run of "v" (or of "x") starts wherever one follows a space.
 _VOWEL_RUNS = bytes.maketrans(b"ve lc", b"vv   ")
+_LETTER_RUNS = bytes.maketrans(b"velc", b"xxxx")
+_L_AS_C = bytes.maketrans(b"l", b"c")
 
 # Sentence shapes: terminators s, line breaks n, other whitespace space, anything else x.
 _SENTENCE = _table({".!?": "s", "\n": "n", " \t\r\f\v": " "}, "x", "x")
@@ -49,9 +57,17 @@ def tokens(lower: bytes) -> list[bytes]:
     return lower.translate(_TOKEN_TABLE).split()
 
 
+def _shape(lower: bytes) -> bytes:
+    return b" " + lower.translate(_SHAPE) + b" "
+
+
 def word_count(lower: bytes) -> int:
-    """Words that contain a letter (for readability), approximated as all word tokens."""
-    return len(lower.translate(_SHAPE).split())
+    """Words for readability: runs of letters (apostrophes and non-ASCII count as letters)."""
+    return _words(_shape(lower))
+
+
+def _words(shape: bytes) -> int:
+    return shape.translate(_LETTER_RUNS).count(b" x")
 
 
 def syllable_count(lower: bytes) -> int:
@@ -61,18 +77,26 @@ def syllable_count(lower: bytes) -> int:
     consonant + l ("table", "people"), and not in short words whose only vowel it is ("the",
     "she").
     """
-    shape = b" " + lower.translate(_SHAPE) + b" "
-    groups = len(shape.translate(_VOWEL_RUNS).split())
+    return _syllables(_shape(lower))
+
+
+def _syllables(shape: bytes) -> int:
+    groups = shape.translate(_VOWEL_RUNS).count(b" v")
+    merged = shape.translate(_L_AS_C)  # where "l" needs no class of its own
     silent = (
-        shape.count(b"ce ")
-        + shape.count(b"le ")
+        merged.count(b"ce ")
         - shape.count(b"cle ")
-        - shape.count(b" ce ")
-        - shape.count(b" le ")
-        - shape.count(b" cce ")
-        - shape.count(b" ccce ")
+        - merged.count(b" ce ")
+        - merged.count(b" cce ")
+        - merged.count(b" ccce ")
     )
     return max(groups - max(silent, 0), 0)
+
+
+def readability_counts(lower: bytes) -> tuple[int, int, int]:
+    """(words, sentences, syllables) of lower-cased UTF-8 text, sharing one pass."""
+    shape = _shape(lower)
+    return _words(shape), sentence_count(lower), _syllables(shape)
 
 
 def sentence_count(text: bytes) -> int:

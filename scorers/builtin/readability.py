@@ -22,12 +22,9 @@ def readability(ctx: Context) -> int | None:
     """
     if ctx.text is None:
         return None
-    lower = ctx.lower_bytes
-    words = measures.word_count(lower)
+    words, sentences, syllables = measures.readability_counts(ctx.lower_bytes)
     if not words:
         return None
-    sentences = measures.sentence_count(lower)
-    syllables = measures.syllable_count(lower)
     score = 206.835 - 1.015 * (words / sentences) - 84.6 * (syllables / words)
     return min(100, max(0, round(score)))
 
