@@ -174,3 +174,22 @@ def test_a_cpu_bound_scorer_does_not_stall_the_webhooks(
     standin.wait_for(lambda: slow in standin.posted_ids())
     assert standin.scores_for(slow)[0]["slow_cpu"] == 1
     standin.wait_for(lambda: set(quick) <= standin.posted_ids())
+
+
+def test_the_readme_example_works_as_a_plugin(tmp_path: Path) -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme[readme.index("## Writing a scorer") :]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    toml = section.split("```toml\n", 1)[1].split("```", 1)[0]
+    entry = toml.split('[project.entry-points."helicone_scorer.scorers"]\n', 1)[1].strip()
+    name, target = (part.strip().strip('"') for part in entry.split("=", 1))
+    wheel = build_wheel(tmp_path, "acme_scorers", {"my_scorers": code}, {name: target})
+    pip_install(wheel, tmp_path / "site")
+    env = {"PYTHONPATH": str(tmp_path / "site")}
+    listed = run_cli(tmp_path, env, "scorers")
+    assert "mentions_product" in listed.stdout, listed.stderr
+    (tmp_path / "answer.json").write_text(
+        '{"request_id": "r", "response_body": {"content": [{"type": "text", "text": "Try ACME"}]}}'
+    )
+    scored = run_cli(tmp_path, env | {"SCORER_ENABLED": "mentions_product"}, "score", "answer.json")
+    assert scored.stdout.split() == ["SCORE", "VALUE", "mentions_product", "1"], scored.stderr
