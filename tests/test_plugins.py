@@ -193,3 +193,24 @@ def test_the_readme_example_works_as_a_plugin(tmp_path: Path) -> None:
     )
     scored = run_cli(tmp_path, env | {"SCORER_ENABLED": "mentions_product"}, "score", "answer.json")
     assert scored.stdout.split() == ["SCORE", "VALUE", "mentions_product", "1"], scored.stderr
+
+
+def test_a_scorer_past_its_timeout_loses_only_its_score(
+    make_server: ServerFactory, standin: StandIn, plugins: Path, tmp_path: Path
+) -> None:
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    server = make_server(
+        PYTHONPATH=str(plugins),
+        SLOW_MARKERS=str(markers),
+        SLOW_SECONDS="3",
+        SCORER_TIMEOUT_SECONDS="0.5",
+    )
+    rid = str(uuid.uuid4())
+    assert server.post(payload(rid, "please burn cpu!")).status_code == 202
+    standin.wait_for(lambda: rid in standin.posted_ids())
+    [scores] = standin.scores_for(rid)
+    assert "slow_cpu" not in scores
+    assert (scores["exclamations"], scores["word_count"]) == (1, 3)  # the others still score
+    assert not (markers / "finished").exists()  # posted while the late call still ran
+    assert f"scorer slow_cpu failed (request_id={rid}): timed out after 0.5s" in server.log()
