@@ -123,13 +123,17 @@ def _not_loaded(ctx: Context) -> None:
 def available(skip: Iterable[str] = ()) -> dict[str, Scorer]:
     """Every scorer: the built-ins, then installed plugins (which may not shadow a built-in).
 
-    Plugins named in ``skip`` are listed but not imported. Raises :class:`PluginLoadError`
-    when a plugin fails to import, and :class:`ScorerConfigError` on a built-in's bad settings.
+    Scorers named in ``skip`` are listed but not set up: plugins are not imported, built-ins do
+    not read their settings. Raises :class:`PluginLoadError` when a plugin fails to import, and
+    :class:`ScorerConfigError` on a built-in's bad settings.
     """
     import scorers.builtin  # noqa: F401  (registers the built-ins)
 
     skipped = set(skip)
-    found = {key: setup(s) if setup else s for key, (s, setup) in _BUILTINS.items()}
+    found = {
+        key: setup(s) if setup and key not in skipped else s
+        for key, (s, setup) in _BUILTINS.items()
+    }
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         if ep.name in found:
             if found[ep.name].plugin != ep.value:

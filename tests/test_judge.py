@@ -158,6 +158,12 @@ def test_bad_judge_settings_stop_the_start_with_one_line(
     assert result.stderr.startswith(f"helicone-scorer: invalid setting {name}:")
 
 
+def test_a_disabled_judge_does_not_read_its_settings(tmp_path: Path) -> None:
+    env = {"HELICONE_WEBHOOK_SECRET": "k", "SCORER_JUDGE_TIMEOUT": "never"}
+    assert run_cli(tmp_path, env, "scorers").returncode == 2
+    assert run_cli(tmp_path, env | {"SCORER_DISABLED": "judge"}, "scorers").returncode == 0
+
+
 def test_enabled_without_configuration_stops_the_start(tmp_path: Path) -> None:
     result = run_cli(tmp_path, {"HELICONE_WEBHOOK_SECRET": "k", "SCORER_ENABLED": "judge"}, "serve")
     assert result.returncode == 2
