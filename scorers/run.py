@@ -101,7 +101,7 @@ class _Batch:
             t0 = time.perf_counter()
             try:
                 raw: _Raw = (False, s.func(self.ctx), 0.0)
-            except Exception as exc:
+            except BaseException as exc:  # even SystemExit: it would only end this thread
                 raw = (True, exc, 0.0)
             raw = (raw[0], raw[1], time.perf_counter() - t0)
             with self.lock:

@@ -148,3 +148,12 @@ def test_pool_threads_are_daemons() -> None:
 
 def test_no_scorers_no_scores() -> None:
     assert run([]) == Outcome()
+
+
+def test_a_scorer_calling_sys_exit_only_fails_itself() -> None:
+    def bye(ctx: Context) -> int:
+        raise SystemExit(3)
+
+    outcome = run([make("bye", bye), make("after", lambda c: 1)])
+    assert outcome.scores == {"after": 1}
+    assert outcome.errors == {"bye": "SystemExit: 3"}
