@@ -15,6 +15,7 @@ def api_env(base_url: str, tmp_path: Path, **extra: str) -> dict[str, str]:
         "HELICONE_API_BASE": base_url,
         "SCORER_DATABASE_URL": f"sqlite:///{tmp_path / 'scorer.db'}",
         "SCORER_RETRY_BASE": "0.01",  # the backfill's backoff between query retries
+        "SCORER_ENABLED": "vocabulary_diversity",  # the server under test scores the same way
         **extra,
     }
 

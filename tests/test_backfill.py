@@ -59,7 +59,7 @@ def queries(standin: StandIn) -> list[tuple[int, int, int]]:
 def test_backfill_scores_past_traffic_and_the_running_relay_delivers_it(
     tmp_path: Path, make_server: ServerFactory, standin: StandIn
 ) -> None:
-    server = make_server()
+    server = make_server(SCORER_ENABLED="vocabulary_diversity")
     expected = {
         log(standin, text, i, body): score
         for i, ((text, score), body) in enumerate(
@@ -122,7 +122,7 @@ def test_backfill_skips_requests_without_bodies_and_the_next_serve_delivers(
     )
     assert standin.ok_calls("score") == []  # no server yet: nothing posted
 
-    make_server()
+    make_server(SCORER_ENABLED="vocabulary_diversity")
     standin.wait_for(lambda: good in standin.posted_ids())
     assert standin.scores_for(good) == [{"vocabulary_diversity": 67}]
     assert standin.posted_ids() == {good}
@@ -131,7 +131,7 @@ def test_backfill_skips_requests_without_bodies_and_the_next_serve_delivers(
 def test_backfill_again_skips_what_is_queued_or_already_posted(
     tmp_path: Path, make_server: ServerFactory, standin: StandIn
 ) -> None:
-    make_server()
+    make_server(SCORER_ENABLED="vocabulary_diversity")
     ids = [log(standin, text, i) for i, text in enumerate(TEXTS)]
     env = api_env(standin.base_url, tmp_path)
     assert run(tmp_path, env, "backfill", "--since", SINCE).returncode == 0

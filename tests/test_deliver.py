@@ -8,6 +8,7 @@ import time
 import uuid
 
 import httpx2
+import orjson
 
 from tests.conftest import ServerFactory
 from tests.server import Server, payload
@@ -69,7 +70,7 @@ def test_dry_run_scores_and_stores_but_posts_nothing(
         time.sleep(0.05)
     row = server.rows()[rid]
     assert row["state"] == "done"
-    assert row["scores"] == '{"vocabulary_diversity":67}'
+    assert orjson.loads(row["scores"])["vocabulary_diversity"] == 67
     assert row["last_status"] is None
     assert standin.calls == []
     log = server.log()

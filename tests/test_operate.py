@@ -147,7 +147,7 @@ def test_scorer_rules_file_filters_by_model(
 ) -> None:
     rules = tmp_path / "rules.toml"
     rules.write_text('[vocabulary_diversity]\nmodels = ["gpt-4o*"]\n')
-    server = make_server(SCORER_RULES_FILE=str(rules))
+    server = make_server(SCORER_RULES_FILE=str(rules), SCORER_ENABLED="vocabulary_diversity")
     matching, other = str(uuid.uuid4()), str(uuid.uuid4())
     server.post(payload(matching))  # model gpt-4o
     body = orjson.loads(payload(other))

@@ -32,8 +32,15 @@ log = logging.getLogger("webhook")
 
 
 def enabled_scorers(settings: Settings) -> list[Scorer]:
-    """The scorers that run, for the server and every offline command alike."""
-    return select(available())
+    """The scorers that run, for the server and every offline command alike.
+
+    Built-ins that are on by default and every installed plugin, narrowed by ``SCORER_ENABLED``
+    and ``SCORER_DISABLED`` (disabled plugins are not even imported). Raises
+    :class:`scorers.ScorerError` (one line) for an unknown name, a plugin that fails to import,
+    or a scorer enabled without its settings.
+    """
+    registry = available(skip=settings.scorer_disabled)
+    return select(registry, settings.scorer_enabled, settings.scorer_disabled)
 
 
 def scoring_from(settings: Settings) -> Scoring:
@@ -51,7 +58,15 @@ def scoring_from(settings: Settings) -> Scoring:
         )
     except RuleError as exc:
         raise SettingsError(f"invalid setting SCORER_RULES_FILE: {exc}") from None
-    return Scoring(scorers, rules, feedback)
+    return Scoring(
+        scorers,
+        rules,
+        feedback,
+        scorer_timeout=settings.scorer_timeout,
+        body_allow=settings.body_origins,
+        body_fetch_timeout=settings.body_fetch_timeout,
+        body_fetch_max_bytes=settings.body_fetch_max_bytes,
+    )
 
 
 def startup_checks(settings: Settings) -> Scoring:

@@ -12,7 +12,7 @@ import orjson
 import typer
 
 from scorers import UnknownScorerError
-from webhook import cli_api, cli_queue
+from webhook import cli_api, cli_queue, cli_score
 from webhook.console import fail, settings_or_exit
 from webhook.logs import setup_logging
 from webhook.settings import SettingsError
@@ -133,5 +133,6 @@ def main() -> None:
     app()
 
 
+cli_score.register(app)
 cli_queue.register(app)
 cli_api.register(app)

@@ -1,20 +1,24 @@
 """The scoring stage: from a stored webhook to the scores and the rating to post.
 
-Which scorers run on a webhook is decided here by the scorer rules (sampling and filters); what a
-scorer does is the ``scorers`` package's business. Feedback is only rated for UUID request ids,
-because Helicone's feedback API refuses anything else.
+- A "Body too large" webhook has its bodies fetched first, from allowed hosts only, while the
+  presigned URL (valid 30 minutes) still works: this stage runs as soon as a webhook is stored.
+- Which scorers run on a webhook is decided here by the scorer rules (sampling and filters);
+  what a scorer does, and its isolation (timeouts, threads), is the ``scorers`` package's.
+- Feedback is only rated for UUID request ids, because Helicone's feedback API refuses others.
 """
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 
-from scorers import Context, Scorer, run_scorers
-from webhook.metrics import SCORER_ERRORS
+from scorers import DEFAULT_TIMEOUT, Context, Origin, Scorer, fill_bodies, run_scorers
+from webhook.metrics import SCORER_DURATION, SCORER_ERRORS
 from webhook.rules import FeedbackRule, ScorerRule
 
 __all__ = ["Scored", "Scoring", "is_uuid"]
@@ -39,6 +43,10 @@ class Scoring:
     scorers: Sequence[Scorer]
     rules: Mapping[str, ScorerRule] = field(default_factory=dict)
     feedback_rule: FeedbackRule | None = None
+    scorer_timeout: float = DEFAULT_TIMEOUT
+    body_allow: Sequence[Origin] = ()
+    body_fetch_timeout: float = 10.0
+    body_fetch_max_bytes: int = 32 * 1024 * 1024
 
     def chosen(self, ctx: Context) -> list[Scorer]:
         return [
@@ -55,9 +63,18 @@ class Scoring:
             payload = {}
         return await self.score_payload(request_id, payload if isinstance(payload, dict) else {})
 
-    async def score_payload(self, request_id: str, payload: dict[str, object]) -> Scored:
-        ctx = Context.from_payload(payload)
-        outcome = await run_scorers(self.chosen(ctx), ctx)
+    async def score_payload(self, request_id: str, payload: Mapping[str, Any]) -> Scored:
+        payload = await fill_bodies(
+            payload,
+            self.body_allow,
+            fetch_timeout=self.body_fetch_timeout,
+            max_bytes=self.body_fetch_max_bytes,
+        )
+        # Extraction can be long on big bodies: keep it off the loop that serves webhooks.
+        ctx = await asyncio.to_thread(Context.from_payload, payload)
+        outcome = await run_scorers(self.chosen(ctx), ctx, scorer_timeout=self.scorer_timeout)
+        for name, seconds in outcome.durations.items():
+            SCORER_DURATION.labels(name).observe(seconds)
         for name in outcome.errors:
             SCORER_ERRORS.labels(name).inc()
         feedback = None

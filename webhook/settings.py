@@ -11,6 +11,9 @@ from typing import Annotated, Literal
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from scorers import DEFAULT_TIMEOUT, Origin, parse_origins
+from scorers.fetch import HELICONE_BODY_HOSTS
+
 __all__ = ["Settings", "SettingsError", "load_settings"]
 
 MiB = 1024 * 1024
@@ -55,6 +58,24 @@ class Settings(BaseSettings):
     shutdown_grace: float = Field(
         default=20.0, ge=0, validation_alias=_env("SCORER_SHUTDOWN_GRACE")
     )
+    scorer_enabled: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(), validation_alias=_env("SCORER_ENABLED")
+    )
+    scorer_disabled: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(), validation_alias=_env("SCORER_DISABLED")
+    )
+    scorer_timeout: float = Field(
+        default=DEFAULT_TIMEOUT, gt=0, validation_alias=_env("SCORER_TIMEOUT_SECONDS")
+    )
+    body_url_allow: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=HELICONE_BODY_HOSTS, validation_alias=_env("SCORER_BODY_URL_ALLOW")
+    )
+    body_fetch_timeout: float = Field(
+        default=10.0, gt=0, validation_alias=_env("SCORER_BODY_FETCH_TIMEOUT")
+    )
+    body_fetch_max_bytes: int = Field(
+        default=32 * MiB, gt=0, validation_alias=_env("SCORER_BODY_FETCH_MAX_BYTES")
+    )
 
     rate_limit_per_minute: int = Field(
         default=200, ge=1, validation_alias=_env("SCORER_RATE_LIMIT_PER_MINUTE")
@@ -68,11 +89,19 @@ class Settings(BaseSettings):
         default="text", validation_alias=_env("SCORER_LOG_FORMAT")
     )
 
-    @field_validator("webhook_secrets", mode="before")
+    @field_validator(
+        "webhook_secrets", "scorer_enabled", "scorer_disabled", "body_url_allow", mode="before"
+    )
     @classmethod
-    def _split_secrets(cls, value: object) -> object:
+    def _split_list(cls, value: object) -> object:
         if isinstance(value, str):
             return tuple(s.strip() for s in value.split(",") if s.strip())
+        return value
+
+    @field_validator("body_url_allow")
+    @classmethod
+    def _check_origins(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        parse_origins(value)  # raises ValueError naming the bad entry
         return value
 
     @field_validator("api_key", "feedback_rule", "rules_file", mode="before")
@@ -98,6 +127,11 @@ class Settings(BaseSettings):
     def dry_run(self) -> bool:
         """No API key: scores are computed and stored, but not posted."""
         return self.api_key is None
+
+    @property
+    def body_origins(self) -> tuple[Origin, ...]:
+        """Where "Body too large" webhooks' full bodies may be fetched from."""
+        return parse_origins(self.body_url_allow)
 
     @property
     def secrets(self) -> list[str]:

@@ -1,0 +1,158 @@
+"""``helicone-scorer score`` and ``helicone-scorer scorers``: the scorers, offline.
+
+``score`` runs exactly what the server would run on a payload (the same enabled scorers, the
+same "Body too large" fetch, the same timeouts), without storing or posting anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import orjson
+import typer
+
+from scorers import Context, Outcome, Scorer, ScorerError, available, fill_bodies, run_scorers
+from webhook.settings import Settings, SettingsError, load_settings
+
+__all__ = ["register"]
+
+
+def _fail(message: str, code: int = 2) -> NoReturn:
+    typer.echo(f"helicone-scorer: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _settings() -> Settings:
+    try:
+        return load_settings()
+    except SettingsError as exc:
+        _fail(str(exc))
+
+
+def _enabled(settings: Settings) -> list[Scorer]:
+    from webhook.app import enabled_scorers
+
+    try:
+        return enabled_scorers(settings)
+    except ScorerError as exc:
+        _fail(str(exc))
+
+
+def _read_payload(file: Path) -> dict[str, Any]:
+    try:
+        raw = sys.stdin.buffer.read() if str(file) == "-" else file.read_bytes()
+    except OSError as exc:
+        _fail(f"cannot read {file}: {exc.strerror}")
+    try:
+        payload = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        _fail(f"{file} is not valid JSON: {exc}")
+    if not isinstance(payload, dict):
+        _fail(f"{file} must hold a JSON object (a webhook payload)")
+    return payload
+
+
+async def _run(payload: Mapping[str, Any], chosen: list[Scorer], settings: Settings) -> Outcome:
+    filled = await fill_bodies(
+        payload,
+        settings.body_origins,
+        fetch_timeout=settings.body_fetch_timeout,
+        max_bytes=settings.body_fetch_max_bytes,
+    )
+    ctx = Context.from_payload(filled)
+    return await run_scorers(chosen, ctx, scorer_timeout=settings.scorer_timeout)
+
+
+def _scale(s: Scorer) -> str:
+    low, high = s.bounds
+    if low is None and high is None:
+        return "any"
+    if high is None:
+        return f"{low}+"
+    return f"{'' if low is None else low}-{high}"
+
+
+def _table(rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    lines = [
+        "  ".join([*(c.ljust(w) for c, w in zip(r, widths, strict=False)), r[-1]]) for r in rows
+    ]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def score(
+    file: Annotated[Path, typer.Argument(help="Webhook payload JSON file, or - for stdin.")],
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print JSON: scores, errors, durations.")
+    ] = False,
+) -> None:
+    """Run the enabled scorers on one webhook payload, offline, and print the scores.
+
+    A scorer that fails is reported on stderr, one line each; the others still score.
+    """
+    logging.basicConfig(level=logging.WARNING, format="helicone-scorer: %(message)s")
+    settings = _settings()
+    chosen = _enabled(settings)
+    payload = _read_payload(file)
+    outcome = asyncio.run(_run(payload, chosen, settings))
+    if as_json:
+        out = {
+            "request_id": payload.get("request_id"),
+            "scores": outcome.scores,
+            "errors": outcome.errors,
+            "durations_ms": {k: round(v * 1000, 3) for k, v in outcome.durations.items()},
+        }
+        typer.echo(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode())
+        return
+    if not outcome.scores:
+        typer.echo("(no scores)")
+    else:
+        rows = [("SCORE", "VALUE"), *((k, str(v)) for k, v in outcome.scores.items())]
+        typer.echo(_table(rows))
+
+
+def list_scorers(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List every registered scorer, built-in or plugin, with its scale and description."""
+    settings = _settings()
+    try:
+        registry = available(skip=settings.scorer_disabled)
+    except ScorerError as exc:
+        _fail(str(exc))
+    from webhook.app import enabled_scorers
+
+    try:
+        on = {s.name for s in enabled_scorers(settings)}
+    except ScorerError as exc:
+        typer.echo(f"helicone-scorer: warning: {exc}", err=True)
+        on = set()
+    entries: list[dict[str, Any]] = [
+        {
+            "name": s.name,
+            "enabled": s.name in on,
+            "scale": _scale(s),
+            "source": f"plugin {s.plugin}" if s.plugin else "built-in",
+            "description": s.description + (f" ({s.problem})" if s.problem else ""),
+        }
+        for s in registry.values()
+    ]
+    if as_json:
+        typer.echo(orjson.dumps(entries, option=orjson.OPT_INDENT_2).decode())
+        return
+    rows = [("NAME", "ON", "SCALE", "SOURCE", "DESCRIPTION")]
+    rows += [
+        (e["name"], "yes" if e["enabled"] else "no", e["scale"], e["source"], e["description"])
+        for e in entries
+    ]
+    typer.echo(_table(rows))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("score")(score)
+    app.command("scorers")(list_scorers)
