@@ -27,7 +27,7 @@ import subprocess
 import sys
 import time
 import uuid
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import httpx2
@@ -244,8 +244,10 @@ def run(args: list[str], image: str, workdir: Path) -> None:
             f"as the image's USER ({uid})",
         )
 
-        db = volume / "helicone-scorer.db"
-        check(db.exists(), f"the queue lives in the volume ({db.name})")
+        image_env = dict(e.split("=", 1) for e in config["Env"])
+        in_image = PurePosixPath(image_env["SCORER_DATABASE_URL"].removeprefix("sqlite:///"))
+        db = volume / in_image.relative_to(VOLUME)
+        check(db.exists(), f"the queue lives in the volume ({in_image})")
         for pid in procs:  # as a container runtime does to the image's main process
             os.kill(pid, signal.SIGTERM)
         proc.wait(60)
@@ -272,6 +274,9 @@ def main() -> int:
         print(f"container-test: FAILED: {exc}", file=sys.stderr)
         print(f"container-test: {passed} passed, 1 failed")
         return 1
+    except BaseException:
+        print(f"container-test: {passed} passed, 1 failed")
+        raise
     print(f"container-test: {passed} passed, 0 failed")
     return 0
 

@@ -183,7 +183,8 @@ def test_checks_probe_the_healthcheck_route(fly: dict[str, Any], dockerfile: Doc
         assert check["path"] == "/healthz"
         assert check["method"].upper() == "GET"
     assert "/healthz" in dockerfile.final.args("HEALTHCHECK")[-1]
-    app = create_app(Settings(allow_unsigned=True, database_url="sqlite:////nonexistent/x.db"))
+    settings = Settings(allow_unsigned=True, api_key=None, database_url="sqlite:////nonexistent/x")
+    app = create_app(settings)
     assert "/healthz" in {getattr(route, "path", None) for route in app.routes}
 
 
