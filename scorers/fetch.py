@@ -19,6 +19,7 @@ Policy:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
 import zlib
@@ -31,7 +32,15 @@ import orjson
 
 from scorers.extract import is_too_large
 
-__all__ = ["HELICONE_BODY_HOSTS", "Origin", "allowed", "fill_bodies", "parse_origins"]
+__all__ = [
+    "HELICONE_BODY_HOSTS",
+    "FetchError",
+    "Origin",
+    "allowed",
+    "fetch_json",
+    "fill_bodies",
+    "parse_origins",
+]
 
 log = logging.getLogger("scorers.fetch")
 
@@ -96,20 +105,25 @@ def _ssl_context() -> ssl.SSLContext:
     return _ssl
 
 
-async def _download(url: str, seconds: float, max_bytes: int) -> bytes:
-    verify: ssl.SSLContext | bool = _ssl_context() if url.startswith("https:") else True
-    async with (
-        httpx2.AsyncClient(timeout=seconds, follow_redirects=False, verify=verify) as client,
-        client.stream("GET", url) as response,
-    ):
+class FetchError(Exception):
+    """A body could not be fetched; ``status`` is the HTTP status when one came back."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+async def _download(client: httpx2.AsyncClient, url: str, max_bytes: int) -> bytes:
+    async with client.stream("GET", url) as response:
         if response.status_code != 200:
-            raise ValueError(f"HTTP {response.status_code}")
+            reason = response.reason_phrase or f"HTTP {response.status_code}"
+            raise FetchError(f"answered {reason}", response.status_code)
         chunks: list[bytes] = []
         size = 0
         async for chunk in response.aiter_raw(_CHUNK):
             size += len(chunk)
             if size > max_bytes:
-                raise ValueError(f"larger than {max_bytes} bytes")
+                raise FetchError(f"larger than {max_bytes} bytes")
             chunks.append(chunk)
     return b"".join(chunks)
 
@@ -120,8 +134,37 @@ def _decode(raw: bytes, max_bytes: int) -> Any:
         inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
         raw = inflater.decompress(raw, max_bytes + 1)
         if len(raw) > max_bytes or inflater.unconsumed_tail:
-            raise ValueError(f"larger than {max_bytes} bytes once decompressed")
+            raise FetchError(f"larger than {max_bytes} bytes once decompressed")
+        if not inflater.eof:
+            raise FetchError("truncated gzip")
     return orjson.loads(raw)
+
+
+async def fetch_json(
+    url: str, *, seconds: float, max_bytes: int, client: httpx2.AsyncClient | None = None
+) -> Any:
+    """GET a JSON document, gzip-encoded or not, the way Helicone stores bodies.
+
+    Redirects are not followed; the download is bounded by ``max_bytes`` (compressed and
+    decompressed) and ``timeout`` seconds in all. Raises :class:`FetchError`, and only that.
+    Pass a ``client`` (with ``follow_redirects=False``) to reuse its connections.
+    """
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            if client is None:
+                verify: ssl.SSLContext | bool = _ssl_context() if url.startswith("https:") else True
+                client = await stack.enter_async_context(
+                    httpx2.AsyncClient(timeout=seconds, follow_redirects=False, verify=verify)
+                )
+            raw = await asyncio.wait_for(_download(client, url, max_bytes), seconds)
+        return await asyncio.to_thread(_decode, raw, max_bytes)
+    except FetchError:
+        raise
+    except (httpx2.HTTPError, TimeoutError) as exc:
+        detail = " ".join(f"{type(exc).__name__}: {exc}".split()).rstrip(": ")
+        raise FetchError(detail) from None
+    except (ValueError, zlib.error) as exc:  # JSON or gzip that does not decode
+        raise FetchError(f"unreadable body: {type(exc).__name__}") from None
 
 
 async def fill_bodies(
@@ -151,15 +194,14 @@ async def fill_bodies(
                 shown or "missing or invalid",
             )
             return payload
-        raw = await asyncio.wait_for(_download(url, fetch_timeout, max_bytes), fetch_timeout)
-        data = await asyncio.to_thread(_decode, raw, max_bytes)
+        data = await fetch_json(url, seconds=fetch_timeout, max_bytes=max_bytes)
         if not isinstance(data, dict):
             raise ValueError("not a JSON object")
         filled = dict(payload)
         for side, key in (("request_body", "request"), ("response_body", "response")):
             if side in sides and key in data:
                 filled[side] = data[key]
-        log.info("request_id=%s: fetched the full bodies (%d bytes)", rid, len(raw))
+        log.info("request_id=%s: fetched the full bodies", rid)
         return filled
     except Exception as exc:
         detail = " ".join(f"{type(exc).__name__}: {exc}".split()).rstrip(": ")

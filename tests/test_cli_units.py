@@ -9,10 +9,11 @@ import pytest
 import typer
 
 from scorers import Context
+from scorers.fetch import FetchError, _decode
 from webhook.backfill import PLACEHOLDER_KEY, _real, created_filter, to_payload
 from webhook.cli_api import parse_scores, parse_when
 from webhook.evals import mean, series, sparkline, summarize
-from webhook.helicone import MAX_SIGNED_BODY, _gunzip
+from webhook.helicone import MAX_SIGNED_BODY
 from webhook.helicone_types import Eval, RequestRow, iso
 
 NOW = datetime(2024, 5, 10, 12, 0, 0, tzinfo=UTC)
@@ -158,10 +159,10 @@ def test_created_filter() -> None:
     }
 
 
-def test_gunzip_undoes_gzip_within_bounds() -> None:
-    assert _gunzip(b'{"a": 1}') == b'{"a": 1}'
-    assert _gunzip(gzip.compress(b'{"a": 1}')) == b'{"a": 1}'
-    with pytest.raises(EOFError):
-        _gunzip(gzip.compress(b'{"a": 1}')[:-12])
-    with pytest.raises(OSError, match="too large"):
-        _gunzip(gzip.compress(b"\0" * (MAX_SIGNED_BODY + 1)))
+def test_decode_undoes_gzip_within_bounds() -> None:
+    assert _decode(b'{"a": 1}', 100) == {"a": 1}
+    assert _decode(gzip.compress(b'{"a": 1}'), 100) == {"a": 1}
+    with pytest.raises(FetchError, match="truncated"):
+        _decode(gzip.compress(b'{"a": 1}')[:-12], 100)
+    with pytest.raises(FetchError, match="once decompressed"):
+        _decode(gzip.compress(b"\0" * (MAX_SIGNED_BODY + 1)), MAX_SIGNED_BODY)

@@ -11,27 +11,16 @@ import logging
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import orjson
 import typer
 
 from scorers import Context, Outcome, Scorer, ScorerError, available, fill_bodies, run_scorers
-from webhook.settings import Settings, SettingsError, load_settings
+from webhook.console import fail, settings_or_exit
+from webhook.settings import Settings
 
 __all__ = ["register"]
-
-
-def _fail(message: str, code: int = 2) -> NoReturn:
-    typer.echo(f"helicone-scorer: {message}", err=True)
-    raise typer.Exit(code)
-
-
-def _settings() -> Settings:
-    try:
-        return load_settings()
-    except SettingsError as exc:
-        _fail(str(exc))
 
 
 def _enabled(settings: Settings) -> list[Scorer]:
@@ -40,20 +29,20 @@ def _enabled(settings: Settings) -> list[Scorer]:
     try:
         return enabled_scorers(settings)
     except ScorerError as exc:
-        _fail(str(exc))
+        fail(str(exc))
 
 
 def _read_payload(file: Path) -> dict[str, Any]:
     try:
         raw = sys.stdin.buffer.read() if str(file) == "-" else file.read_bytes()
     except OSError as exc:
-        _fail(f"cannot read {file}: {exc.strerror}")
+        fail(f"cannot read {file}: {exc.strerror}")
     try:
         payload = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        _fail(f"{file} is not valid JSON: {exc}")
+        fail(f"{file} is not valid JSON: {exc}")
     if not isinstance(payload, dict):
-        _fail(f"{file} must hold a JSON object (a webhook payload)")
+        fail(f"{file} must hold a JSON object (a webhook payload)")
     return payload
 
 
@@ -96,7 +85,7 @@ def score(
     A scorer that fails is reported on stderr, one line each; the others still score.
     """
     logging.basicConfig(level=logging.WARNING, format="helicone-scorer: %(message)s")
-    settings = _settings()
+    settings = settings_or_exit()
     chosen = _enabled(settings)
     payload = _read_payload(file)
     outcome = asyncio.run(_run(payload, chosen, settings))
@@ -120,11 +109,11 @@ def list_scorers(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """List every registered scorer, built-in or plugin, with its scale and description."""
-    settings = _settings()
+    settings = settings_or_exit()
     try:
         registry = available(skip=settings.scorer_disabled)
     except ScorerError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     from webhook.app import enabled_scorers
 
     try:

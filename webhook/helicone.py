@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import email.utils
 import time
-import zlib
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Generic
@@ -24,6 +23,7 @@ import orjson
 from pydantic import TypeAdapter, ValidationError
 from typing_extensions import TypeVar
 
+from scorers.fetch import FetchError, fetch_json
 from webhook.helicone_types import Eval, RequestRow, SignedBody, iso
 
 __all__ = ["Answer", "Helicone", "retry_after_seconds"]
@@ -189,27 +189,18 @@ class Helicone:
             self._bodies = httpx2.AsyncClient(
                 headers={"User-Agent": USER_AGENT},
                 timeout=self._timeout,
+                follow_redirects=False,
                 transport=self._transport,
             )
         try:
-            async with self._bodies.stream("GET", url) as response:
-                if not (200 <= response.status_code < 300):
-                    reason = response.reason_phrase or f"HTTP {response.status_code}"
-                    return Answer(response.status_code, error=f"body URL answered {reason}")
-                raw = bytearray()
-                async for chunk in response.aiter_bytes():
-                    raw += chunk
-                    if len(raw) > MAX_SIGNED_BODY:
-                        return Answer(None, error="body is too large")
-                status = response.status_code
-        except httpx2.HTTPError as exc:
-            return Answer(None, error=_describe(exc))
-        try:
-            content = _gunzip(bytes(raw))
-            data = _SIGNED.validate_python(orjson.loads(content))
-        except (OSError, EOFError, zlib.error, orjson.JSONDecodeError, ValidationError) as exc:
+            data = await fetch_json(
+                url, seconds=self._timeout, max_bytes=MAX_SIGNED_BODY, client=self._bodies
+            )
+            return Answer(200, data=_SIGNED.validate_python(data))
+        except FetchError as exc:
+            return Answer(exc.status, error=f"body URL {exc}")
+        except ValidationError as exc:
             return Answer(None, error=f"unreadable body: {type(exc).__name__}")
-        return Answer(status, data=data)
 
     # -- transport ------------------------------------------------------------------------------
 
@@ -252,16 +243,3 @@ def _typed(answer: Answer, adapter: TypeAdapter[Any]) -> Answer[Any]:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "data"
         return Answer(None, error=f"unexpected answer from Helicone: {where}: {first['msg']}")
-
-
-def _gunzip(raw: bytes) -> bytes:
-    """Undo gzip when the server did not say ``Content-Encoding: gzip`` (S3 objects may not)."""
-    if raw[:2] != b"\x1f\x8b":
-        return raw
-    d = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
-    out = d.decompress(raw, MAX_SIGNED_BODY + 1)
-    if len(out) > MAX_SIGNED_BODY or d.unconsumed_tail:
-        raise OSError("body is too large")
-    if not d.eof:
-        raise EOFError("truncated gzip")
-    return out
