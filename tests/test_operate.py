@@ -120,6 +120,9 @@ def test_metrics_count_outcomes_posts_and_queue(
     assert metric(text, "helicone_scorer_retries_total") == 1
     assert metric(text, "helicone_scorer_queue_depth", state="done") == 1
     assert metric(text, "helicone_scorer_queue_depth", state="pending") == 0
+    duration = "helicone_scorer_scorer_duration_seconds_count"
+    assert metric(text, duration, scorer="vocabulary_diversity") == 1
+    assert metric(text, duration, scorer="word_count") == 1
 
 
 def test_json_logs_one_line_per_outcome_without_bodies_or_secrets(
