@@ -83,4 +83,4 @@ def test_request_in_flight_at_sigterm_is_answered_and_delivered_after_restart(
 
     server.start()
     standin.wait_for(lambda: rid in standin.posted_ids(), timeout=20)
-    assert standin.scores_for(rid)[-1] == {"vocabulary_diversity": 100}
+    assert standin.scores_for(rid)[-1]["vocabulary_diversity"] == 100
