@@ -230,7 +230,10 @@ def run(args: list[str], image: str, workdir: Path) -> None:
         check(unsigned.status_code == 401, "an unsigned webhook is refused")
         standin.wait_for(lambda: rid in standin.posted_ids(), timeout=30)
         scores = standin.scores_for(rid)
-        check(scores == [{"vocabulary_diversity": 75}], f"its scores reached the stand-in {scores}")
+        check(
+            len(scores) == 1 and scores[0].get("vocabulary_diversity") == 75,
+            f"its scores reached the stand-in {scores}",
+        )
         check(standin.violations == [], "only integer scores were posted")
 
         procs = service_processes(proc.pid)
