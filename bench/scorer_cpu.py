@@ -1,7 +1,7 @@
 """CPU cost of the built-in scorers (judge off) on a 10 KB answer.
 
-    .venv/bin/python bench/scorers.py            # report
-    .venv/bin/python bench/scorers.py --check    # exit 1 if over the 1 ms budget
+    .venv/bin/python bench/scorer_cpu.py            # report
+    .venv/bin/python bench/scorer_cpu.py --check    # exit 1 if over the 1 ms budget
 
 Measured with time.process_time (CPU of the whole process, every thread) over many runs. Each
 run scores a fresh Context, so nothing computed for one run (the shared lower-cased text, word
@@ -16,15 +16,9 @@ import random
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-# Run as a script, this file's directory comes first on sys.path, and its name would shadow the
-# scorers package.
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-
-from scorers import Context, available, run_scorers, select  # noqa: E402
+from scorers import Context, available, run_scorers, select
 
 BUDGET_US = 1000.0
 
