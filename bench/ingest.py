@@ -131,6 +131,9 @@ def main() -> None:
     ap.add_argument("--connections", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--bodies", type=int, default=150_000)
+    ap.add_argument(
+        "--env", action="append", default=[], metavar="NAME=VALUE", help="extra server setting"
+    )
     args = ap.parse_args()
     if not shutil.which("wrk"):
         sys.exit("wrk is not installed (Debian: apt-get install wrk)")
@@ -175,6 +178,7 @@ def main() -> None:
                     "HELICONE_WEBHOOK_SECRET": SECRET,
                     "SCORER_DATABASE_URL": f"sqlite:///{db}",
                 }
+                run_env |= dict(item.split("=", 1) for item in args.env)
             proc = start(cmd, run_env, port, HERE.parent)
             try:
                 rps, total = wrk(port, lines, args.seconds, args.connections, args.threads)

@@ -21,6 +21,7 @@ Policy:
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import logging
 import threading
@@ -70,6 +71,19 @@ def as_score(value: object) -> int | None:
 
 
 def _is_async(func: object) -> bool:
+    """Whether calling ``func`` gives a coroutine to await (asked once per hashable scorer)."""
+    try:
+        return _is_async_cached(func)
+    except TypeError:  # an unhashable callable object
+        return _check_async(func)
+
+
+@functools.cache
+def _is_async_cached(func: object) -> bool:
+    return _check_async(func)
+
+
+def _check_async(func: object) -> bool:
     return inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(
         getattr(func, "__call__", None)  # noqa: B004  (an object with an async __call__)
     )

@@ -102,6 +102,7 @@ async def receive(request: Request) -> Response:
         event(log, "duplicate", request_id=request_id, outcome="duplicate", status=200)
         return json_response(200, {"request_id": request_id, "status": "duplicate"})
     RECEIVED_BY["accepted"].inc()
-    event(log, "accepted", request_id=request_id, outcome="accepted", status=202)
+    # Its outcome line comes from the relay (posted, dry_run, dead...): one line per webhook.
+    event(log, "accepted", level=logging.DEBUG, request_id=request_id, outcome="accepted")
     ingest.wake()
     return json_response(202, {"request_id": request_id, "status": "queued"})
