@@ -29,6 +29,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from prometheus_client import Counter
+
 from webhook import metrics
 from webhook.helicone import Answer, Helicone
 from webhook.limit import SlidingWindow
@@ -226,23 +228,28 @@ class Relay:
     async def _post(self, job: Job) -> None:
         assert self.client is not None
         client, rid, posted = self.client, job.request_id, job.posted
+        scores, rating = job.scores, job.feedback
+        calls: list[tuple[int, Counter, Callable[[], Awaitable[Answer]]]] = []
+        if scores and not posted & SCORES_POSTED:
+            calls.append(
+                (SCORES_POSTED, metrics.SCORES_POSTED, lambda: client.post_scores(rid, scores))
+            )
+        if rating is not None and not posted & FEEDBACK_POSTED:
+            calls.append(
+                (
+                    FEEDBACK_POSTED,
+                    metrics.FEEDBACK_POSTED,
+                    lambda: client.post_feedback(rid, rating),
+                )
+            )
         answer: Answer | None = None
-        if job.scores and not posted & SCORES_POSTED:
-            scores = job.scores
-            answer = await self._call(lambda: client.post_scores(rid, scores))
+        for done, counter, send in calls:  # a call that succeeded before is not repeated
+            answer = await self._call(send)
             if not answer.ok:
                 await self._failed(job, answer, posted)
                 return
-            posted |= SCORES_POSTED
-            metrics.SCORES_POSTED.inc()
-        if job.feedback is not None and not posted & FEEDBACK_POSTED:
-            rating = job.feedback
-            answer = await self._call(lambda: client.post_feedback(rid, rating))
-            if not answer.ok:
-                await self._failed(job, answer, posted)
-                return
-            posted |= FEEDBACK_POSTED
-            metrics.FEEDBACK_POSTED.inc()
+            posted |= done
+            counter.inc()
         status = answer.status if answer else None
         await self.store.complete(rid, status)
         event(
