@@ -39,6 +39,19 @@ def test_bad_value_stops_start_with_one_line_naming_it(
     assert lines[0].startswith(f"helicone-scorer: invalid setting {name}:")
 
 
+def test_a_store_that_cannot_be_opened_stops_the_start(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("not a directory")
+    url = f"sqlite:///{tmp_path / 'a-file' / 'scorer.db'}"
+    result = run_cli(
+        tmp_path, {"HELICONE_WEBHOOK_SECRET": "k", "SCORER_DATABASE_URL": url}, "serve"
+    )
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(
+        "helicone-scorer: invalid setting SCORER_DATABASE_URL: cannot open the store:"
+    )
+
+
 def test_no_secret_refuses_to_start(tmp_path: Path) -> None:
     result = run_cli(tmp_path, {}, "serve")
     assert result.returncode == 2

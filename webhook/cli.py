@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import uuid
 from pathlib import Path
@@ -16,6 +17,7 @@ from webhook import cli_api, cli_queue, cli_score
 from webhook.console import fail, settings_or_exit
 from webhook.logs import setup_logging
 from webhook.settings import SettingsError
+from webhook.store import Store, open_store
 from webhook.verify import sign
 
 __all__ = ["app", "main"]
@@ -47,6 +49,10 @@ def serve(
         application = create_app(settings)
     except (SettingsError, UnknownScorerError, ValueError) as exc:
         fail(str(exc))
+    try:
+        asyncio.run(_open_and_close(open_store(settings.database_url)))
+    except Exception as exc:
+        fail(f"invalid setting SCORER_DATABASE_URL: cannot open the store: {exc}")
     uvicorn.run(
         application,
         host=host,
@@ -57,6 +63,12 @@ def serve(
         timeout_graceful_shutdown=int(settings.shutdown_grace) + 5,
         server_header=False,
     )
+
+
+async def _open_and_close(store: Store) -> None:
+    """Open the store once before serving, so a bad path is one line, not a failed startup."""
+    await store.open()
+    await store.close()
 
 
 SAMPLE = {

@@ -45,7 +45,11 @@ class Writer:
         return conn
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="sqlite-writer", daemon=True)
+        """Open the connection here, so a bad path fails the caller at once, then hand it over."""
+        conn = self.connect()
+        self._thread = threading.Thread(
+            target=self._run, args=(conn,), name="sqlite-writer", daemon=True
+        )
         self._thread.start()
 
     async def stop(self) -> None:
@@ -64,8 +68,7 @@ class Writer:
         self._ops.put((op, fut, loop))
         return await fut
 
-    def _run(self) -> None:
-        conn = self.connect()
+    def _run(self, conn: sqlite3.Connection) -> None:
         try:
             while True:
                 first = self._ops.get()
