@@ -214,3 +214,40 @@ def test_a_scorer_past_its_timeout_loses_only_its_score(
     assert (scores["exclamations"], scores["word_count"]) == (1, 3)  # the others still score
     assert not (markers / "finished").exists()  # posted while the late call still ran
     assert f"scorer slow_cpu failed (request_id={rid}): timed out after 0.5s" in server.log()
+
+
+POISON = '''
+class Poison(BaseException):
+    """Not an Exception: the kind of thing that would end an event loop."""
+
+
+async def poison(ctx):
+    if ctx.text and "poison" in ctx.text:
+        raise Poison("this plugin is broken beyond an Exception")
+    return 1
+'''
+
+
+def test_a_poisonous_webhook_ends_as_a_dead_letter_and_the_server_lives_on(
+    make_server: ServerFactory, standin: StandIn, tmp_path: Path
+) -> None:
+    wheel = build_wheel(
+        tmp_path, "poison_plugin", {"poison_plugin": POISON}, {"poison": "poison_plugin:poison"}
+    )
+    pip_install(wheel, tmp_path / "site")
+    server = make_server(PYTHONPATH=str(tmp_path / "site"), SCORER_MAX_ATTEMPTS="2")
+    bad, good = str(uuid.uuid4()), str(uuid.uuid4())
+    assert server.post(payload(bad, "a poison answer")).status_code == 202
+    assert server.post(payload(good, "a fine answer")).status_code == 202
+    standin.wait_for(lambda: good in standin.posted_ids())
+    assert standin.scores_for(good)[0]["poison"] == 1
+    deadline = time.monotonic() + 20
+    while server.rows()[bad]["state"] != "dead":
+        assert time.monotonic() < deadline, server.rows()[bad]
+        time.sleep(0.05)
+    row = server.rows()[bad]
+    assert row["attempts"] == 2
+    assert "unexpected Poison: this plugin is broken" in row["last_error"]
+    assert bad not in standin.posted_ids()
+    assert server.client.get("/healthz").status_code == 200  # still serving
+    assert server.post(payload()).status_code == 202

@@ -14,6 +14,9 @@ Retry policy, all of it in :class:`RetryPolicy`:
   a ``Retry-After`` that asks for longer wins. A 429 also pauses *all* calls until then.
 - Any other 4xx is permanent: the webhook goes to the dead letters at once, with its status and
   error. So does one that used up ``max_attempts`` or is older than ``max_age``.
+- A stage that fails in a way nothing foresaw (a bug, or a plugin raising even ``SystemExit``)
+  counts as a failed attempt of that stage, with the same backoff and the same dead letters, so
+  one poisonous webhook never loops and never takes the server down.
 - At shutdown, work in flight gets ``grace`` seconds to finish; what is left is released to the
   store and claimed again at once after a restart. A crash releases nothing, but leases expire,
   so the work is claimed again ``lease`` seconds later.
@@ -76,8 +79,9 @@ class _Stage:
         lease: float,
         poll: float,
         limiter: SlidingWindow | None = None,
+        on_error: Callable[[Job, BaseException], Awaitable[None]],
     ) -> None:
-        self.stage, self.store, self.handle = stage, store, handle
+        self.stage, self.store, self.handle, self.on_error = stage, store, handle, on_error
         self.concurrency, self.lease, self.poll, self.limiter = concurrency, lease, poll, limiter
         self._wake = asyncio.Event()
         self._inflight: dict[asyncio.Task[None], str] = {}
@@ -150,9 +154,12 @@ class _Stage:
             await self.handle(job)
         except asyncio.CancelledError:
             raise
-        except Exception:
-            # The lease will expire and the webhook will be tried again.
-            log.exception("%s failed unexpectedly; will retry", self.stage, extra=_rid(job))
+        except BaseException as exc:  # a bug, or a plugin raising even SystemExit: not the loop's
+            log.exception("%s failed unexpectedly", self.stage, extra=_rid(job))
+            try:
+                await self.on_error(job, exc)
+            except Exception:  # the lease will expire and the webhook will be tried again
+                log.exception("could not record the failure", extra=_rid(job))
 
 
 class Relay:
@@ -179,6 +186,7 @@ class Relay:
                 lease=self.policy.lease,
                 poll=poll_interval,
                 limiter=limiter if name == "post" else None,
+                on_error=self._unexpected,
             )
 
         self._scorer = stage("score", self._score)
@@ -202,6 +210,11 @@ class Relay:
         await self.store.release(left)
         if left:
             event(log, f"released {len(left)} unfinished webhook(s) for the next start")
+
+    async def _unexpected(self, job: Job, exc: BaseException) -> None:
+        """A stage failed in a way no policy foresaw: back off like any failure, never loop."""
+        answer = Answer(None, error=" ".join(f"unexpected {type(exc).__name__}: {exc}".split()))
+        await self._failed(job, answer, job.posted)
 
     # -- the score stage --------------------------------------------------------------------
 

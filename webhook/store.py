@@ -50,7 +50,7 @@ class Job:
 
     request_id: str
     body: bytes | None
-    attempts: int  # delivery attempts, including this one when claimed to post
+    attempts: int  # tries of the current stage, this one included (scoring resets it)
     received_at: float
     scores: dict[str, int] | None  # None until scored
     feedback: bool | None = None  # the rating to post, if a feedback rule gave one

@@ -46,7 +46,7 @@ INSERT = (
 # Each stage claims through its own partial index, so a long backlog of one never slows the other.
 CLAIM = {
     "score": (
-        "UPDATE webhooks SET state = 'leased', available_at = ?"
+        "UPDATE webhooks SET state = 'leased', available_at = ?, attempts = attempts + 1"
         " WHERE request_id IN (SELECT request_id FROM webhooks INDEXED BY webhooks_to_score"
         "   WHERE state IN ('pending', 'leased') AND scores IS NULL AND available_at <= ?"
         "   ORDER BY available_at LIMIT ?)"
@@ -132,7 +132,8 @@ class SQLiteStore:
         now = time.time()
         await self._execute(
             "UPDATE webhooks SET scores = ?, feedback = ?, state = ?, available_at = ?,"
-            " finished_at = ?, body = CASE WHEN ? THEN NULL ELSE body END WHERE request_id = ?",
+            " attempts = 0, finished_at = ?, body = CASE WHEN ? THEN NULL ELSE body END"
+            " WHERE request_id = ?",
             (
                 orjson.dumps(scores).decode(),
                 None if feedback is None else int(feedback),
@@ -197,11 +198,10 @@ class SQLiteStore:
 
     async def release(self, request_ids: list[str]) -> None:
         def op(conn: sqlite3.Connection) -> None:
-            # A post-stage lease counted an attempt when claimed; giving it back undoes that.
+            # A claim counted an attempt; giving the lease back undoes that.
             conn.executemany(
-                "UPDATE webhooks SET state = 'pending', available_at = ?, attempts ="
-                " CASE WHEN scores IS NULL THEN attempts ELSE MAX(attempts - 1, 0) END"
-                " WHERE request_id = ? AND state = 'leased'",
+                "UPDATE webhooks SET state = 'pending', available_at = ?,"
+                " attempts = MAX(attempts - 1, 0) WHERE request_id = ? AND state = 'leased'",
                 [(time.time(), rid) for rid in request_ids],
             )
 
