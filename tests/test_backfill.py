@@ -230,3 +230,20 @@ def test_enqueue_scores_inserts_reopens_and_leaves_alone(tmp_path: Path) -> None
             await store.close()
 
     asyncio.run(go())
+
+
+def test_live_webhooks_are_posted_before_backfilled_ones(tmp_path: Path) -> None:
+    async def go() -> None:
+        store = SQLiteStore(str(tmp_path / "q.db"))
+        await store.open()
+        try:
+            assert await store.enqueue_scores("old-backfill", {"a": 1})
+            assert await store.add("live", b'{"request_id": "live"}')
+            (scoring,) = await store.claim("score", 10, 60)
+            await store.scored(scoring.request_id, {"a": 2}, None, finished=False)
+            first, second = await store.claim("post", 1, 60), await store.claim("post", 1, 60)
+            assert [j.request_id for j in first + second] == ["live", "old-backfill"]
+        finally:
+            await store.close()
+
+    asyncio.run(go())

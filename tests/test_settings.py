@@ -111,3 +111,15 @@ def test_settings_error_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SCORER_RELAY_CONCURRENCY", "-1")
     with pytest.raises(SettingsError, match=r"^invalid setting SCORER_RELAY_CONCURRENCY: "):
         load_settings()
+
+
+def test_a_database_from_another_schema_version_stops_the_start(tmp_path: Path) -> None:
+    import sqlite3
+
+    db = tmp_path / "future.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("PRAGMA user_version = 99")
+    env = {"HELICONE_WEBHOOK_SECRET": "k", "SCORER_DATABASE_URL": f"sqlite:///{db}"}
+    result = run_cli(tmp_path, env, "serve")
+    assert result.returncode == 2
+    assert "schema version 99; this build knows version 1" in result.stderr

@@ -25,13 +25,14 @@ CREATE TABLE IF NOT EXISTS webhooks (
     scores       TEXT,
     feedback     INTEGER,
     posted       INTEGER NOT NULL DEFAULT 0,
+    backfill     INTEGER NOT NULL DEFAULT 0,
     last_status  INTEGER,
     last_error   TEXT,
     finished_at  REAL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS webhooks_to_score ON webhooks (available_at)
     WHERE state IN ('pending', 'leased') AND scores IS NULL;
-CREATE INDEX IF NOT EXISTS webhooks_to_post ON webhooks (available_at)
+CREATE INDEX IF NOT EXISTS webhooks_to_post ON webhooks (backfill, available_at)
     WHERE state IN ('pending', 'leased') AND scores IS NOT NULL;
 CREATE INDEX IF NOT EXISTS webhooks_state ON webhooks (state);
 CREATE TABLE IF NOT EXISTS post_log (ended_at REAL NOT NULL);
@@ -44,6 +45,7 @@ INSERT = (
     " VALUES (?, ?, ?, ?)"
 )
 # Each stage claims through its own partial index, so a long backlog of one never slows the other.
+# Live webhooks are posted before backfilled ones, so a large backfill never delays live scores.
 CLAIM = {
     "score": (
         "UPDATE webhooks SET state = 'leased', available_at = ?, attempts = attempts + 1"
@@ -55,7 +57,7 @@ CLAIM = {
         "UPDATE webhooks SET state = 'leased', available_at = ?, attempts = attempts + 1"
         " WHERE request_id IN (SELECT request_id FROM webhooks INDEXED BY webhooks_to_post"
         "   WHERE state IN ('pending', 'leased') AND scores IS NOT NULL AND available_at <= ?"
-        "   ORDER BY available_at LIMIT ?)"
+        "   ORDER BY backfill, available_at LIMIT ?)"
     ),
 }
 # The post stage needs no body (its scores are stored), so it never reads one back.
@@ -176,8 +178,8 @@ class SQLiteStore:
             ).fetchone()
             if row is None:
                 conn.execute(
-                    "INSERT INTO webhooks (request_id, received_at, available_at, scores)"
-                    " VALUES (?, ?, ?, ?)",
+                    "INSERT INTO webhooks (request_id, received_at, available_at, scores, backfill)"
+                    " VALUES (?, ?, ?, ?, 1)",
                     (request_id, now, now, orjson.dumps(scores).decode()),
                 )
                 return True
@@ -188,6 +190,7 @@ class SQLiteStore:
                 return False
             conn.execute(
                 "UPDATE webhooks SET state = 'pending', scores = ?, feedback = NULL, posted = 0,"
+                " backfill = 1,"
                 " received_at = ?, available_at = ?, attempts = 0, last_status = NULL,"
                 " last_error = NULL, finished_at = NULL WHERE request_id = ?",
                 (orjson.dumps(scores).decode(), now, now, request_id),
@@ -280,9 +283,18 @@ class SQLiteStore:
         await self._writer.run(lambda conn: conn.execute(sql, params))
 
 
+SCHEMA_VERSION = 1  # PRAGMA user_version; a change of schema needs a migration and a bump
+
+
 def _create_schema(conn: sqlite3.Connection) -> None:
+    (version,) = conn.execute("PRAGMA user_version").fetchone()
+    if version not in (0, SCHEMA_VERSION):
+        raise RuntimeError(
+            f"the database has schema version {version}; this build knows version {SCHEMA_VERSION}"
+        )
     for statement in filter(str.strip, SCHEMA.split(";")):
         conn.execute(statement)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
 
 def _insert_all(
