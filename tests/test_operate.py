@@ -180,3 +180,20 @@ def test_bad_rules_stop_the_start(tmp_path: Path, env: dict[str, str], message: 
     assert result.returncode == 2
     assert result.stderr.strip().startswith(f"helicone-scorer: {message}"), result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_delivered_webhooks_are_forgotten_after_the_retention(
+    make_server: ServerFactory, standin: StandIn
+) -> None:
+    server = make_server(SCORER_RETENTION_DAYS="0.00002")  # 1.7 s; pruned every 0.43 s
+    standin.fail_next(Injected(400))
+    dead, delivered = str(uuid.uuid4()), str(uuid.uuid4())
+    server.post(payload(dead))
+    wait_rows(server, lambda rows: rows[dead]["state"] == "dead")
+    server.post(payload(delivered))
+    standin.wait_for(lambda: delivered in standin.posted_ids())
+    wait_rows(server, lambda rows: delivered not in rows)
+    assert server.rows()[dead]["state"] == "dead"  # dead letters wait for a person
+    # The retention is the dedup window: past it, the same id is accepted (and posted) again.
+    assert server.post(payload(delivered)).status_code == 202
+    standin.wait_for(lambda: len([c for c in standin.ok_calls() if c.request_id == delivered]) == 2)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -23,7 +24,7 @@ from webhook.receive import Ingest, error, json_response, receive
 from webhook.rules import RuleError, load_scorer_rules, parse_feedback_rule
 from webhook.score import Scoring
 from webhook.settings import Settings, SettingsError
-from webhook.store import open_store
+from webhook.store import Store, open_store
 from webhook.verify import Verifier
 
 __all__ = ["create_app", "enabled_scorers", "scoring_from", "startup_checks"]
@@ -79,6 +80,22 @@ def startup_checks(settings: Settings) -> Scoring:
     return scoring_from(settings)
 
 
+async def prune_forever(store: Store, retention: float) -> None:
+    """Forget delivered webhooks older than ``retention`` seconds, now and then (at most hourly).
+
+    Dead letters and anything undelivered are never pruned.
+    """
+    while True:
+        try:
+            pruned = await store.prune_done(time.time() - retention)
+        except Exception:
+            log.exception("pruning delivered webhooks failed; will try again")
+        else:
+            if pruned:
+                log.info("pruned %d delivered webhook(s) past the retention", pruned)
+        await asyncio.sleep(min(3600.0, retention / 4))
+
+
 def create_app(settings: Settings) -> Starlette:
     scoring = startup_checks(settings)
     store = open_store(settings.database_url)
@@ -119,9 +136,14 @@ def create_app(settings: Settings) -> Starlette:
             log.info("feedback rule: %s", scoring.feedback_rule.text)
         await store.open()
         await relay.start()
+        keeper = None
+        if settings.retention_days > 0:
+            keeper = asyncio.create_task(prune_forever(store, settings.retention_days * 86400))
         try:
             yield
         finally:
+            if keeper is not None:
+                keeper.cancel()
             await relay.stop(settings.shutdown_grace)
             if client is not None:
                 await client.aclose()

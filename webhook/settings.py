@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     retry_cap: float = Field(default=600.0, gt=0, validation_alias=_env("SCORER_RETRY_CAP"))
     max_age: float = Field(default=86400.0, gt=0, validation_alias=_env("SCORER_MAX_AGE"))
     lease_seconds: float = Field(default=120.0, gt=0, validation_alias=_env("SCORER_LEASE_SECONDS"))
+    retention_days: float = Field(
+        default=30.0, ge=0, validation_alias=_env("SCORER_RETENTION_DAYS")
+    )
     shutdown_grace: float = Field(
         default=20.0, ge=0, validation_alias=_env("SCORER_SHUTDOWN_GRACE")
     )

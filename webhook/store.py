@@ -127,6 +127,12 @@ class Store(Protocol):
 
     async def purge_dead(self) -> int: ...
 
+    async def prune_done(self, before: float) -> int:
+        """Forget delivered webhooks finished before ``before``; returns how many.
+
+        Their ids no longer count as duplicates after that: the retention is the dedup window.
+        """
+
 
 def open_store(url: str) -> Store:
     """Pick the store from the URL's scheme."""

@@ -34,7 +34,7 @@ CREATE INDEX IF NOT EXISTS webhooks_to_score ON webhooks (available_at)
     WHERE state IN ('pending', 'leased') AND scores IS NULL;
 CREATE INDEX IF NOT EXISTS webhooks_to_post ON webhooks (backfill, available_at)
     WHERE state IN ('pending', 'leased') AND scores IS NOT NULL;
-CREATE INDEX IF NOT EXISTS webhooks_state ON webhooks (state);
+CREATE INDEX IF NOT EXISTS webhooks_state ON webhooks (state, finished_at);
 CREATE TABLE IF NOT EXISTS post_log (ended_at REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS post_log_ended ON post_log (ended_at);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT) WITHOUT ROWID;
@@ -276,6 +276,13 @@ class SQLiteStore:
     async def purge_dead(self) -> int:
         def op(conn: sqlite3.Connection) -> int:
             return conn.execute("DELETE FROM webhooks WHERE state = 'dead'").rowcount
+
+        return await self._writer.run(op)
+
+    async def prune_done(self, before: float) -> int:
+        def op(conn: sqlite3.Connection) -> int:
+            sql = "DELETE FROM webhooks WHERE state = 'done' AND finished_at < ?"
+            return conn.execute(sql, (before,)).rowcount
 
         return await self._writer.run(op)
 
