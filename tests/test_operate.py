@@ -141,7 +141,7 @@ def test_json_logs_one_line_per_outcome_without_bodies_or_secrets(
     mine = [line for line in lines if line.get("request_id") == rid]
     assert [line["outcome"] for line in mine] == ["posted"]  # accepted is logged at debug
     assert any(line.get("outcome") == "bad_signature" for line in lines)
-    for leak in (secret_text, SECRET, API_KEY):
+    for leak in (secret_text, SECRET, API_KEY, "color_message", "\x1b["):
         assert leak not in log
 
 

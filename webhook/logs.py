@@ -13,8 +13,9 @@ import orjson
 
 __all__ = ["event", "setup_logging"]
 
-# Attributes every LogRecord has; anything else was passed as a field.
-_STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+# Attributes every LogRecord has (and uvicorn's ANSI-coloured copy of its message); anything
+# else was passed as a field.
+_STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "color_message"}
 
 
 def _fields(record: logging.LogRecord) -> dict[str, Any]:
