@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import math
 import re
-import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -24,6 +23,7 @@ from scorers import INT64_MAX, INT64_MIN
 from webhook.console import fail, settings_or_exit
 from webhook.helicone import Answer, Helicone
 from webhook.helicone_types import iso
+from webhook.score import is_uuid
 from webhook.settings import Settings
 
 __all__ = ["parse_scores", "parse_when", "register"]
@@ -131,9 +131,7 @@ def feedback(
     rating: Annotated[Rating, typer.Argument(help="up (thumbs up) or down (thumbs down).")],
 ) -> None:
     """Give one request thumbs up or down."""
-    try:
-        uuid.UUID(request_id)
-    except ValueError:
+    if not is_uuid(request_id):
         fail(f"{request_id!r} is not a UUID: Helicone's feedback needs the request's UUID")
     settings = settings_or_exit()
     client = _client(settings, "feedback")

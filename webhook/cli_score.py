@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -17,7 +17,7 @@ import orjson
 import typer
 
 from scorers import Context, Outcome, Scorer, ScorerError, available, fill_bodies, run_scorers
-from webhook.console import fail, settings_or_exit
+from webhook.console import fail, print_table, settings_or_exit
 from webhook.settings import Settings
 
 __all__ = ["register"]
@@ -66,14 +66,6 @@ def _scale(s: Scorer) -> str:
     return f"{'' if low is None else low}-{high}"
 
 
-def _table(rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
-    lines = [
-        "  ".join([*(c.ljust(w) for c, w in zip(r, widths, strict=False)), r[-1]]) for r in rows
-    ]
-    return "\n".join(line.rstrip() for line in lines)
-
-
 def score(
     file: Annotated[Path, typer.Argument(help="Webhook payload JSON file, or - for stdin.")],
     as_json: Annotated[
@@ -101,8 +93,7 @@ def score(
     if not outcome.scores:
         typer.echo("(no scores)")
     else:
-        rows = [("SCORE", "VALUE"), *((k, str(v)) for k, v in outcome.scores.items())]
-        typer.echo(_table(rows))
+        print_table(["SCORE", "VALUE"], [[k, str(v)] for k, v in outcome.scores.items()])
 
 
 def list_scorers(
@@ -134,12 +125,13 @@ def list_scorers(
     if as_json:
         typer.echo(orjson.dumps(entries, option=orjson.OPT_INDENT_2).decode())
         return
-    rows = [("NAME", "ON", "SCALE", "SOURCE", "DESCRIPTION")]
-    rows += [
-        (e["name"], "yes" if e["enabled"] else "no", e["scale"], e["source"], e["description"])
-        for e in entries
-    ]
-    typer.echo(_table(rows))
+    print_table(
+        ["NAME", "ON", "SCALE", "SOURCE", "DESCRIPTION"],
+        [
+            [e["name"], "yes" if e["enabled"] else "no", e["scale"], e["source"], e["description"]]
+            for e in entries
+        ],
+    )
 
 
 def register(app: typer.Typer) -> None:

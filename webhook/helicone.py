@@ -81,11 +81,9 @@ class Helicone:
         api_key: str,
         *,
         timeout: float = 10.0,
-        transport: httpx2.AsyncBaseTransport | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._timeout = timeout
-        self._transport = transport
         self._client = httpx2.AsyncClient(
             base_url=self.base_url,
             headers={
@@ -95,7 +93,6 @@ class Helicone:
             },
             timeout=timeout,
             limits=httpx2.Limits(max_connections=64, max_keepalive_connections=16),
-            transport=transport,
         )
         self._bodies: httpx2.AsyncClient | None = None  # no API key: signed URLs carry their own
 
@@ -190,7 +187,6 @@ class Helicone:
                 headers={"User-Agent": USER_AGENT},
                 timeout=self._timeout,
                 follow_redirects=False,
-                transport=self._transport,
             )
         try:
             data = await fetch_json(
