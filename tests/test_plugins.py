@@ -10,7 +10,7 @@ import pytest
 
 from tests.conftest import ServerFactory
 from tests.plugins import build_wheel, pip_install
-from tests.server import payload
+from tests.server import Server, payload
 from tests.standin import StandIn
 from tests.test_settings import run_cli
 
@@ -145,17 +145,25 @@ def test_a_plugin_that_fails_to_load_stops_the_start_in_one_line(
     assert "(disabled, not loaded)" in result.stdout
 
 
-def test_a_cpu_bound_scorer_does_not_stall_the_webhooks(
-    make_server: ServerFactory, standin: StandIn, plugins: Path, tmp_path: Path
-) -> None:
+def slow_server(
+    make_server: ServerFactory, plugins: Path, tmp_path: Path, timeout: str
+) -> tuple[Server, Path]:
+    """A server with the demo plugin, whose slow_cpu scorer burns 3 s and leaves markers."""
     markers = tmp_path / "markers"
     markers.mkdir()
     server = make_server(
         PYTHONPATH=str(plugins),
         SLOW_MARKERS=str(markers),
         SLOW_SECONDS="3",
-        SCORER_TIMEOUT_SECONDS="30",
+        SCORER_TIMEOUT_SECONDS=timeout,
     )
+    return server, markers
+
+
+def test_a_cpu_bound_scorer_does_not_stall_the_webhooks(
+    make_server: ServerFactory, standin: StandIn, plugins: Path, tmp_path: Path
+) -> None:
+    server, markers = slow_server(make_server, plugins, tmp_path, timeout="30")
     slow = str(uuid.uuid4())
     assert server.post(payload(slow, "please burn cpu")).status_code == 202
     deadline = time.monotonic() + 20
@@ -198,14 +206,7 @@ def test_the_readme_example_works_as_a_plugin(tmp_path: Path) -> None:
 def test_a_scorer_past_its_timeout_loses_only_its_score(
     make_server: ServerFactory, standin: StandIn, plugins: Path, tmp_path: Path
 ) -> None:
-    markers = tmp_path / "markers"
-    markers.mkdir()
-    server = make_server(
-        PYTHONPATH=str(plugins),
-        SLOW_MARKERS=str(markers),
-        SLOW_SECONDS="3",
-        SCORER_TIMEOUT_SECONDS="0.5",
-    )
+    server, markers = slow_server(make_server, plugins, tmp_path, timeout="0.5")
     rid = str(uuid.uuid4())
     assert server.post(payload(rid, "please burn cpu!")).status_code == 202
     standin.wait_for(lambda: rid in standin.posted_ids())
