@@ -51,6 +51,20 @@ def test_score_json_from_stdin(tmp_path: Path) -> None:
     assert set(out["durations_ms"]) >= {"vocabulary_diversity", "readability"}
 
 
+def test_score_applies_the_servers_rules_and_feedback_rule(tmp_path: Path) -> None:
+    (tmp_path / "rules.toml").write_text("[readability]\nsample = 0\n")
+    body = (FIXTURES / "openai_multiple_choices.json").read_text()
+    result = cli(
+        tmp_path, "score", "-", "--json", stdin=body,
+        SCORER_RULES_FILE="rules.toml", SCORER_FEEDBACK_RULE="vocabulary_diversity > 50",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    out = orjson.loads(result.stdout)
+    assert "readability" not in out["scores"]  # sampled out, as the server would
+    assert out["scores"]["vocabulary_diversity"] == 67
+    assert out["feedback"] is True  # 67 > 50, and the request id is a UUID
+
+
 def test_score_honours_enabled_and_reports_failures(tmp_path: Path) -> None:
     payload = orjson.loads((FIXTURES / "openai_chat.json").read_bytes())
     payload["metadata"]["latencyMs"] = 12

@@ -96,7 +96,7 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     assert s.database_url == "sqlite:///./data/helicone-scorer.db"
     assert s.max_body_bytes == 16 * 1024 * 1024
     assert s.port == 8080
-    assert s.dry_run
+    assert s.api_key is None  # no key: a dry run
 
 
 def test_dotenv_file_is_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

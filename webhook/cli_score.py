@@ -1,7 +1,8 @@
 """``helicone-scorer score`` and ``helicone-scorer scorers``: the scorers, offline.
 
-``score`` runs exactly what the server would run on a payload (the same enabled scorers, the
-same "Body too large" fetch, the same timeouts), without storing or posting anything.
+``score`` runs exactly what the server's scoring stage would run on a payload (the same enabled
+scorers and rules, the same "Body too large" fetch, the same timeouts, the same feedback rule),
+without storing or posting anything.
 """
 
 from __future__ import annotations
@@ -9,27 +10,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
 import orjson
 import typer
 
-from scorers import Context, Outcome, Scorer, ScorerError, available, fill_bodies, run_scorers
+from scorers import Scorer, ScorerError, available
+from webhook.app import enabled_scorers, scoring_from
 from webhook.console import fail, print_table, settings_or_exit
-from webhook.settings import Settings
+from webhook.settings import SettingsError
 
 __all__ = ["register"]
-
-
-def _enabled(settings: Settings) -> list[Scorer]:
-    from webhook.app import enabled_scorers
-
-    try:
-        return enabled_scorers(settings)
-    except ScorerError as exc:
-        fail(str(exc))
 
 
 def _read_payload(file: Path) -> dict[str, Any]:
@@ -44,17 +36,6 @@ def _read_payload(file: Path) -> dict[str, Any]:
     if not isinstance(payload, dict):
         fail(f"{file} must hold a JSON object (a webhook payload)")
     return payload
-
-
-async def _run(payload: Mapping[str, Any], chosen: list[Scorer], settings: Settings) -> Outcome:
-    filled = await fill_bodies(
-        payload,
-        settings.body_origins,
-        fetch_timeout=settings.body_fetch_timeout,
-        max_bytes=settings.body_fetch_max_bytes,
-    )
-    ctx = Context.from_payload(filled)
-    return await run_scorers(chosen, ctx, scorer_timeout=settings.scorer_timeout)
 
 
 def _scale(s: Scorer) -> str:
@@ -78,13 +59,18 @@ def score(
     """
     logging.basicConfig(level=logging.WARNING, format="helicone-scorer: %(message)s")
     settings = settings_or_exit()
-    chosen = _enabled(settings)
+    try:
+        scoring = scoring_from(settings)  # the server's scorers, rules and feedback rule
+    except (ScorerError, SettingsError) as exc:
+        fail(str(exc))
     payload = _read_payload(file)
-    outcome = asyncio.run(_run(payload, chosen, settings))
+    rid = payload.get("request_id")
+    outcome = asyncio.run(scoring.score_payload(rid if isinstance(rid, str) else "", payload))
     if as_json:
         out = {
             "request_id": payload.get("request_id"),
             "scores": outcome.scores,
+            "feedback": outcome.feedback,
             "errors": outcome.errors,
             "durations_ms": {k: round(v * 1000, 3) for k, v in outcome.durations.items()},
         }
@@ -105,8 +91,6 @@ def list_scorers(
         registry = available(skip=settings.scorer_disabled)
     except ScorerError as exc:
         fail(str(exc))
-    from webhook.app import enabled_scorers
-
     try:
         on = {s.name for s in enabled_scorers(settings)}
     except ScorerError as exc:

@@ -38,6 +38,8 @@ def is_uuid(value: str) -> bool:
 class Scored:
     scores: dict[str, int]
     feedback: bool | None = None
+    errors: dict[str, str] = field(default_factory=dict)  # scorer name -> why it gave no score
+    durations: dict[str, float] = field(default_factory=dict)  # scorer name -> seconds
 
 
 @dataclass(slots=True)
@@ -90,4 +92,4 @@ class Scoring:
         feedback = None
         if self.feedback_rule is not None and is_uuid(request_id):
             feedback = self.feedback_rule.rating(outcome.scores)
-        return Scored(outcome.scores, feedback)
+        return Scored(outcome.scores, feedback, outcome.errors, outcome.durations)

@@ -127,11 +127,6 @@ class Settings(BaseSettings):
         return value
 
     @property
-    def dry_run(self) -> bool:
-        """No API key: scores are computed and stored, but not posted."""
-        return self.api_key is None
-
-    @property
     def body_origins(self) -> tuple[Origin, ...]:
         """Where "Body too large" webhooks' full bodies may be fetched from."""
         return parse_origins(self.body_url_allow)
