@@ -142,6 +142,9 @@ class _Stage:
                 task = asyncio.create_task(self._guarded(job))
                 self._inflight[task] = job.request_id
                 task.add_done_callback(self._inflight.pop)
+            # Let them start, so each takes its place in the rate limit before the next claim
+            # counts the room left (a job that finds none is given back, not kept waiting).
+            await asyncio.sleep(0)
             if not jobs:
                 await self._idle([], self.poll)
 
