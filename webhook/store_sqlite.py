@@ -37,6 +37,9 @@ class StoreUnavailable(Exception):
     """The last write failed and nothing has succeeded since."""
 
 
+PROBE_MAX = 16 * 1024 * 1024  # a readiness probe writes at most this much (one large webhook)
+
+
 @dataclass(frozen=True, slots=True)
 class WriteFailure:
     at: float
@@ -171,7 +174,8 @@ class SQLiteStore:
                 try:
                     inserted = await self._writer.run(partial(_insert_all, self._writer, rows))
                 except Exception as exc:
-                    self._failed(exc, sum(len(body) for _, body, *_ in batch))
+                    size = sum(len(body) for _, body, *_ in batch)
+                    self._failed(exc, min(size, PROBE_MAX))
                     for *_, fut in batch:
                         if not fut.done():
                             fut.set_exception(exc)
