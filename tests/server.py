@@ -38,8 +38,11 @@ def payload(request_id: str | None = None, text: str = "Hello there, general Ken
 class Server:
     """One server process with its own SQLite file. ``env`` overrides the defaults."""
 
-    def __init__(self, workdir: Path, env: dict[str, str | None]) -> None:
+    def __init__(
+        self, workdir: Path, env: dict[str, str | None], python: str = sys.executable
+    ) -> None:
         self.workdir = workdir
+        self.python = python  # another checkout's interpreter runs that checkout's server
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.db = workdir / "scorer.db"
@@ -66,7 +69,7 @@ class Server:
         if self._log is None:
             self._log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "webhook", "serve", "--host", "127.0.0.1"],
+            [self.python, "-m", "webhook", "serve", "--host", "127.0.0.1"],
             env=self.env | {"PORT": str(self.port)},
             cwd=self.workdir,
             stdout=self._log,

@@ -4,7 +4,8 @@
   (the real API accepts floats and silently drops them; the stand-in records them as violations).
 - Success is 201 ``{"data": null, "error": null}``.
 - Failures are injected with :meth:`StandIn.fail_next` (any status, optional ``Retry-After``,
-  optional stall), and a sliding 60-second window limit answers 429 like the real one.
+  optional stall, cut short by :meth:`StandIn.stop`, optional callback run just before the
+  answer goes out), and a sliding 60-second window limit answers 429 like the real one.
 - ``POST /v1/evals/query`` answers :attr:`StandIn.evals` once the body has a ``filter`` and ISO
   ``timeFilter`` bounds.
 - ``POST /v1/request/query`` lists :meth:`StandIn.log_request` rows as jawn's Postgres path does:
@@ -23,6 +24,7 @@ import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -53,6 +55,7 @@ class Injected:
     body: dict[str, Any] | None = None
     headers: dict[str, str] = field(default_factory=dict)
     stall: float = 0.0
+    then: Callable[[], object] | None = None  # runs after the stall, before the answer is sent
 
 
 @dataclass
@@ -79,6 +82,7 @@ class StandIn:
         self._window_hits: deque[float] = deque()
         self._injected: deque[Injected] = deque()
         self._lock = threading.Lock()
+        self._stopping = threading.Event()
         self.evals: list[dict[str, Any]] = []
         self.logged: list[dict[str, Any]] = []
         self.bodies: dict[str, tuple[bytes, dict[str, str]]] = {}
@@ -179,6 +183,7 @@ class StandIn:
         return self
 
     def stop(self) -> None:
+        self._stopping.set()
         if self._server is not None and self._thread is not None:
             self._server.should_exit = True
             self._thread.join(10)
@@ -197,8 +202,11 @@ class StandIn:
             injected = self._injected.popleft() if self._injected else None
             limited = self._over_window()
         if injected is not None:
-            if injected.stall:
-                await asyncio.sleep(injected.stall)
+            deadline = time.monotonic() + injected.stall
+            while time.monotonic() < deadline and not self._stopping.is_set():
+                await asyncio.sleep(min(0.05, deadline - time.monotonic()))
+            if injected.then is not None:
+                injected.then()
             content = injected.body or {"data": None, "error": f"injected {injected.status}"}
             return self._record(kind, rid, body, _json(injected.status, content, injected.headers))
         if limited is not None:

@@ -134,7 +134,7 @@ def create_app(settings: Settings) -> Starlette:
         log.info("scorers: %s", ", ".join(s.name for s in scoring.scorers) or "(none)")
         if scoring.feedback_rule is not None:
             log.info("feedback rule: %s", scoring.feedback_rule.text)
-        await store.open()
+        await store.open(serving=True)
         await relay.start()
         keeper = None
         if settings.retention_days > 0:
@@ -156,7 +156,7 @@ def create_app(settings: Settings) -> Starlette:
         try:
             await asyncio.wait_for(store.ping(), 5.0)
         except Exception as exc:
-            return error(503, f"store is not writable: {type(exc).__name__}")
+            return error(503, f"store is not writable: {str(exc) or type(exc).__name__}")
         return json_response(200, {"status": "ready"})
 
     async def metrics(request: Request) -> Response:

@@ -8,7 +8,13 @@ waits on disk). In a dry run (no API key) only the first stage runs.
 Retry policy, all of it in :class:`RetryPolicy`:
 
 - A 2xx answer delivers. All of a request's scores go in one call; a feedback rating, if a rule
-  gave one, in a second. A call that already succeeded is not repeated on a retry.
+  gave one, in a second. A call that already succeeded is not repeated: on a retry, after a
+  release at shutdown, nor when recording the outcome failed (the relay remembers what it
+  posted until the store has it, so the webhook claimed again here skips those calls).
+- No call waits for the rate limit while its webhook is leased: a wait can outlast the lease
+  (a 429's ``Retry-After`` may be longer), and the webhook would be claimed and posted twice.
+  A webhook whose call finds no room is given back, with what it posted, due when room is
+  expected.
 - No answer (connection error, timeout), 408, 429 and 5xx are retried with exponential backoff
   and full jitter: attempt *n* waits a random time up to ``base * 2**(n-1)``, capped at ``cap``;
   a ``Retry-After`` that asks for longer wins. A 429 also pauses *all* calls until then.
@@ -18,8 +24,8 @@ Retry policy, all of it in :class:`RetryPolicy`:
   counts as a failed attempt of that stage, with the same backoff and the same dead letters, so
   one poisonous webhook never loops and never takes the server down.
 - At shutdown, work in flight gets ``grace`` seconds to finish; what is left is released to the
-  store and claimed again at once after a restart. A crash releases nothing, but leases expire,
-  so the work is claimed again ``lease`` seconds later.
+  store and claimed again at once after a restart. A crash releases nothing; the restart takes
+  the dead process's leases back at once (see :meth:`webhook.store.Store.open`).
 """
 
 from __future__ import annotations
@@ -136,6 +142,9 @@ class _Stage:
                 task = asyncio.create_task(self._guarded(job))
                 self._inflight[task] = job.request_id
                 task.add_done_callback(self._inflight.pop)
+            # Let them start, so each takes its place in the rate limit before the next claim
+            # counts the room left (a job that finds none is given back, not kept waiting).
+            await asyncio.sleep(0)
             if not jobs:
                 await self._idle([], self.poll)
 
@@ -176,6 +185,8 @@ class Relay:
     ) -> None:
         self.store, self.scoring, self.client, self.limiter = store, scoring, client, limiter
         self.policy = policy or RetryPolicy()
+        # Calls posted here that the store has not recorded yet: request id -> ``posted`` bits.
+        self._posted: dict[str, int] = {}
 
         def stage(name: Stage, handle: Callable[[Job], Awaitable[None]]) -> _Stage:
             return _Stage(
@@ -207,14 +218,14 @@ class Relay:
         deadline = time.monotonic() + grace
         left = await self._scorer.stop(grace)
         left += await self._poster.stop(max(0.0, deadline - time.monotonic()))
-        await self.store.release(left)
+        await self.store.release({rid: self._posted.get(rid, 0) for rid in left})
         if left:
             event(log, f"released {len(left)} unfinished webhook(s) for the next start")
 
     async def _unexpected(self, job: Job, exc: BaseException) -> None:
         """A stage failed in a way no policy foresaw: back off like any failure, never loop."""
         answer = Answer(None, error=" ".join(f"unexpected {type(exc).__name__}: {exc}".split()))
-        await self._failed(job, answer, job.posted)
+        await self._failed(job, answer, job.posted | self._posted.get(job.request_id, 0))
 
     # -- the score stage --------------------------------------------------------------------
 
@@ -240,7 +251,8 @@ class Relay:
 
     async def _post(self, job: Job) -> None:
         assert self.client is not None
-        client, rid, posted = self.client, job.request_id, job.posted
+        client, rid = self.client, job.request_id
+        posted = job.posted | self._posted.get(rid, 0)
         scores, rating = job.scores, job.feedback
         calls: list[tuple[int, Counter, Callable[[], Awaitable[Answer]]]] = []
         if scores and not posted & SCORES_POSTED:
@@ -258,13 +270,18 @@ class Relay:
         answer: Answer | None = None
         for done, counter, send in calls:  # a call that succeeded before is not repeated
             answer = await self._call(send)
+            if answer is None:
+                await self._defer(job, posted)
+                return
             if not answer.ok:
                 await self._failed(job, answer, posted)
                 return
             posted |= done
+            self._posted[rid] = posted
             counter.inc()
         status = answer.status if answer else None
         await self.store.complete(rid, status)
+        self._posted.pop(rid, None)
         event(
             log,
             "delivered",
@@ -275,27 +292,51 @@ class Relay:
             feedback=job.feedback,
         )
 
-    async def _call(self, send: Callable[[], Awaitable[Answer]]) -> Answer:
-        """One API call inside the rate limit; a 429 pauses every call."""
-        async with self.limiter.slot():
+    async def _call(self, send: Callable[[], Awaitable[Answer]]) -> Answer | None:
+        """One API call inside the rate limit; a 429 pauses every call.
+
+        None, without calling, when the limit has no room now: never wait holding a lease.
+        """
+        if self.limiter.free() <= 0:
+            return None
+        async with self.limiter.slot():  # there is room: takes it without waiting
             answer = await send()
-        await self.store.log_posts([time.time()])
+        try:
+            await self.store.log_posts([time.time()])
+        except Exception as exc:  # the call was made: its outcome matters more than its time
+            log.warning("could not record the time of an API call: %s", exc)
         if answer.status == 429:
             self.limiter.pause(answer.retry_after if answer.retry_after is not None else 60.0)
         if not answer.ok:
             metrics.POST_FAILURES.labels(str(answer.status or "none")).inc()
         return answer
 
+    async def _defer(self, job: Job, posted: int) -> None:
+        """Give the webhook back until the rate limit should have room; not an attempt."""
+        delay = self.limiter.wait_time()
+        await self.store.release({job.request_id: posted}, delay)
+        self._posted.pop(job.request_id, None)
+        event(
+            log,
+            "waiting for the rate limit",
+            level=logging.DEBUG,
+            request_id=job.request_id,
+            outcome="deferred",
+            delay=round(delay, 2),
+        )
+
     async def _failed(self, job: Job, answer: Answer, posted: int) -> None:
         rid, error = job.request_id, answer.error or "no answer"
         fields: dict[str, Any] = {"request_id": rid, "status": answer.status, "error": error}
         if self.policy.permanent(answer.status) or self.policy.gives_up(job, time.time()):
             await self.store.bury(rid, answer.status, error, posted)
+            self._posted.pop(rid, None)
             metrics.DEAD_LETTERS.inc()
             event(log, "dead letter", level=logging.WARNING, outcome="dead", **fields)
             return
         delay = self.policy.delay(job.attempts, answer.retry_after)
         await self.store.retry(rid, delay, answer.status, error, posted)
+        self._posted.pop(rid, None)
         metrics.RETRIES.inc()
         event(log, "will retry", outcome="retry", delay=round(delay, 2), **fields)
 

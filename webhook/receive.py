@@ -90,8 +90,9 @@ async def receive(request: Request) -> Response:
     try:
         new = await ingest.store.add(request_id, body)
     except Exception as exc:
+        # A warning per webhook: the store logs the failure itself once, at ERROR.
         RECEIVED_BY["store_error"].inc()
-        log.error(
+        log.warning(
             "could not store the webhook: %s",
             exc,
             extra={"request_id": request_id, "outcome": "store_error", "status": 503},

@@ -5,12 +5,17 @@ future. The thread takes every operation that is waiting, runs them in one trans
 commits once, so one fsync covers a whole burst. If the batch fails, each operation is retried in
 a transaction of its own, so one bad operation fails alone, and nothing is reported done that was
 not committed.
+
+The writer also remembers which file it opened (device and inode): :meth:`Writer.check_file`
+tells whether the path still names it, since SQLite keeps writing into a deleted or replaced
+file without a word, and nothing written there survives a restart.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import queue
 import sqlite3
 import threading
@@ -18,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-__all__ = ["Writer"]
+__all__ = ["FileGone", "Writer"]
 
 T = TypeVar("T")
 Op = Callable[[sqlite3.Connection], Any]
@@ -27,12 +32,17 @@ Item = tuple[Op, asyncio.Future[Any], asyncio.AbstractEventLoop]
 MAX_BATCH = 1024
 
 
+class FileGone(Exception):
+    """The database path no longer names the file the writer has open."""
+
+
 class Writer:
     def __init__(self, path: str, busy_timeout_ms: int = 10_000) -> None:
         self.path = path
         self.busy_timeout_ms = busy_timeout_ms
         self._ops: queue.SimpleQueue[Item | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
+        self._identity: tuple[int, int] | None = None  # (st_dev, st_ino) of the open file
 
     def connect(self) -> sqlite3.Connection:
         """A connection in WAL mode whose commits are durable (``synchronous=FULL``)."""
@@ -47,10 +57,24 @@ class Writer:
     def start(self) -> None:
         """Open the connection here, so a bad path fails the caller at once, then hand it over."""
         conn = self.connect()
+        if self.path != ":memory:":
+            stat = os.stat(self.path)
+            self._identity = (stat.st_dev, stat.st_ino)
         self._thread = threading.Thread(
             target=self._run, args=(conn,), name="sqlite-writer", daemon=True
         )
         self._thread.start()
+
+    def check_file(self) -> None:
+        """Raise :class:`FileGone` unless the path still names the open file (one ``stat``)."""
+        if self._identity is None:
+            return
+        try:
+            stat = os.stat(self.path)
+        except FileNotFoundError:
+            raise FileGone(f"the database file {self.path} was deleted while open") from None
+        if (stat.st_dev, stat.st_ino) != self._identity:
+            raise FileGone(f"the database file {self.path} was replaced while open")
 
     async def stop(self) -> None:
         """Finish every operation already submitted, then close."""

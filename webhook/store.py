@@ -8,10 +8,16 @@ Policy:
   is still valid and the judge sees fresh traffic), then *posted* at the pace the API allows.
   The backlog waits here, on disk, not in memory.
 - Delivery is at-least-once. ``claim`` hands out *leases*: a claimed webhook becomes claimable
-  again when its lease runs out, so a crash never strands work.
+  again when its lease runs out, so a crash never strands work. A serving process opens the
+  store with ``serving=True``: if no other server is alive on it, every lease is orphaned (its
+  holder crashed) and is taken back at once, so a restart after a crash does not wait out the
+  leases. While other servers are alive, their leases are left to run out.
 - Each outcome (scored, delivered, retry later, dead) is one write. The scores are stored when
   computed, so a retry posts the same scores without scoring again.
-- ``release`` gives leases back at shutdown so the work is picked up at once after a restart.
+- ``release`` gives leases back (at shutdown, or when the rate limit has no room) with the calls
+  already posted, so the work is picked up again without repeating a call that succeeded.
+- ``ping`` fails at once while the last write of webhooks failed, so readiness never lags the
+  503s; a file deleted or replaced under the server is such a failure, and never acknowledged.
 
 States: ``pending`` (waiting until ``available_at``), ``leased`` (being worked on until its lease
 expires), ``done`` (delivered, or nothing to deliver) and ``dead`` (a dead letter, kept until
@@ -20,6 +26,7 @@ retried or purged).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal, Protocol
 from urllib.parse import parse_qsl
@@ -73,7 +80,10 @@ class QueueStats:
 
 
 class Store(Protocol):
-    async def open(self) -> None: ...
+    async def open(self, *, serving: bool = False) -> None:
+        """Open (creating the schema). ``serving``: this process will claim work; it counts as
+        a live server until closed, and takes back every lease if no other server is alive."""
+
     async def close(self) -> None: ...
 
     async def add(self, request_id: str, body: bytes) -> bool:
@@ -107,8 +117,12 @@ class Store(Protocol):
         Returns False, changing nothing, for that case and for work already pending or leased.
         """
 
-    async def release(self, request_ids: list[str]) -> None:
-        """Give leases back unfinished; the attempt does not count."""
+    async def release(self, posted: Mapping[str, int], delay: float = 0.0) -> None:
+        """Give leases back unfinished, due again after ``delay``; the attempt does not count.
+
+        ``posted`` maps each request id to the calls posted under this lease (``posted`` bits),
+        which are recorded so that they are never repeated.
+        """
 
     async def log_posts(self, ended_at: list[float]) -> None:
         """Remember when API calls ended, so the rate limit holds across restarts."""
@@ -116,7 +130,8 @@ class Store(Protocol):
     async def recent_posts(self, since: float) -> list[float]: ...
 
     async def ping(self) -> None:
-        """Raise unless the store accepts a durable write."""
+        """Raise unless the store accepts a durable write, at once while the last write of
+        webhooks failed (until one succeeds again)."""
 
     async def stats(self) -> QueueStats: ...
 

@@ -1,18 +1,51 @@
-"""The SQLite store: WAL mode, ``synchronous=FULL``, group commit (see :mod:`sqlite_writer`)."""
+"""The SQLite store: WAL mode, ``synchronous=FULL``, group commit (see :mod:`sqlite_writer`).
+
+Its health, for readiness: when a write of webhooks fails (a full disk, a lock held past the busy
+timeout, the file deleted or replaced under us), the failure is kept, logged once at ERROR, and
+:meth:`SQLiteStore.ping` raises it at once, so ``/readyz`` agrees with the 503s the webhooks get,
+with no probe to wait for. It stands until webhooks are committed again, or until a probe as
+large as the write that failed commits: each ``ping`` while it stands starts one in the
+background, so readiness comes back without traffic (a load balancer that stops sending while
+we are not ready would otherwise keep us out for good). A small probe is not enough: a nearly
+full disk takes a heartbeat and refuses a webhook. A deleted or replaced file never clears: it
+needs a restart.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 from functools import partial
 
 import orjson
 
+from webhook.logs import event
+from webhook.sqlite_lock import ServerLock
 from webhook.sqlite_writer import Writer
 from webhook.store import SCORES_POSTED, DeadLetter, Job, QueueStats, Stage
 
-__all__ = ["SQLiteStore"]
+__all__ = ["SQLiteStore", "StoreUnavailable"]
+
+log = logging.getLogger("webhook.store")
+
+
+class StoreUnavailable(Exception):
+    """The last write failed and nothing has succeeded since."""
+
+
+PROBE_MAX = 16 * 1024 * 1024  # a readiness probe writes at most this much (one large webhook)
+
+
+@dataclass(frozen=True, slots=True)
+class WriteFailure:
+    at: float
+    reason: str
+    size: int  # bytes of webhooks the failed write carried: what a probe must prove fits
+
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS webhooks (
@@ -83,15 +116,45 @@ def _job(row: tuple[str, bytes | None, int, float, str | None, int | None, int])
 class SQLiteStore:
     def __init__(self, path: str, busy_timeout_ms: int = 10_000) -> None:
         self._writer = Writer(path, busy_timeout_ms)
+        self._lock = None if path == ":memory:" else ServerLock(path)
         self._adds: list[tuple[str, bytes, float, asyncio.Future[bool]]] = []
         self._flusher: asyncio.Task[None] | None = None
+        self._failure: WriteFailure | None = None
+        self._probe: asyncio.Task[None] | None = None
 
-    async def open(self) -> None:
+    async def open(self, *, serving: bool = False) -> None:
         self._writer.start()
         await self._writer.run(_create_schema)
+        if serving and self._lock is not None:
+            try:
+                if self._lock.acquire():
+                    recovered = await self._writer.run(_recover_orphans)
+                    if recovered:
+                        event(log, f"took back {recovered} webhook(s) a stopped server had claimed")
+                    self._lock.share()
+            except BaseException:
+                self._lock.release()
+                await self._writer.stop()
+                raise
 
     async def close(self) -> None:
+        if self._probe is not None:
+            self._probe.cancel()
         await self._writer.stop()
+        if self._lock is not None:
+            self._lock.release()
+
+    def _failed(self, exc: BaseException, size: int) -> None:
+        reason = str(exc) or type(exc).__name__
+        if self._failure is None or self._failure.reason != reason:
+            log.error("store: a write failed: %s; webhooks get 503 until one succeeds", reason)
+        self._failure = WriteFailure(time.time(), reason, size)
+
+    def _succeeded(self, failure: WriteFailure | None) -> None:
+        """A write succeeded since ``failure`` was the last one: clear it, unless a newer one."""
+        if failure is not None and self._failure is failure:
+            self._failure = None
+            log.info("store: writes succeed again")
 
     async def add(self, request_id: str, body: bytes) -> bool:
         # Adds are gathered on the event loop and handed to the writer as one operation: while
@@ -107,13 +170,17 @@ class SQLiteStore:
             while self._adds:
                 batch, self._adds = self._adds, []
                 rows = [(rid, body, now, now) for rid, body, now, _ in batch]
+                failure = self._failure
                 try:
-                    inserted = await self._writer.run(partial(_insert_all, rows))
+                    inserted = await self._writer.run(partial(_insert_all, self._writer, rows))
                 except Exception as exc:
+                    size = sum(len(body) for _, body, *_ in batch)
+                    self._failed(exc, min(size, PROBE_MAX))
                     for *_, fut in batch:
                         if not fut.done():
                             fut.set_exception(exc)
                     continue
+                self._succeeded(failure)
                 for (*_, fut), new in zip(batch, inserted, strict=True):
                     if not fut.done():
                         fut.set_result(new)
@@ -199,16 +266,17 @@ class SQLiteStore:
 
         return await self._writer.run(op)
 
-    async def release(self, request_ids: list[str]) -> None:
+    async def release(self, posted: Mapping[str, int], delay: float = 0.0) -> None:
         def op(conn: sqlite3.Connection) -> None:
             # A claim counted an attempt; giving the lease back undoes that.
             conn.executemany(
                 "UPDATE webhooks SET state = 'pending', available_at = ?,"
-                " attempts = MAX(attempts - 1, 0) WHERE request_id = ? AND state = 'leased'",
-                [(time.time(), rid) for rid in request_ids],
+                " attempts = MAX(attempts - 1, 0), posted = posted | ?"
+                " WHERE request_id = ? AND state = 'leased'",
+                [(time.time() + delay, bits, rid) for rid, bits in posted.items()],
             )
 
-        if request_ids:
+        if posted:
             await self._writer.run(op)
 
     async def log_posts(self, ended_at: list[float]) -> None:
@@ -227,11 +295,27 @@ class SQLiteStore:
         return await self._writer.run(op)
 
     async def ping(self) -> None:
-        await self._execute(
-            "INSERT INTO meta (key, value) VALUES ('heartbeat', ?)"
-            " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            (str(time.time()),),
-        )
+        failure = self._failure
+        if failure is not None:
+            if self._probe is None or self._probe.done():
+                self._probe = asyncio.create_task(self._probe_write(failure))
+            ago = time.time() - failure.at
+            raise StoreUnavailable(f"the last write failed {ago:.1f}s ago: {failure.reason}")
+        try:
+            await self._writer.run(partial(_heartbeat, self._writer, 0))
+        except Exception as exc:
+            self._failed(exc, 0)
+            raise
+
+    async def _probe_write(self, failure: WriteFailure) -> None:
+        """Commit as many bytes as the failed write carried, then give the space back."""
+        try:
+            await self._writer.run(partial(_heartbeat, self._writer, failure.size))
+            if failure.size:
+                await self._writer.run(partial(_heartbeat, self._writer, 0))
+        except Exception:
+            return  # still failing; the next ping probes again
+        self._succeeded(failure)
 
     async def stats(self) -> QueueStats:
         def op(conn: sqlite3.Connection) -> QueueStats:
@@ -305,7 +389,31 @@ def _create_schema(conn: sqlite3.Connection) -> None:
 
 
 def _insert_all(
-    rows: list[tuple[str, bytes, float, float]], conn: sqlite3.Connection
+    writer: Writer, rows: list[tuple[str, bytes, float, float]], conn: sqlite3.Connection
 ) -> list[bool]:
-    """Insert each webhook unless its request_id is stored; True for each one inserted."""
+    """Insert each webhook unless its request_id is stored; True for each one inserted.
+
+    Never into a file the path no longer names: a restart would not find them.
+    """
+    writer.check_file()
     return [conn.execute(INSERT, row).rowcount == 1 for row in rows]
+
+
+def _heartbeat(writer: Writer, size: int, conn: sqlite3.Connection) -> None:
+    """A durable write for readiness; ``size`` bytes more in a probe row (none: emptied)."""
+    writer.check_file()
+    upsert = (
+        "INSERT INTO meta (key, value) VALUES (?, ?)"
+        " ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+    )
+    conn.execute(upsert, ("heartbeat", str(time.time())))
+    conn.execute(upsert, ("probe", b"\x01" * size if size else None))
+
+
+def _recover_orphans(conn: sqlite3.Connection) -> int:
+    """Make every lease pending, due now, its attempt not counted (no server holds one)."""
+    return conn.execute(
+        "UPDATE webhooks SET state = 'pending', available_at = ?,"
+        " attempts = MAX(attempts - 1, 0) WHERE state = 'leased'",
+        (time.time(),),
+    ).rowcount
