@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from webhook.helicone import Answer, Helicone
+from webhook.helicone import Answer, Helicone, id_problem
 from webhook.helicone_types import RequestRow, iso
 from webhook.score import Scoring
 from webhook.store import Store
@@ -190,7 +190,8 @@ async def backfill(
 
     async def one(row: RequestRow) -> None:
         async with gate:
-            bodies = await _bodies(client, row)
+            problem = id_problem(row.request_id)
+            bodies = await _bodies(client, row) if problem is None else problem
             if isinstance(bodies, str):
                 tally.no_body += 1
                 if len(tally.body_errors) < 3:
