@@ -169,9 +169,15 @@ def test_the_readmes_judge_rules_example_is_accepted_with_the_judge_off(
     (tmp_path / "rules.toml").write_text(README_RULES)
     result = score(tmp_path, SCORER_RULES_FILE="rules.toml")
     assert result.returncode == 0, result.stderr
-    server = make_server(SCORER_RULES_FILE=str(tmp_path / "rules.toml"))
-    assert "INFO webhook: SCORER_RULES_FILE has rules for scorers that are off: judge" in (
-        server.log()
+    server = make_server(
+        SCORER_RULES_FILE=str(tmp_path / "rules.toml"),
+        SCORER_FEEDBACK_RULE="judge_accuracy >= 50 or word_count > 1",
+    )
+    log = server.log()
+    assert "INFO webhook: SCORER_RULES_FILE has rules for scorers that are off: judge" in log
+    assert (
+        "WARNING webhook: SCORER_FEEDBACK_RULE uses scores of scorers that are off"
+        " (judge_accuracy)" in log
     )
 
 

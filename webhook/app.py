@@ -75,8 +75,8 @@ def scoring_from(settings: Settings) -> Scoring:
         log.info("SCORER_RULES_FILE has rules for scorers that are off: %s", ", ".join(off))
     if feedback is not None and (off := sorted(feedback.names - on)):
         log.warning(
-            "SCORER_FEEDBACK_RULE uses scores whose scorers are off (%s): it gives no rating"
-            " while they are",
+            "SCORER_FEEDBACK_RULE uses scores of scorers that are off (%s): what needs them"
+            " gives no rating until they are on",
             ", ".join(off),
         )
     return Scoring(
