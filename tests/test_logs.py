@@ -5,12 +5,21 @@ from __future__ import annotations
 
 import time
 import uuid
+from pathlib import Path
 
 import orjson
+import pytest
 
 from tests.conftest import ServerFactory
+from tests.plugins import build_wheel, pip_install
 from tests.server import Server, payload
 from tests.standin import StandIn
+
+FORGER = """
+def forger(ctx):
+    \"\"\"Fails with an error text full of control characters.\"\"\"
+    raise ValueError("boom\\x00\\x1b[31mred\\x85FAKE outcome=posted")
+"""
 
 
 def wait_for_log(server: Server, fragment: str, timeout: float = 20.0) -> str:
@@ -55,3 +64,29 @@ def test_a_line_never_says_none(server: Server, standin: StandIn) -> None:
     [line] = [line for line in log.splitlines() if f"request_id={rid}" in line]
     assert "outcome=posted" in line
     assert "feedback" not in line
+
+
+@pytest.fixture(scope="module")
+def forger(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("forger")
+    wheel = build_wheel(
+        root, "forger_plugin", {"forger_plugin": FORGER}, {"forger": "forger_plugin:forger"}
+    )
+    pip_install(wheel, root / "site")
+    return root / "site"
+
+
+def test_a_plugins_error_text_is_escaped(
+    make_server: ServerFactory, standin: StandIn, forger: Path
+) -> None:
+    server = make_server(PYTHONPATH=str(forger))
+    rid = str(uuid.uuid4())
+    assert server.post(payload(rid)).status_code == 202
+    standin.wait_for(lambda: rid in standin.posted_ids())
+    log = wait_for_log(server, "scorer forger failed")
+    raw = server.log_path.read_bytes()
+    assert b"\x00" not in raw
+    assert b"\x1b" not in raw
+    assert "\x85".encode() not in raw
+    # (the runner already folds whitespace, \\x85 included, into single spaces)
+    assert "ValueError: boom\\x00\\x1b[31mred FAKE outcome=posted" in log
