@@ -78,13 +78,17 @@ def test_backfill_skips_a_row_whose_id_could_steer_the_path(
     tmp_path: Path, standin: StandIn
 ) -> None:
     good = str(uuid.uuid4())
-    for rid, second in (("..", 1), (good, 2)):
+    for rid, second in (("..", 1), (good, 2), ("red\x1b[31m\x1b[2J", 3)):
         answer = {"choices": [{"message": {"role": "assistant", "content": "a b c d"}}]}
         standin.log_request(rid, {}, answer, created_at=f"2024-03-01T10:00:0{second}.000Z")
     env = api_env(standin.base_url, tmp_path)
     result = run(tmp_path, env, "backfill", "--since", "2024-03-01", "--until", "2024-03-02")
     assert result.returncode == 1, result.stderr
-    assert "request_id may not be . or .." in one_line_error(result)
+    line = one_line_error(result)
+    assert "'..': request_id may not be . or .." in line
+    # The id from Helicone is quoted, never written raw to the terminal.
+    assert "'red\\x1b[31m\\x1b[2J': request_id may not hold" in line
+    assert "\x1b" not in result.stderr
     assert "1 queued for delivery" in result.stdout
     # Its body was never fetched, and nothing but the query and the good body was asked for.
     assert standin.raw_paths == ["/v1/request/query", f"/bodies/{good}"]

@@ -207,7 +207,7 @@ async def backfill(
             if isinstance(bodies, str):
                 tally.no_body += 1
                 if len(tally.body_errors) < 3:
-                    tally.body_errors.append(f"{row.request_id}: {bodies}")
+                    tally.body_errors.append(f"{row.request_id!r}: {bodies}")
             else:
                 payload = to_payload(row, *bodies)
                 outcome = await scoring.score_payload(row.request_id, payload)

@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ["event", "setup_logging"]
+__all__ = ["escape", "event", "setup_logging"]
 
 # Attributes every LogRecord has (and uvicorn's ANSI-coloured copy of its message); anything
 # else was passed as a field.
