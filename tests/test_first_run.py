@@ -218,11 +218,23 @@ def test_a_feedback_rule_may_use_the_judges_scores(tmp_path: Path) -> None:
         ("word_count > > 1", "syntax error at column 14"),
         ("  word_count > > 1", "syntax error at column 16"),
         ("not " * 3000 + "word_count > 1", "longer than 1000 characters"),
-        ("not " * 200 + "word_count > 1", "nested more than 20 deep"),
+        ("not " * 200 + "word_count > 1", "nested too deeply (at most 20 levels"),
         ("(word_count > 1 and " * 300 + "refusal == 0" + ")" * 300, "longer than"),
-        ("(r > 1 and " * 60 + "r == 0" + ")" * 60, "nested more than 20 deep"),
+        ("(r > 1 and " * 60 + "r == 0" + ")" * 60, "nested too deeply (at most 20 levels"),
+        ("word_count > " + "-" * 900 + "1", "nested too deeply (at most 20 levels"),
+        ("word_count > " + "~" * 900 + "1", "nested too deeply (at most 20 levels"),
     ],
-    ids=["end", "column", "column-after-spaces", "not-3000", "not-200", "and-300", "and-60"],
+    ids=[
+        "end",
+        "column",
+        "column-after-spaces",
+        "not-3000",
+        "not-200",
+        "and-300",
+        "and-60",
+        "minus-900",
+        "invert-900",
+    ],
 )
 def test_a_bad_feedback_rule_is_one_line(tmp_path: Path, rule: str, message: str) -> None:
     result = score(tmp_path, SCORER_FEEDBACK_RULE=rule)

@@ -66,6 +66,7 @@ class FeedbackRule:
 
 MAX_RULE_CHARS = 1000
 MAX_RULE_DEPTH = 20  # nested and/or/not; a real rule needs a handful
+_TOO_DEEP = f"nested too deeply (at most {MAX_RULE_DEPTH} levels of and, or, not)"
 
 
 def parse_feedback_rule(text: str, known: Iterable[str] | None = None) -> FeedbackRule:
@@ -84,7 +85,9 @@ def parse_feedback_rule(text: str, known: Iterable[str] | None = None) -> Feedba
         where = f"column {lead + exc.offset}" if exc.offset else "the end"
         raise RuleError(f"syntax error at {where}: {exc.msg}") from None
     except (RecursionError, MemoryError):
-        raise RuleError(f"nested more than {MAX_RULE_DEPTH} deep") from None
+        raise RuleError(_TOO_DEEP) from None
+    if _depth(tree) > 3 * MAX_RULE_DEPTH:  # before anything walks it recursively
+        raise RuleError(_TOO_DEEP)
     names: set[str] = set()
     root = _compile(tree.body, names, 0)
     if known is not None:
@@ -97,9 +100,19 @@ def parse_feedback_rule(text: str, known: Iterable[str] | None = None) -> Feedba
     return FeedbackRule(text, frozenset(names), root)
 
 
+def _depth(tree: ast.AST) -> int:
+    """How deep the syntax tree goes, found without recursion."""
+    deepest, stack = 0, [(tree, 1)]
+    while stack:
+        node, depth = stack.pop()
+        deepest = max(deepest, depth)
+        stack.extend((child, depth + 1) for child in ast.iter_child_nodes(node))
+    return deepest
+
+
 def _compile(node: ast.expr, names: set[str], depth: int) -> Node:
     if depth > MAX_RULE_DEPTH:
-        raise RuleError(f"nested more than {MAX_RULE_DEPTH} deep")
+        raise RuleError(_TOO_DEEP)
     if isinstance(node, ast.BoolOp):
         parts = [_compile(v, names, depth + 1) for v in node.values]
         return _all(parts) if isinstance(node.op, ast.And) else _any(parts)
