@@ -32,6 +32,9 @@ __all__ = [
     "last_user_text",
     "refused",
     "sse_events",
+    "stream_events",
+    "stream_finish_reasons",
+    "stream_usage",
 ]
 
 TOO_LARGE = "Body too large for webhook"
@@ -134,13 +137,46 @@ def _from_events(events: Iterable[Any]) -> list[str]:
     return ["".join(by_index[i]) for i in sorted(by_index)]
 
 
-def _streamed(body: dict[str, Any]) -> list[str]:
-    data = body.get("streamed_data")
+def stream_events(body: Any) -> list[Any]:
+    """The stream's events in ``streamed_data``: parsed chunks, or a raw SSE string parsed."""
+    data = body.get("streamed_data") if isinstance(body, dict) else None
     if isinstance(data, str):
-        return _from_events(sse_events(data))
-    if isinstance(data, list):
-        return _from_events(data)
-    return []
+        return sse_events(data)
+    return data if isinstance(data, list) else []
+
+
+def _streamed(body: dict[str, Any]) -> list[str]:
+    return _from_events(stream_events(body))
+
+
+def stream_finish_reasons(events: Iterable[Any]) -> list[str]:
+    """The last finish reason per choice of a stream: OpenAI chunks' ``finish_reason``,
+    Anthropic's ``message_delta`` ``stop_reason``, Gemini chunks' ``finishReason``."""
+    last: dict[Any, str] = {}
+    for event in events:
+        if not isinstance(event, dict):
+            continue
+        if event.get("type") == "message_delta":
+            delta = event.get("delta")
+            if isinstance(delta, dict) and isinstance(delta.get("stop_reason"), str):
+                last[0] = delta["stop_reason"]
+        for key, field in (("choices", "finish_reason"), ("candidates", "finishReason")):
+            items = event.get(key)
+            if isinstance(items, list):
+                for pos, item in enumerate(items):
+                    if isinstance(item, dict) and isinstance(item.get(field), str):
+                        last[item.get("index", pos)] = item[field]
+    return [r for r in last.values() if r]
+
+
+def stream_usage(events: Iterable[Any]) -> dict[str, Any] | None:
+    """The stream's last usage: an OpenAI chunk's ``usage`` (sent last, when asked for) or
+    Anthropic's ``message_delta`` ``usage`` (cumulative, so the last one is the total)."""
+    found: dict[str, Any] | None = None
+    for event in events:
+        if isinstance(event, dict) and isinstance(event.get("usage"), dict):
+            found = event["usage"]
+    return found
 
 
 def _openai(body: dict[str, Any], choices: list[Any]) -> list[str]:
@@ -244,7 +280,8 @@ def last_user_text(body: Any) -> str | None:
 
 def finish_reasons(body: Any) -> list[str]:
     """Why generation stopped, per choice: OpenAI ``finish_reason``, Anthropic ``stop_reason``,
-    Gemini ``finishReason``, Responses API ``incomplete_details.reason``."""
+    Gemini ``finishReason``, Responses API ``incomplete_details.reason``; for a stream that was
+    not rebuilt, the chunks' own (:func:`stream_finish_reasons`)."""
     if isinstance(body, list):
         body = next((b for b in reversed(body) if isinstance(b, dict)), None)
     if not isinstance(body, dict):
@@ -257,7 +294,8 @@ def finish_reasons(body: Any) -> list[str]:
     details = body.get("incomplete_details")
     if isinstance(details, dict):
         found.append(details.get("reason"))
-    return [r for r in found if isinstance(r, str) and r]
+    reasons = [r for r in found if isinstance(r, str) and r]
+    return reasons or stream_finish_reasons(stream_events(body))
 
 
 def refused(body: Any) -> bool:

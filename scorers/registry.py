@@ -50,6 +50,8 @@ class Scorer:
 
     ``bounds`` is the documented range of every value it returns (None: unbounded on that
     side); bools count as 0 and 1. ``timeout`` overrides the runner's per-scorer timeout.
+    ``scores`` names the scores a scorer returning a mapping gives (the feedback rule may use
+    only known score names).
     ``problem`` says why it cannot run as configured: such a scorer is off by default and
     refused by name.
     """
@@ -62,6 +64,12 @@ class Scorer:
     timeout: float | None = None
     problem: str | None = None
     plugin: str | None = None  # the entry point's "module:callable", for plugins
+    scores: tuple[str, ...] = ()  # the score names it gives, when not its own name (a mapping)
+
+    @property
+    def score_names(self) -> tuple[str, ...]:
+        """The names its scores are posted under: ``scores``, or else its own name."""
+        return self.scores or (self.name,)
 
 
 Setup: TypeAlias = Callable[[Scorer], Scorer]

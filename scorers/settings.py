@@ -14,7 +14,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from scorers.registry import ScorerConfigError
 
-__all__ = ["JudgeSettings", "load_judge_settings"]
+__all__ = ["JudgeSettings", "first_error", "load_judge_settings"]
 
 _CRITERION = re.compile(r"[a-z][a-z0-9_]{0,39}")
 
@@ -61,16 +61,36 @@ class JudgeSettings(BaseSettings):
     def problem(self) -> str | None:
         """Why the judge cannot run, or None when it is configured."""
         if not self.base_url or not self.model:
-            return "set SCORER_JUDGE_BASE_URL and SCORER_JUDGE_MODEL"
+            return self.half_set or "set SCORER_JUDGE_BASE_URL and SCORER_JUDGE_MODEL"
         return None
+
+    @property
+    def half_set(self) -> str | None:
+        """Set when only one of the two settings the judge needs is: a mistake worth a warning."""
+        if bool(self.base_url) == bool(self.model):
+            return None
+        given, missing = (
+            ("SCORER_JUDGE_BASE_URL", "SCORER_JUDGE_MODEL")
+            if self.base_url
+            else ("SCORER_JUDGE_MODEL", "SCORER_JUDGE_BASE_URL")
+        )
+        return f"{given} is set but {missing} is not"
+
+
+def first_error(exc: ValidationError) -> tuple[str, str]:
+    """The first error's field and message, for a one-line settings error. A validator's own
+    ``ValueError`` is quoted as it was raised, without pydantic's ``Value error,`` prefix."""
+    err = exc.errors()[0]
+    field = str(err["loc"][0]) if err["loc"] else "?"
+    cause = err.get("ctx", {}).get("error") if err["type"] == "value_error" else None
+    return field, str(cause) if isinstance(cause, ValueError) else err["msg"]
 
 
 def load_judge_settings() -> JudgeSettings:
     try:
         return JudgeSettings()
     except ValidationError as exc:
-        err = exc.errors()[0]
-        field = str(err["loc"][0]) if err["loc"] else "?"
+        field, message = first_error(exc)
         info = JudgeSettings.model_fields.get(field)
         name = info.validation_alias if info and isinstance(info.validation_alias, str) else field
-        raise ScorerConfigError(f"invalid setting {name}: {err['msg']}") from None
+        raise ScorerConfigError(f"invalid setting {name}: {message}") from None

@@ -16,6 +16,7 @@ def standin() -> Iterator[StandIn]:
     s = StandIn().start()
     yield s
     s.stop()
+    assert s.violations == [], s.violations
 
 
 @pytest.fixture

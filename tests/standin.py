@@ -13,12 +13,17 @@
   ``limit`` <= 1000, bodies replaced by a placeholder, and the real ones behind a
   ``signed_body_url`` serving gzip JSON ``{"request", "response"}``, like S3 (which refuses a
   request carrying an ``Authorization`` header).
+- Every call's raw request path (``scope["raw_path"]``, before any decoding) is recorded in
+  :attr:`StandIn.raw_paths`. A path not of the exact forms above (one percent-encoded id
+  segment that is not ``.`` or ``..``) is recorded in :attr:`StandIn.violations` and answered
+  404: the ``standin`` fixture fails a test that leaves any violation.
 """
 
 from __future__ import annotations
 
 import asyncio
 import gzip
+import re
 import socket
 import threading
 import time
@@ -28,6 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
+from urllib.parse import unquote
 
 import orjson
 import uvicorn
@@ -35,12 +41,30 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 API_KEY = "sk-helicone-test"
 PLACEHOLDER = {
     "helicone_message": "fetching body from signed_url... contact engineering@helicone.ai for"
     " more information"
 }
+
+
+# The only paths the API is called on. An id is one percent-encoded segment (unreserved
+# characters and %XX escapes) that does not decode to "." or "..", which would be resolved.
+_SEGMENT = r"(?:[A-Za-z0-9._~-]|%[0-9A-F]{2})+"
+_PATHS = re.compile(
+    rf"/v1/evals/query|/v1/request/query|/v1/request/(?P<rid>{_SEGMENT})/(?:score|feedback)"
+    rf"|/bodies/(?P<body>{_SEGMENT})"
+)
+
+
+def expected_path(raw: str) -> bool:
+    match = _PATHS.fullmatch(raw)
+    if match is None:
+        return False
+    segment = match["rid"] or match["body"]
+    return segment is None or unquote(segment) not in (".", "..")
 
 
 def free_port() -> int:
@@ -77,6 +101,7 @@ class StandIn:
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.calls: list[Call] = []
         self.violations: list[str] = []
+        self.raw_paths: list[str] = []
         self.window_limit = window_limit
         self.window = window
         self._window_hits: deque[float] = deque()
@@ -168,9 +193,27 @@ class StandIn:
             time.sleep(0.05)
         raise AssertionError(f"stand-in: condition not met in {timeout}s; calls={len(self.calls)}")
 
+    async def _checked(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Record the raw path of every call; refuse (404) and record any unexpected one."""
+        if scope["type"] == "http":
+            raw = scope.get("raw_path", scope["path"].encode()).decode("latin-1")
+            with self._lock:
+                self.raw_paths.append(raw)
+                if not expected_path(raw):
+                    self.violations.append(f"unexpected path: {scope['method']} {raw}")
+                    response = _json(404, {"error": "Not Found"})
+                    await response(scope, receive, send)
+                    return
+        await self.app(scope, receive, send)
+
     def start(self) -> StandIn:
         config = uvicorn.Config(
-            self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off"
+            self._checked,
+            host="127.0.0.1",
+            port=self.port,
+            log_level="warning",
+            lifespan="off",
+            interface="asgi3",
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, daemon=True)

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
@@ -32,7 +32,9 @@ __all__ = ["create_app", "enabled_scorers", "scoring_from", "startup_checks"]
 log = logging.getLogger("webhook")
 
 
-def enabled_scorers(settings: Settings) -> list[Scorer]:
+def enabled_scorers(
+    settings: Settings, registry: Mapping[str, Scorer] | None = None
+) -> list[Scorer]:
     """The scorers that run, for the server and every offline command alike.
 
     Built-ins that are on by default and every installed plugin, narrowed by ``SCORER_ENABLED``
@@ -40,25 +42,43 @@ def enabled_scorers(settings: Settings) -> list[Scorer]:
     :class:`scorers.ScorerError` (one line) for an unknown name, a plugin that fails to import,
     or a scorer enabled without its settings.
     """
-    registry = available(skip=settings.scorer_disabled)
+    if registry is None:
+        registry = available(skip=settings.scorer_disabled)
     return select(registry, settings.scorer_enabled, settings.scorer_disabled)
 
 
 def scoring_from(settings: Settings) -> Scoring:
-    """The scoring stage as configured: scorers, their rules, and the feedback rule."""
-    scorers = enabled_scorers(settings)
+    """The scoring stage as configured: scorers, their rules, and the feedback rule.
+
+    Both rules are checked against every scorer that exists, on or off: a name nothing knows
+    stops the start (a typo would silently turn a rule off); a rule about a scorer that is off
+    is kept, with a note, so turning the scorer on needs no other change.
+    """
+    registry = available(skip=settings.scorer_disabled)
+    scorers = enabled_scorers(settings, registry)
+    on = {n for s in scorers for n in (s.name, *s.score_names)}
     try:
-        feedback = parse_feedback_rule(settings.feedback_rule) if settings.feedback_rule else None
+        feedback = (
+            parse_feedback_rule(
+                settings.feedback_rule, {n for s in registry.values() for n in s.score_names}
+            )
+            if settings.feedback_rule
+            else None
+        )
     except RuleError as exc:
         raise SettingsError(f"invalid setting SCORER_FEEDBACK_RULE: {exc}") from None
     try:
-        rules = (
-            load_scorer_rules(settings.rules_file, (s.name for s in scorers))
-            if settings.rules_file
-            else {}
-        )
+        rules = load_scorer_rules(settings.rules_file, registry) if settings.rules_file else {}
     except RuleError as exc:
         raise SettingsError(f"invalid setting SCORER_RULES_FILE: {exc}") from None
+    if off := sorted(set(rules) - on):
+        log.info("SCORER_RULES_FILE has rules for scorers that are off: %s", ", ".join(off))
+    if feedback is not None and (off := sorted(feedback.names - on)):
+        log.warning(
+            "SCORER_FEEDBACK_RULE uses scores of scorers that are off (%s): what needs them"
+            " gives no rating until they are on",
+            ", ".join(off),
+        )
     return Scoring(
         scorers,
         rules,

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from webhook.helicone import Answer, Helicone
+from webhook.helicone import Answer, Helicone, id_problem
 from webhook.helicone_types import RequestRow, iso
 from webhook.score import Scoring
 from webhook.store import Store
@@ -100,6 +100,13 @@ def to_payload(row: RequestRow, request_body: Any, response_body: Any) -> dict[s
     return payload
 
 
+OnRetry = Callable[[Answer, int, int, float], None]  # (answer, retry number, retries, wait)
+
+
+def _no_report(answer: Answer, retry: int, retries: int, wait: float) -> None:
+    return None
+
+
 async def _query(
     client: Helicone,
     filter_: dict[str, Any],
@@ -107,6 +114,7 @@ async def _query(
     limit: int,
     retries: int,
     backoff: float,
+    on_retry: OnRetry,
 ) -> list[RequestRow]:
     for attempt in range(retries + 1):
         answer = await client.request_query(filter_, offset=offset, limit=limit)
@@ -116,7 +124,9 @@ async def _query(
         if not transient or attempt == retries:
             raise QueryFailed(answer, offset)
         wait = answer.retry_after if answer.retry_after is not None else backoff * 2**attempt
-        await asyncio.sleep(min(60.0, wait))
+        wait = min(60.0, wait)
+        on_retry(answer, attempt + 1, retries, wait)
+        await asyncio.sleep(wait)
     raise AssertionError("unreachable")
 
 
@@ -130,8 +140,10 @@ async def pages(
     max_offset: int = MAX_OFFSET,
     retries: int = 4,
     backoff: float = 2.0,
+    on_retry: OnRetry = _no_report,
 ) -> AsyncIterator[list[RequestRow]]:
-    """Pages of requests created in ``[since, until)``, oldest first, ``limit`` rows at most."""
+    """Pages of requests created in ``[since, until)``, oldest first, ``limit`` rows at most.
+    ``on_retry`` is told of each failed query before the wait for its retry."""
     start, offset, read = iso(since), 0, 0
     tail_at: str | None = None  # created_at of the last row read...
     tail_ids: set[str] = set()  # ...and the ids read at that instant
@@ -145,7 +157,7 @@ async def pages(
                 )
             start, offset, skip = tail_at, 0, set(tail_ids)
         window = created_filter(start, until)
-        rows = await _query(client, window, offset, size, retries, backoff)
+        rows = await _query(client, window, offset, size, retries, backoff, on_retry)
         offset += len(rows)
         fresh = [r for r in rows if r.request_id not in skip]
         for r in fresh:
@@ -190,11 +202,12 @@ async def backfill(
 
     async def one(row: RequestRow) -> None:
         async with gate:
-            bodies = await _bodies(client, row)
+            problem = id_problem(row.request_id)
+            bodies = await _bodies(client, row) if problem is None else problem
             if isinstance(bodies, str):
                 tally.no_body += 1
                 if len(tally.body_errors) < 3:
-                    tally.body_errors.append(f"{row.request_id}: {bodies}")
+                    tally.body_errors.append(f"{row.request_id!r}: {bodies}")
             else:
                 payload = to_payload(row, *bodies)
                 outcome = await scoring.score_payload(row.request_id, payload)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import uuid
+from importlib.metadata import version
 from pathlib import Path
 from typing import Annotated
 
@@ -34,7 +35,8 @@ app = typer.Typer(
 def serve(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "0.0.0.0",
     port: Annotated[
-        int | None, typer.Option(help="Port to listen on [default: $PORT or 8080].")
+        int | None,
+        typer.Option(help="Port to listen on: $PORT, else 8080.", show_default=False),
     ] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
@@ -103,11 +105,17 @@ SAMPLE = {
 }
 
 
+UNSIGNED = "no key to sign with; set HELICONE_WEBHOOK_SECRET or pass --secret"
+
+
 @app.command()
 def send(
     file: Annotated[
         Path | None,
-        typer.Argument(help="Payload JSON file, or - for stdin [default: a built-in sample]."),
+        typer.Argument(
+            help="Payload JSON file, or - for stdin; without it, a built-in sample.",
+            show_default=False,
+        ),
     ] = None,
     url: Annotated[str, typer.Option(help="Where the server listens.")] = (
         "http://127.0.0.1:8080/webhook"
@@ -116,7 +124,7 @@ def send(
         str | None,
         typer.Option(
             envvar="HELICONE_WEBHOOK_SECRET",
-            help="Key to sign with [default: $HELICONE_WEBHOOK_SECRET; the first if several].",
+            help="Key to sign with (the first, if several).",
             show_default=False,
         ),
     ] = None,
@@ -130,15 +138,38 @@ def send(
         except OSError as exc:
             fail(f"cannot read {file}: {exc.strerror}")
     headers = {"Content-Type": "application/json"}
-    if secret:
-        headers["Helicone-Signature"] = sign(secret.split(",")[0].strip(), body)
+    key = (secret or "").split(",")[0].strip()
+    if key:
+        headers["Helicone-Signature"] = sign(key, body)
     try:
         response = httpx2.post(url, content=body, headers=headers, timeout=30)
     except httpx2.HTTPError as exc:
         fail(f"cannot reach {url}: {exc}", 1)
     typer.echo(f"{response.status_code} {response.text}")
+    if not key:
+        if response.status_code == 401:
+            fail(f"401: the webhook was sent unsigned: {UNSIGNED}", 1)
+        typer.echo(f"note: the webhook was sent unsigned: {UNSIGNED}", err=True)
     if response.is_error:
         raise typer.Exit(1)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"helicone-scorer {version('helicone-scorer')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    show_version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Score Helicone traffic: a webhook that scores every logged LLM response."""
 
 
 def main() -> None:

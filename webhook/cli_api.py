@@ -21,7 +21,7 @@ import typer
 
 from scorers import INT64_MAX, INT64_MIN
 from webhook.console import fail, settings_or_exit
-from webhook.helicone import Answer, Helicone
+from webhook.helicone import Answer, Helicone, id_problem
 from webhook.helicone_types import iso
 from webhook.score import is_uuid
 from webhook.settings import Settings
@@ -113,6 +113,8 @@ def post_scores(
     scores: Annotated[list[str], typer.Argument(help="name=value pairs: integers or true/false.")],
 ) -> None:
     """Post scores to one request, by hand (ints and true/false only)."""
+    if (problem := id_problem(request_id)) is not None:
+        fail(f"{request_id!r}: {problem}")
     try:
         parsed = parse_scores(scores)
     except ValueError as exc:

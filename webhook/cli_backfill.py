@@ -23,7 +23,7 @@ from webhook.app import scoring_from
 from webhook.backfill import QueryFailed, Tally, backfill
 from webhook.cli_api import describe
 from webhook.console import fail
-from webhook.helicone import Helicone
+from webhook.helicone import Answer, Helicone
 from webhook.settings import Settings, SettingsError
 from webhook.store import open_store
 
@@ -48,13 +48,16 @@ def run(
     if not scoring.scorers:
         fail("no scorer is enabled: nothing to backfill")
     names = ", ".join(s.name for s in scoring.scorers)
+    console = Console(stderr=True)
     progress = Progress(
         SpinnerColumn(),
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
-        console=Console(stderr=True),
+        console=console,
+        transient=True,  # the bar goes when it ends: the summary or the error says the rest
+        disable=not console.is_terminal,  # no bar in a pipe or a log file
     )
     task = progress.add_task(f"scoring ({names})", total=limit)
     tally = Tally()
@@ -63,6 +66,15 @@ def run(
         nonlocal tally
         tally = t
         progress.update(task, completed=t.read, description=f"scoring: {t.queued} queued")
+
+    def on_retry(answer: Answer, retry: int, retries: int, wait: float) -> None:
+        why = describe("request query", answer, settings.api_base)
+        progress.console.print(
+            f"{why}; retry {retry} of {retries} in {wait:.3g}s",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
 
     async def go() -> Tally:
         try:
@@ -76,6 +88,7 @@ def run(
                 limit=limit,
                 on_row=on_row,
                 backoff=settings.retry_base,
+                on_retry=on_retry,
             )
         finally:
             await client.aclose()

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Annotated, TypeVar
 
 import orjson
 import typer
 
 from webhook.console import age, fail, print_table, settings_or_exit
-from webhook.store import Store, open_store
+from webhook.store import Store, open_store, sqlite_path
 
 __all__ = ["register"]
 
@@ -23,11 +25,29 @@ queue_app = typer.Typer(
 
 
 def _with_store(work: Callable[[Store], Awaitable[T]]) -> T:
+    """Run ``work`` on the existing store. These commands only read or change what a server
+    stored, so they never create a store: a path with no store is an error (exit 2), as is one
+    that cannot be opened; a failure while working is exit 1."""
     settings = settings_or_exit()
+    url = settings.database_url
+    path = sqlite_path(url)
+    where = f"SCORER_DATABASE_URL ({url})"
+    if path is not None:
+        where = f"{Path(path).resolve()} (SCORER_DATABASE_URL={url})"
+        if Path(path).is_dir():
+            fail(f"cannot open the store at {where}: it is a directory")
+        if not Path(path).is_file():
+            fail(
+                f"no store at {where}: run the queue commands with the server's settings,"
+                " where `helicone-scorer serve` has created it"
+            )
 
     async def run() -> T:
-        store = open_store(settings.database_url)
-        await store.open()
+        store = open_store(url)
+        try:
+            await store.open()
+        except Exception as exc:
+            raise _CannotOpen(exc) from exc
         try:
             return await work(store)
         finally:
@@ -35,8 +55,20 @@ def _with_store(work: Callable[[Store], Awaitable[T]]) -> T:
 
     try:
         return asyncio.run(run())
-    except Exception as exc:  # e.g. the database file cannot be opened
-        fail(f"store error: {type(exc).__name__}: {exc}", 1)
+    except _CannotOpen as exc:
+        fail(f"cannot open the store at {where}: {_reason(exc.cause)}")
+    except Exception as exc:  # e.g. the database is locked for longer than the busy timeout
+        fail(f"the store at {where} failed: {_reason(exc)}", 1)
+
+
+class _CannotOpen(Exception):
+    def __init__(self, cause: Exception) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+def _reason(exc: Exception) -> str:
+    return f"{exc}" if isinstance(exc, sqlite3.Error | OSError) else f"{type(exc).__name__}: {exc}"
 
 
 @queue_app.callback(invoke_without_command=True)

@@ -92,7 +92,7 @@ def list_scorers(
     except ScorerError as exc:
         fail(str(exc))
     try:
-        on = {s.name for s in enabled_scorers(settings)}
+        on = {s.name for s in enabled_scorers(settings, registry)}
     except ScorerError as exc:
         typer.echo(f"helicone-scorer: warning: {exc}", err=True)
         on = set()

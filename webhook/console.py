@@ -7,14 +7,19 @@ from typing import NoReturn
 
 import typer
 
+from webhook.logs import escape
 from webhook.settings import Settings, SettingsError, load_settings
 
 __all__ = ["age", "fail", "print_table", "settings_or_exit"]
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
-    """Print ``helicone-scorer: message`` on stderr and exit (2: usage or config, 1: failure)."""
-    typer.echo(f"helicone-scorer: {' '.join(message.split())}", err=True)
+    """Print ``helicone-scorer: message`` on stderr and exit (2: usage or config, 1: failure).
+
+    The message is one line, with any control character escaped: it may quote outside text (an
+    API's error, a request id), which must not move the cursor or colour the terminal.
+    """
+    typer.echo(f"helicone-scorer: {escape(' '.join(message.split()))}", err=True)
     raise typer.Exit(code)
 
 
@@ -26,6 +31,7 @@ def settings_or_exit() -> Settings:
 
 
 def print_table(headers: list[str], rows: list[list[str]]) -> None:
+    rows = [[escape(cell) for cell in row] for row in rows]  # cells may hold outside text
     widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
     for line in (headers, *rows):
         typer.echo("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip())

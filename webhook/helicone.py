@@ -12,6 +12,7 @@ not what the API promises counts as no usable answer: ``status`` None, with the 
 from __future__ import annotations
 
 import email.utils
+import re
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -26,12 +27,16 @@ from typing_extensions import TypeVar
 from scorers.fetch import FetchError, fetch_json
 from webhook.helicone_types import Eval, RequestRow, SignedBody, iso
 
-__all__ = ["Answer", "Helicone", "retry_after_seconds"]
+__all__ = ["Answer", "Helicone", "id_problem", "request_path", "retry_after_seconds"]
 
 USER_AGENT = "helicone-scorer/0.1"
 MAX_SIGNED_BODY = 64 * 1024 * 1024  # decoded bytes; a larger body is refused
 
 T = TypeVar("T", default=Any)
+
+# Characters an id may not hold: path separators, and control characters (C0, DEL, C1 and the
+# Unicode line and paragraph separators), which could also forge log lines.
+_UNSAFE_ID = re.compile(r"[/\\\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 _EVALS = TypeAdapter(list[Eval])
 _ROWS = TypeAdapter(list[RequestRow])
@@ -72,6 +77,31 @@ def retry_after_seconds(headers: httpx2.Headers, now: float | None = None) -> fl
     return None
 
 
+def id_problem(request_id: str) -> str | None:
+    """Why ``request_id`` may not name a request in an API path, or None when it may.
+
+    The id becomes one path segment of ``/v1/request/{id}/score``. ``.`` and ``..`` would be
+    resolved by the HTTP client (``..`` posts to ``/v1/score``, with the API key), and ``/`` or
+    ``\\`` would make more segments, so they are refused; so are control characters. Every way an
+    id reaches the API (webhooks, backfill, the CLI) is checked by this one function.
+    """
+    if request_id in (".", ".."):
+        return "request_id may not be . or .."
+    if _UNSAFE_ID.search(request_id):
+        return "request_id may not hold /, \\ or control characters"
+    return None
+
+
+def request_path(request_id: str, action: str) -> str:
+    """``/v1/request/{id}/{action}``, the id percent-encoded as one segment that no client or
+    server can resolve: everything outside the unreserved characters is encoded, and an id
+    :func:`id_problem` refuses raises ``ValueError``."""
+    problem = id_problem(request_id)
+    if problem is not None:
+        raise ValueError(problem)
+    return f"/v1/request/{quote(request_id, safe='')}/{action}"
+
+
 class Helicone:
     """One pooled async client for the whole process."""
 
@@ -104,14 +134,19 @@ class Helicone:
     # -- scores and feedback --------------------------------------------------------------------
 
     async def post_scores(self, request_id: str, scores: dict[str, int]) -> Answer:
-        return await self._post(
-            f"/v1/request/{quote(request_id, safe='')}/score", {"scores": scores}
-        )
+        return await self._post_to(request_id, "score", {"scores": scores})
 
     async def post_feedback(self, request_id: str, rating: bool) -> Answer:
-        return await self._post(
-            f"/v1/request/{quote(request_id, safe='')}/feedback", {"rating": rating}
-        )
+        return await self._post_to(request_id, "feedback", {"rating": rating})
+
+    async def _post_to(self, request_id: str, action: str, body: dict[str, Any]) -> Answer:
+        """A request's own call. An id no path may carry is never sent: the answer is a 400
+        made here (a permanent failure, so the webhook becomes a dead letter at once)."""
+        try:
+            path = request_path(request_id, action)
+        except ValueError as exc:
+            return Answer(400, error=f"not sent: {exc}")
+        return await self._post(path, body)
 
     # -- queries --------------------------------------------------------------------------------
 

@@ -2,6 +2,13 @@
 
 Each webhook's outcome is one line with its ``request_id`` and ``outcome`` as fields. Payload
 bodies and secrets are never logged.
+
+Outside strings (request ids, plugins' scorer names, error texts) reach the logs, so a text line
+escapes every control character in its message and field values (C0, DEL, C1, and U+2028/U+2029,
+which some viewers break lines on): ``\n`` becomes the two characters ``\\n``, NUL ``\\x00``.
+No one can forge a line, and the file stays text. Tracebacks are ours and keep their lines. JSON
+lines are safe as they are: JSON escapes control characters in strings. Fields whose value is
+None are left out of both, so a line never says ``feedback=None``.
 """
 
 from __future__ import annotations
@@ -11,7 +18,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ["event", "setup_logging"]
+__all__ = ["escape", "event", "setup_logging"]
 
 # Attributes every LogRecord has (and uvicorn's ANSI-coloured copy of its message); anything
 # else was passed as a field.
@@ -19,7 +26,7 @@ _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "co
 
 
 def _fields(record: logging.LogRecord) -> dict[str, Any]:
-    return {k: v for k, v in record.__dict__.items() if k not in _STANDARD}
+    return {k: v for k, v in record.__dict__.items() if k not in _STANDARD and v is not None}
 
 
 class JSONFormatter(logging.Formatter):
@@ -36,13 +43,25 @@ class JSONFormatter(logging.Formatter):
         return orjson.dumps(line, default=str).decode()
 
 
+_CONTROL = {
+    c: f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}"
+    for c in (*range(0x20), *range(0x7F, 0xA0), 0x2028, 0x2029)
+} | {0x09: "\\t", 0x0A: "\\n", 0x0D: "\\r"}
+
+
+def escape(text: str) -> str:
+    """``text`` with every control character written as a backslash escape."""
+    return text.translate(_CONTROL)
+
+
 class TextFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        text = super().format(record)
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        """The line before any traceback: the message, then ``key=value`` fields, escaped."""
+        text = super().formatMessage(record)
         fields = _fields(record)
         if fields:
             text += " " + " ".join(f"{k}={_text(v)}" for k, v in fields.items())
-        return text
+        return escape(text)
 
 
 def _text(value: object) -> str:

@@ -14,6 +14,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from webhook.helicone import id_problem
 from webhook.logs import event
 from webhook.metrics import RECEIVED_BY
 from webhook.store import Store
@@ -87,6 +88,8 @@ async def receive(request: Request) -> Response:
         return _reject("bad_payload", 422, "request_id must be a non-empty string")
     if len(request_id) > MAX_REQUEST_ID:
         return _reject("bad_payload", 422, f"request_id is longer than {MAX_REQUEST_ID} characters")
+    if (problem := id_problem(request_id)) is not None:
+        return _reject("bad_payload", 422, problem, request_id)
     try:
         new = await ingest.store.add(request_id, body)
     except Exception as exc:

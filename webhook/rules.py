@@ -64,22 +64,60 @@ class FeedbackRule:
         return None if result is None else bool(result)
 
 
-def parse_feedback_rule(text: str) -> FeedbackRule:
+MAX_RULE_CHARS = 1000
+MAX_RULE_DEPTH = 20  # nested and/or/not; a real rule needs a handful
+_TOO_DEEP = f"nested too deeply (at most {MAX_RULE_DEPTH} levels of and, or, not)"
+
+
+def parse_feedback_rule(text: str, known: Iterable[str] | None = None) -> FeedbackRule:
+    """Parse a rule; with ``known``, every name it uses must be one of those score names.
+
+    The rule's size and nesting are bounded before and while parsing, so a hostile or mistyped
+    rule is one line of error, never a RecursionError or MemoryError.
+    """
+    if len(text) > MAX_RULE_CHARS:
+        raise RuleError(f"longer than {MAX_RULE_CHARS} characters")
+    body = text.strip()
+    lead = len(text) - len(text.lstrip())
     try:
-        tree = ast.parse(text.strip(), mode="eval")
+        tree = ast.parse(body, mode="eval")
     except SyntaxError as exc:
-        raise RuleError(f"syntax error at column {exc.offset or 0}: {exc.msg}") from None
+        where = f"column {lead + exc.offset}" if exc.offset else "the end"
+        raise RuleError(f"syntax error at {where}: {exc.msg}") from None
+    except (RecursionError, MemoryError):
+        raise RuleError(_TOO_DEEP) from None
+    if _depth(tree) > 3 * MAX_RULE_DEPTH:  # before anything walks it recursively
+        raise RuleError(_TOO_DEEP)
     names: set[str] = set()
-    root = _compile(tree.body, names)
+    root = _compile(tree.body, names, 0)
+    if known is not None:
+        unknown = names - set(known)
+        if unknown:
+            raise RuleError(
+                f"unknown score name(s) {', '.join(sorted(unknown))};"
+                f" known: {', '.join(sorted(known))}"
+            )
     return FeedbackRule(text, frozenset(names), root)
 
 
-def _compile(node: ast.expr, names: set[str]) -> Node:
+def _depth(tree: ast.AST) -> int:
+    """How deep the syntax tree goes, found without recursion."""
+    deepest, stack = 0, [(tree, 1)]
+    while stack:
+        node, depth = stack.pop()
+        deepest = max(deepest, depth)
+        stack.extend((child, depth + 1) for child in ast.iter_child_nodes(node))
+    return deepest
+
+
+def _compile(node: ast.expr, names: set[str], depth: int) -> Node:
+    if depth > MAX_RULE_DEPTH:
+        raise RuleError(_TOO_DEEP)
     if isinstance(node, ast.BoolOp):
-        parts = [_compile(v, names) for v in node.values]
+        parts = [_compile(v, names, depth + 1) for v in node.values]
         return _all(parts) if isinstance(node.op, ast.And) else _any(parts)
     if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
-        inner = _compile(node.operand, names)
+        inner = _compile(node.operand, names, depth + 1)
         return lambda s: None if (v := inner(s)) is None else not v
     if isinstance(node, ast.Compare):
         operands = [_operand(o, names) for o in (node.left, *node.comparators)]

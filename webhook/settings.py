@@ -13,6 +13,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from scorers import DEFAULT_TIMEOUT, Origin, parse_origins
 from scorers.fetch import HELICONE_BODY_HOSTS
+from scorers.settings import first_error
 
 __all__ = ["Settings", "SettingsError", "load_settings"]
 
@@ -144,10 +145,8 @@ def load_settings(**overrides: object) -> Settings:
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
-        err = exc.errors()[0]
-        field = str(err["loc"][0]) if err["loc"] else "?"
-        name = _variable_name(field)
-        raise SettingsError(f"invalid setting {name}: {err['msg']}") from None
+        field, message = first_error(exc)
+        raise SettingsError(f"invalid setting {_variable_name(field)}: {message}") from None
 
 
 def _variable_name(field: str) -> str:

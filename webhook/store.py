@@ -41,6 +41,7 @@ __all__ = [
     "Stage",
     "Store",
     "open_store",
+    "sqlite_path",
 ]
 
 STATES = ("pending", "leased", "done", "dead")
@@ -149,12 +150,20 @@ class Store(Protocol):
         """
 
 
+def sqlite_path(url: str) -> str | None:
+    """The file a ``sqlite:///PATH[?options]`` URL names (relative to the working directory),
+    or None for another scheme."""
+    if not url.startswith("sqlite:///"):
+        return None
+    return url.removeprefix("sqlite:///").partition("?")[0]
+
+
 def open_store(url: str) -> Store:
     """Pick the store from the URL's scheme."""
-    if url.startswith("sqlite:///"):
+    path = sqlite_path(url)
+    if path is not None:
         from webhook.store_sqlite import SQLiteStore
 
-        path, _, query = url.removeprefix("sqlite:///").partition("?")
-        options = dict(parse_qsl(query))
+        options = dict(parse_qsl(url.partition("?")[2]))
         return SQLiteStore(path, busy_timeout_ms=int(options.get("busy_timeout_ms", 10_000)))
     raise ValueError(f"unsupported database URL scheme: {url.split(':', 1)[0]!r}")

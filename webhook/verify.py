@@ -5,6 +5,10 @@ the webhook's ``hmac_key`` used as text (its UTF-8 bytes, never hex-decoded). Th
 and no prefix, so the only thing to check is the MAC of the exact bytes received: re-serialising
 the JSON would not reproduce them.
 
+Helicone sends lowercase hex; a signature in either case is accepted (it is lower-cased before
+the comparison), since the case of hex digits carries no secret and a proxy or another signer
+may change it. Surrounding whitespace is ignored too.
+
 Several secrets may be configured at once while a key is rotated; a body passes if any matches.
 Every secret is always compared, so the time taken does not reveal which one matched.
 

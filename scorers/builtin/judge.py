@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import math
 import ssl
 import weakref
@@ -31,6 +32,8 @@ from scorers.registry import Scorer, scorer
 from scorers.settings import JudgeSettings, load_judge_settings
 
 __all__ = ["Judge", "parse_reply"]
+
+log = logging.getLogger("scorers.judge")
 
 SYSTEM = (
     "You are a strict, fair evaluator of an AI assistant's answer. Rate the answer on each "
@@ -143,12 +146,15 @@ def _unconfigured(ctx: Context) -> None:
 def _setup(registered: Scorer) -> Scorer:
     settings = load_judge_settings()
     problem = settings.problem
+    if settings.half_set:
+        log.warning("the judge is off: %s", settings.half_set)
     return dataclasses.replace(
         registered,
         func=_unconfigured if problem else Judge(settings),
         default=problem is None,
         problem=problem,
         timeout=settings.timeout + 1.0,  # the call is bounded by its own timeout first
+        scores=tuple(f"judge_{c}" for c in settings.criteria),
     )
 
 

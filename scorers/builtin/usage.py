@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from scorers.context import Context
+from scorers.extract import stream_events, stream_usage
 from scorers.registry import scorer
 
 __all__ = ["completion_tokens", "cost_micro_usd", "latency_ms"]
@@ -54,6 +55,8 @@ def _usage_tokens(body: Any) -> int | None:
     if not isinstance(body, Mapping):
         return None
     usage = body.get("usage")
+    if not isinstance(usage, Mapping):
+        usage = stream_usage(stream_events(body))  # a stream that was not rebuilt
     if isinstance(usage, Mapping):
         for key in ("completion_tokens", "output_tokens"):
             if (n := _count(usage.get(key))) is not None:
@@ -69,7 +72,8 @@ def completion_tokens(ctx: Context) -> int | None:
     """Tokens the model generated (metadata.completionTokens).
 
     Scale: 0 and up. When the metadata has none, or 0 (Helicone's value when it could not
-    count), the response body's usage is used (OpenAI, Anthropic, Gemini) if it has a count.
+    count), the response body's usage is used (OpenAI, Anthropic, Gemini, or a stream's last
+    usage chunk) if it has a count.
     """
     meta = _count(ctx.metadata.get("completionTokens"))
     if meta:
