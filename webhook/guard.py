@@ -197,11 +197,16 @@ def protocol(limits: Limits) -> type[HttpToolsProtocol]:
             if self.transport.is_closing():
                 return
             cycle = self.cycle
-            if cycle is None or cycle.response_complete:
+            # Answered already: this request's response has started (the app may have answered
+            # early, e.g. 413, while the body still comes). A finished one before a new head is not.
+            answered = (
+                cycle is not None
+                and cycle.response_started
+                and not (self._in_head and cycle.response_complete)
+            )
+            if not answered:
                 self.transport.write(answer)
-            else:
-                if not cycle.response_started:
-                    self.transport.write(answer)
+            if cycle is not None and not cycle.response_complete:
                 cycle.disconnected = True  # as connection_lost will: the app writes no more
                 cycle.message_event.set()
             self.transport.close()
