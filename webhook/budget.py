@@ -14,10 +14,33 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import os
 from collections import deque
 from collections.abc import AsyncIterator
 
-__all__ = ["Budget", "Hold"]
+__all__ = ["Budget", "Hold", "keep_large_buffers_mapped"]
+
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+
+
+def keep_large_buffers_mapped() -> None:
+    """Make freed request bodies go back to the OS, so RSS returns to its baseline after a burst.
+
+    glibc serves blocks of 128 KiB and more with mmap and unmaps them when freed, but each time
+    one is freed it raises that threshold to the block's size (up to 32 MiB): after one burst of
+    15 MiB bodies, the next ones come from the heap, which seldom shrinks (RSS stayed at 274 MB
+    after a burst that peaked at 344 MB). Setting the threshold once fixes it at 128 KiB, as
+    ``MALLOC_MMAP_THRESHOLD_`` would; an explicit ``MALLOC_MMAP_THRESHOLD_`` is left alone. Other C
+    libraries are left alone too.
+    """
+    if "MALLOC_MMAP_THRESHOLD_" in os.environ:
+        return
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt(M_MMAP_THRESHOLD, 128 * 1024)
 
 
 class Budget:

@@ -42,6 +42,7 @@ def serve(
     import uvicorn
 
     from webhook.app import create_app
+    from webhook.budget import keep_large_buffers_mapped
     from webhook.guard import limits_from, protocol, raise_file_limit
 
     settings = settings_or_exit()
@@ -55,6 +56,7 @@ def serve(
         asyncio.run(_open_and_close(open_store(settings.database_url)))
     except Exception as exc:
         fail(f"invalid setting SCORER_DATABASE_URL: cannot open the store: {exc}")
+    keep_large_buffers_mapped()
     uvicorn.run(
         application,
         host=host,
