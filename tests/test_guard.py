@@ -23,6 +23,8 @@ from tests.conftest import ServerFactory
 from tests.rawhttp import connect, memory, read_until_closed
 from tests.server import Server, payload
 from tests.test_operate import metric
+from webhook.guard import limits_from
+from webhook.settings import load_settings
 from webhook.verify import sign
 
 MiB = 1024 * 1024
@@ -271,3 +273,10 @@ def test_bad_guard_settings_stop_the_start(tmp_path: Path, env: dict[str, str], 
     assert result.returncode == 2
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith(f"helicone-scorer: invalid setting {name}:"), line
+
+
+def test_the_default_connection_cap_leaves_headroom_below_the_file_limit() -> None:
+    settings = load_settings(HELICONE_WEBHOOK_SECRET="k")
+    assert limits_from(settings, 1024).max_connections == 1024 - 128
+    assert limits_from(settings, 1_048_576).max_connections == 16384  # memory bounds it too
+    assert limits_from(load_settings(SCORER_MAX_CONNECTIONS="1023"), 1024).max_connections == 1023

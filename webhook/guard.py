@@ -41,6 +41,9 @@ __all__ = ["Limits", "limits_from", "protocol", "raise_file_limit"]
 # File descriptors kept out of the connection cap: the store, logs, the relay's sockets to
 # Helicone, body fetches and the judge.
 HEADROOM = 128
+# The default cap's ceiling: file limits are often 1M or more once raised, and each open
+# connection costs memory (a few KiB here, more in the kernel), so a flood is bounded by this too.
+DEFAULT_CAP = 16384
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +67,7 @@ def limits_from(settings: Settings, file_limit: int) -> Limits:
     """The guard's limits; the connection cap defaults to the file limit minus the headroom."""
     cap = settings.max_connections
     if cap is None:
-        cap = max(1, file_limit - HEADROOM)
+        cap = max(1, min(DEFAULT_CAP, file_limit - HEADROOM))
     elif cap >= file_limit:
         raise SettingsError(
             f"invalid setting SCORER_MAX_CONNECTIONS: {cap} is not below the file limit"
