@@ -187,7 +187,7 @@ def check_room_is_made(server: Server, idle: list[socket.socket]) -> None:
     with connect(server, request % (sign_body(body), len(body)) + body) as sock:
         answer = read_until_closed(sock)
     assert answer.startswith(b"HTTP/1.1 202 "), answer
-    assert all(is_closed(s) for s in idle[:11])  # the oldest made room
+    wait_for(lambda: all(is_closed(s) for s in idle[:11]))  # the oldest made room
     assert not any(is_closed(s) for s in idle[12:])  # the newest are still served
     assert server_sockets(server) <= 20 + 3  # the listener and the relay's own
 
@@ -205,8 +205,11 @@ def test_at_the_cap_with_every_connection_busy_a_new_one_gets_503(
     server.client.close()
     with contextlib.ExitStack() as stack:
         for _ in range(2):
-            stack.enter_context(connect(server, HEAD + b"Content-Length: 1000\r\n\r\n{"))
-        wait_for(lambda: server_sockets(server) >= 3)
+            busy = stack.enter_context(
+                connect(server, HEAD + b"Content-Length: 1000\r\nExpect: 100-continue\r\n\r\n")
+            )
+            # The app asks for the body: this request is in progress.
+            assert busy.recv(100) == b"HTTP/1.1 100 Continue\r\n\r\n"
         with connect(server) as extra:
             answer = read_until_closed(extra)
     assert answer.startswith(b"HTTP/1.1 503 "), answer
