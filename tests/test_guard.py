@@ -11,6 +11,7 @@ import contextlib
 import os
 import select
 import socket
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -283,3 +284,5 @@ def test_the_default_connection_cap_leaves_headroom_below_the_file_limit() -> No
     assert limits_from(settings, 1024).max_connections == 1024 - 128
     assert limits_from(settings, 1_048_576).max_connections == 16384  # memory bounds it too
     assert limits_from(load_settings(SCORER_MAX_CONNECTIONS="1023"), 1024).max_connections == 1023
+    # No file limit at all: the ceiling alone.
+    assert limits_from(settings, sys.maxsize).max_connections == 16384

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import resource
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,7 +61,7 @@ def raise_file_limit() -> int:
     if hard != resource.RLIM_INFINITY and soft != hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
         soft = hard
-    return soft
+    return sys.maxsize if soft == resource.RLIM_INFINITY else soft
 
 
 def limits_from(settings: Settings, file_limit: int) -> Limits:
