@@ -1,8 +1,8 @@
 """Fuzz the real server over raw sockets: whatever arrives, no 5xx but 503, no traceback, healthy.
 
 Random methods, paths, headers (lying or conflicting lengths, chunked, oversized), bodies (signed
-payloads among them) and truncations, one connection each. Derandomized with a fixed number of
-examples, so CI runs the same requests every time, in under a minute.
+payloads among them), truncations and pipelined requests, one connection each. Derandomized, with
+a fixed number of examples, so CI runs the same requests every time, in under a minute.
 """
 
 from __future__ import annotations
@@ -109,6 +109,8 @@ def requests(draw: st.DrawFn) -> Fuzzed:
     if shape == "raw":
         data = draw(st.binary(max_size=500))
     complete = shape in ("exact", "chunked")
+    if complete and draw(st.integers(0, 4)) == 0:  # pipelined: a second request in the same send
+        data += b"GET /healthz HTTP/1.1\r\nHost: fuzz\r\n\r\n"
     if draw(st.integers(0, 3)) == 0:  # truncated anywhere, the body's middle most often
         middle = len(data) - len(body) // 2
         cut = draw(st.sampled_from([middle, middle + 1]) | st.integers(0, len(data)))
