@@ -176,7 +176,18 @@ def test_connections_past_the_cap_make_room_by_closing_the_oldest_idle(
     server = make_server(SCORER_MAX_CONNECTIONS="20")
     server.client.close()  # its kept-alive connection would be one of the idle ones
     with contextlib.ExitStack() as stack:
-        idle = [stack.enter_context(connect(server)) for _ in range(30)]
+        kept = stack.enter_context(connect(server, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"))
+        first = b""
+        while not first.endswith(b"}"):
+            first += kept.recv(1000)
+        assert first.startswith(b"HTTP/1.1 200 ")
+        started = stack.enter_context(connect(server, b"POST /webhook HTTP/1.1\r\nHo"))
+        idle = [kept, started] + [stack.enter_context(connect(server)) for _ in range(28)]
+        # Between requests a connection is closed quietly; one that began a request is told why.
+        assert read_until_closed(kept) == b""
+        answer = read_until_closed(started)
+        assert answer.startswith(b"HTTP/1.1 503 "), answer
+        assert answer.endswith(b'{"error":"too many connections"}')
         check_room_is_made(server, idle)
 
 

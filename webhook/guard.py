@@ -16,10 +16,11 @@ webhook (sent once, never retried) is lost. uvicorn's httptools protocol bounds 
   trickling one byte a second is as stuck as one that sends nothing.
 - **Connections**: at most ``max_connections`` at once, below the process's file limit. At the
   cap, the connection that has waited longest without a request in progress (still sending its
-  head, or idle between requests) is closed to make room, since a real sender finishes its head in
-  milliseconds; only if every connection has a request in progress is the new one refused with 503
-  and ``Retry-After``. Refusing the newest instead (a plain accept cap) would let a few thousand
-  silent sockets turn every real webhook away until they time out.
+  head: answered 503; or idle between requests: closed quietly) is closed to make room, since a
+  real sender finishes its head in milliseconds; only if every connection has a request in
+  progress is the new one refused with 503 and ``Retry-After``. Refusing the newest instead (a
+  plain accept cap) would let a few thousand silent sockets turn every real webhook away until
+  they time out.
 """
 
 from __future__ import annotations
@@ -116,6 +117,7 @@ def protocol(limits: Limits) -> type[HttpToolsProtocol]:
         ) -> None:
             super().__init__(config, server_state, app_state, **kw)
             self._in_head = True  # the current request's head is incomplete
+            self._begun = False  # a byte of the current request has arrived
             self._head_bytes = 0
             self._phase = 0  # bumped when a head completes or a message ends
             self._timer: asyncio.TimerHandle | None = None
@@ -149,6 +151,7 @@ def protocol(limits: Limits) -> type[HttpToolsProtocol]:
 
         def on_message_begin(self) -> None:
             super().on_message_begin()
+            self._begun = True
             if self._timer is None:  # a new request on a kept-alive connection
                 self._arm(limits.header_timeout, HEADERS_TIMEOUT)
 
@@ -162,6 +165,7 @@ def protocol(limits: Limits) -> type[HttpToolsProtocol]:
 
         def on_message_complete(self) -> None:
             self._in_head = True
+            self._begun = False
             self._phase += 1
             self._disarm()
             super().on_message_complete()
@@ -177,7 +181,9 @@ def protocol(limits: Limits) -> type[HttpToolsProtocol]:
             if victim is None:
                 return False
             RECEIVED_BY["too_many_connections"].inc()
-            victim._close_with(TOO_MANY)
+            # Between requests, close quietly as an idle keep-alive is closed: a client reusing
+            # the connection that very moment must not read a 503 as its request's answer.
+            victim._close_with(TOO_MANY if victim._begun else b"")
             return True
 
         def _arm(self, delay: float, answer: bytes) -> None:
