@@ -16,6 +16,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from scorers import Scorer, available, select
+from webhook.budget import Budget
 from webhook.deliver import Relay, RetryPolicy
 from webhook.helicone import Helicone
 from webhook.limit import SlidingWindow
@@ -96,6 +97,11 @@ def startup_checks(settings: Settings) -> Scoring:
         raise SettingsError(
             "HELICONE_WEBHOOK_SECRET is not set: set it to the webhook's HMAC key"
             " (or SCORER_ALLOW_UNSIGNED=true for local tries only)"
+        )
+    if settings.max_inflight_bytes < settings.max_body_bytes:
+        raise SettingsError(
+            "invalid setting SCORER_MAX_INFLIGHT_BYTES: must be at least SCORER_MAX_BODY_BYTES"
+            f" ({settings.max_body_bytes})"
         )
     return scoring_from(settings)
 
@@ -198,6 +204,7 @@ def create_app(settings: Settings) -> Starlette:
     app = Starlette(
         routes=[
             Route("/webhook", receive, methods=["POST"]),
+            Route("/webhook/", receive, methods=["POST"]),
             Route("/", receive, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
@@ -206,6 +213,8 @@ def create_app(settings: Settings) -> Starlette:
         exception_handlers={HTTPException: http_error, Exception: internal_error},
         lifespan=lifespan,
     )
-    app.state.ingest = Ingest(store, verifier, settings.max_body_bytes, relay.wake)
+    app.router.redirect_slashes = False  # a redirect's Location would come from the Host header
+    budget = Budget(settings.max_inflight_bytes)
+    app.state.ingest = Ingest(store, verifier, settings.max_body_bytes, budget, relay.wake)
     app.state.store = store
     return app

@@ -44,23 +44,28 @@ def serve(
     import uvicorn
 
     from webhook.app import create_app
+    from webhook.budget import keep_large_buffers_mapped
+    from webhook.guard import limits_from, protocol, raise_file_limit
 
     settings = settings_or_exit()
     setup_logging(log_level, settings.log_format)
     try:
         application = create_app(settings)
+        limits = limits_from(settings, raise_file_limit())
     except (SettingsError, UnknownScorerError, ValueError) as exc:
         fail(str(exc))
     try:
         asyncio.run(_open_and_close(open_store(settings.database_url)))
     except Exception as exc:
         fail(f"invalid setting SCORER_DATABASE_URL: cannot open the store: {exc}")
+    keep_large_buffers_mapped()
     uvicorn.run(
         application,
         host=host,
         port=port or settings.port,
         log_level=log_level,
         log_config=None,
+        http=protocol(limits),
         access_log=False,
         timeout_graceful_shutdown=int(settings.shutdown_grace) + 5,
         server_header=False,

@@ -69,5 +69,10 @@ OUTCOMES = (
     "bad_json",
     "bad_payload",
     "store_error",
+    "busy",
+    "client_disconnect",
+    "headers_too_large",
+    "headers_timeout",
+    "too_many_connections",
 )
 RECEIVED_BY = {outcome: RECEIVED.labels(outcome) for outcome in OUTCOMES}

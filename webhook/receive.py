@@ -11,9 +11,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import orjson
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
+from webhook.budget import Budget, Hold
 from webhook.helicone import id_problem
 from webhook.logs import event
 from webhook.metrics import RECEIVED_BY
@@ -25,6 +26,7 @@ __all__ = ["Ingest", "error", "json_response", "receive"]
 log = logging.getLogger("webhook.receive")
 
 MAX_REQUEST_ID = 512
+BUDGET_WAIT = 10.0  # seconds a body waits for room in the in-flight budget before a 503
 
 
 @dataclass(slots=True)
@@ -34,6 +36,7 @@ class Ingest:
     store: Store
     verifier: Verifier | None  # None only when unsigned webhooks are explicitly allowed
     max_body_bytes: int
+    budget: Budget
     wake: Callable[[], None]  # tell the relay there is new work
 
 
@@ -45,19 +48,40 @@ def error(status: int, message: str) -> Response:
     return json_response(status, {"error": message})
 
 
-async def _read_bounded(request: Request, limit: int) -> bytes | None:
-    """The body, or None as soon as it passes ``limit`` bytes."""
+async def _read_body(request: Request, ingest: Ingest, hold: Hold) -> bytes | Response:
+    """The body, or the answer: too large, no room in the in-flight budget, or the client left.
+
+    Past ``max_body_bytes`` it stops at once (by the declared length, else while reading). Its
+    bytes are reserved in the budget before they are read; see :mod:`webhook.budget`.
+    """
+    limit = ingest.max_body_bytes
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        return None
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)
+    size = int(declared) if declared is not None and declared.isdigit() else None
+    if size is not None and size > limit:
+        return _reject("too_large", 413, f"body is larger than {limit} bytes")
+    if size is not None and not await hold.cover(size, BUDGET_WAIT):
+        return _busy()
+    body = bytearray()
+    try:
+        async for chunk in request.stream():
+            if len(body) + len(chunk) > limit:
+                return _reject("too_large", 413, f"body is larger than {limit} bytes")
+            if not await hold.cover(len(body) + len(chunk), BUDGET_WAIT):
+                return _busy()
+            body += chunk
+    except ClientDisconnect:
+        # Nobody is left to answer: not a warning, but counted (Stripe, Svix and GitHub retry
+        # these; Helicone does not, so a rising count is worth a look).
+        RECEIVED_BY["client_disconnect"].inc()
+        event(log, "client disconnected mid-body", level=logging.DEBUG, outcome="client_disconnect")
+        return error(400, "client disconnected before the body was complete")
+    return bytes(body)
+
+
+def _busy() -> Response:
+    response = _reject("busy", 503, "too many request bytes in flight; retry shortly")
+    response.headers["Retry-After"] = "1"
+    return response
 
 
 def _reject(outcome: str, status: int, message: str, request_id: str | None = None) -> Response:
@@ -70,9 +94,14 @@ def _reject(outcome: str, status: int, message: str, request_id: str | None = No
 
 async def receive(request: Request) -> Response:
     ingest: Ingest = request.app.state.ingest
-    body = await _read_bounded(request, ingest.max_body_bytes)
-    if body is None:
-        return _reject("too_large", 413, f"body is larger than {ingest.max_body_bytes} bytes")
+    async with ingest.budget.hold() as hold:  # the body's bytes, held until the answer
+        return await _receive(request, ingest, hold)
+
+
+async def _receive(request: Request, ingest: Ingest, hold: Hold) -> Response:
+    body = await _read_body(request, ingest, hold)
+    if isinstance(body, Response):
+        return body
     if ingest.verifier is not None and not ingest.verifier.verify(
         body, request.headers.get(HEADER)
     ):

@@ -44,6 +44,19 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(
         default=16 * MiB, gt=0, validation_alias=_env("SCORER_MAX_BODY_BYTES")
     )
+    max_inflight_bytes: int = Field(
+        default=64 * MiB, gt=0, validation_alias=_env("SCORER_MAX_INFLIGHT_BYTES")
+    )
+    max_header_bytes: int = Field(
+        default=64 * 1024, ge=1024, validation_alias=_env("SCORER_MAX_HEADER_BYTES")
+    )
+    header_timeout: float = Field(
+        default=30.0, gt=0, validation_alias=_env("SCORER_HEADER_TIMEOUT")
+    )
+    body_timeout: float = Field(default=30.0, gt=0, validation_alias=_env("SCORER_BODY_TIMEOUT"))
+    max_connections: int | None = Field(
+        default=None, ge=1, validation_alias=_env("SCORER_MAX_CONNECTIONS")
+    )
     port: int = Field(default=8080, ge=1, le=65535, validation_alias=_env("PORT"))
     allow_unsigned: bool = Field(default=False, validation_alias=_env("SCORER_ALLOW_UNSIGNED"))
     relay_concurrency: int = Field(
@@ -108,7 +121,7 @@ class Settings(BaseSettings):
         parse_origins(value)  # raises ValueError naming the bad entry
         return value
 
-    @field_validator("api_key", "feedback_rule", "rules_file", mode="before")
+    @field_validator("api_key", "feedback_rule", "rules_file", "max_connections", mode="before")
     @classmethod
     def _blank_is_none(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
