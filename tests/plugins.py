@@ -63,3 +63,10 @@ def pip_install(wheel: Path, target: Path) -> None:
         capture_output=True,
         timeout=120,
     )
+
+
+def install_plugin(root: Path, dist: str, modules: dict[str, str], scorers: dict[str, str]) -> Path:
+    """Build the wheel in ``root`` and install it into ``root/site``; returns that directory."""
+    site = root / "site"
+    pip_install(build_wheel(root, dist, modules, scorers), site)
+    return site

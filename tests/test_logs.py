@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from tests.conftest import ServerFactory
-from tests.plugins import build_wheel, pip_install
+from tests.plugins import install_plugin
 from tests.server import Server, payload
 from tests.standin import StandIn
 
@@ -68,12 +68,12 @@ def test_a_line_never_says_none(server: Server, standin: StandIn) -> None:
 
 @pytest.fixture(scope="module")
 def forger(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("forger")
-    wheel = build_wheel(
-        root, "forger_plugin", {"forger_plugin": FORGER}, {"forger": "forger_plugin:forger"}
+    return install_plugin(
+        tmp_path_factory.mktemp("forger"),
+        "forger_plugin",
+        {"forger_plugin": FORGER},
+        {"forger": "forger_plugin:forger"},
     )
-    pip_install(wheel, root / "site")
-    return root / "site"
 
 
 def test_a_plugins_error_text_is_escaped(

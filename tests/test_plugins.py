@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ServerFactory
-from tests.plugins import build_wheel, pip_install
+from tests.plugins import install_plugin
 from tests.server import Server, payload
 from tests.standin import StandIn
 from tests.test_settings import run_cli
@@ -48,9 +48,8 @@ BROKEN = "raise ImportError('this plugin needs numpy 9')\n"
 @pytest.fixture(scope="module")
 def plugins(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A target directory where pip installed the demo plugin."""
-    root = tmp_path_factory.mktemp("plugins")
-    wheel = build_wheel(
-        root,
+    target = install_plugin(
+        tmp_path_factory.mktemp("plugins"),
         "helicone_demo_plugin",
         {"helicone_demo_plugin": DEMO},
         {
@@ -58,20 +57,18 @@ def plugins(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "slow_cpu": "helicone_demo_plugin:slow_cpu",
         },
     )
-    target = root / "site"
-    pip_install(wheel, target)
     assert (target / "helicone_demo_plugin.py").exists()
     return target
 
 
 @pytest.fixture(scope="module")
 def broken(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("broken")
-    wheel = build_wheel(
-        root, "broken_plugin", {"broken_plugin": BROKEN}, {"broken": "broken_plugin:score"}
+    return install_plugin(
+        tmp_path_factory.mktemp("broken"),
+        "broken_plugin",
+        {"broken_plugin": BROKEN},
+        {"broken": "broken_plugin:score"},
     )
-    pip_install(wheel, root / "site")
-    return root / "site"
 
 
 def test_an_installed_plugin_scores_and_is_posted(
@@ -191,9 +188,8 @@ def test_the_readme_example_works_as_a_plugin(tmp_path: Path) -> None:
     toml = section.split("```toml\n", 1)[1].split("```", 1)[0]
     entry = toml.split('[project.entry-points."helicone_scorer.scorers"]\n', 1)[1].strip()
     name, target = (part.strip().strip('"') for part in entry.split("=", 1))
-    wheel = build_wheel(tmp_path, "acme_scorers", {"my_scorers": code}, {name: target})
-    pip_install(wheel, tmp_path / "site")
-    env = {"PYTHONPATH": str(tmp_path / "site")}
+    site = install_plugin(tmp_path, "acme_scorers", {"my_scorers": code}, {name: target})
+    env = {"PYTHONPATH": str(site)}
     listed = run_cli(tmp_path, env, "scorers")
     assert "mentions_product" in listed.stdout, listed.stderr
     (tmp_path / "answer.json").write_text(
@@ -232,11 +228,10 @@ async def poison(ctx):
 def test_a_poisonous_webhook_ends_as_a_dead_letter_and_the_server_lives_on(
     make_server: ServerFactory, standin: StandIn, tmp_path: Path
 ) -> None:
-    wheel = build_wheel(
+    site = install_plugin(
         tmp_path, "poison_plugin", {"poison_plugin": POISON}, {"poison": "poison_plugin:poison"}
     )
-    pip_install(wheel, tmp_path / "site")
-    server = make_server(PYTHONPATH=str(tmp_path / "site"), SCORER_MAX_ATTEMPTS="2")
+    server = make_server(PYTHONPATH=str(site), SCORER_MAX_ATTEMPTS="2")
     bad, good = str(uuid.uuid4()), str(uuid.uuid4())
     assert server.post(payload(bad, "a poison answer")).status_code == 202
     assert server.post(payload(good, "a fine answer")).status_code == 202
