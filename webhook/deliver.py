@@ -7,8 +7,8 @@ Retry policy, all of it in :class:`RetryPolicy`:
 
 - A 2xx answer delivers. All of a request's scores go in one call; a feedback rating, if a rule
   gave one, in a second. A call that already succeeded is not repeated: on a retry, after a
-  release at shutdown, nor when recording the outcome failed (the relay remembers what it
-  posted until the store has it, so the webhook claimed again here skips those calls).
+  release at shutdown, nor when recording the outcome failed (:class:`Delivery` remembers what
+  it posted until the store has it, so the webhook claimed again here skips those calls).
 - No call waits for the rate limit while its webhook is leased: a wait can outlast the lease
   (a 429's ``Retry-After`` may be longer), and the webhook would be claimed and posted twice.
   A webhook whose call finds no room is given back, with what it posted, due when room is
