@@ -1,7 +1,8 @@
 """The layout's promises: light commands load no server, and the packages import one way only.
 
 - ``--version``, ``--help`` and ``queue`` start without Starlette, uvicorn, Pillow or
-  prometheus-client: each runs for real in a child process, which then lists ``sys.modules``.
+  prometheus-client, and so do ``scorers`` and ``score``, which run the server's scoring stage
+  but not the server: each runs for real in a child process, which then lists ``sys.modules``.
 - ``scorers`` never imports ``webhook``; the server never imports the command line or the
   offline tools. Checked on the source's import statements, lazy ones included, so an import
   inside a function that a test never reaches still counts.
@@ -18,6 +19,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from tests.server import payload
 from webhook.store import open_store
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,11 +55,14 @@ async def _create_store(url: str) -> None:
         (["queue"], "oldest pending"),
         (["queue", "--help"], "Inspect and manage the stored queue"),
         (["queue", "--json"], '"counts"'),
+        (["scorers"], "vocabulary_diversity"),
+        (["score", "payload.json"], "vocabulary_diversity"),
     ],
 )
 def test_light_commands_load_no_server(tmp_path: Path, args: list[str], expect: str) -> None:
     url = f"sqlite:///{tmp_path / 'scorer.db'}"
     asyncio.run(_create_store(url))  # ``queue`` reads an existing store, and never creates one
+    (tmp_path / "payload.json").write_bytes(payload())
     out = tmp_path / "modules"
     result = subprocess.run(
         [sys.executable, "-c", PROBE, str(out), *args],

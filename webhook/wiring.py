@@ -11,19 +11,19 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from scorers import Scorer, available, select
 from webhook.budget import Budget
-from webhook.deliver import RetryPolicy
 from webhook.helicone import Helicone
-from webhook.limit import SlidingWindow
-from webhook.relay import Relay
 from webhook.rules import RuleError, load_scorer_rules, parse_feedback_rule
 from webhook.score import Scoring
 from webhook.settings import Settings, SettingsError
 from webhook.store import Store, open_store
 from webhook.verify import Verifier
+
+if TYPE_CHECKING:
+    from webhook.relay import Relay
 
 __all__ = [
     "Parts",
@@ -138,7 +138,15 @@ def helicone_client(settings: Settings, kind: type[H]) -> H | None:
 def relay_from(
     settings: Settings, store: Store, scoring: Scoring, client: Helicone | None
 ) -> Relay:
-    """The relay with the configured retry policy, rate limit, concurrency and poll."""
+    """The relay with the configured retry policy, rate limit, concurrency and poll.
+
+    Imported here, not at the top: only the server runs a relay, and with it the metrics, so
+    ``score``, ``scorers`` and ``backfill`` use this module without loading them.
+    """
+    from webhook.deliver import RetryPolicy
+    from webhook.limit import SlidingWindow
+    from webhook.relay import Relay
+
     policy = RetryPolicy(
         max_attempts=settings.max_attempts,
         base=settings.retry_base,
