@@ -16,9 +16,9 @@ import pytest
 from tests.cli import api_env, one_line_error, run
 from tests.conftest import ServerFactory
 from tests.standin import API_KEY, Injected, StandIn
-from webhook.backfill import QueryFailed, pages
-from webhook.helicone import Helicone
-from webhook.store_sqlite import SQLiteStore
+from webhook.offline.backfill import QueryFailed, pages
+from webhook.offline.query import HeliconeQuery
+from webhook.store.sqlite import SQLiteStore
 
 SINCE = "2024-03-01T00:00:00Z"
 UNTIL = "2024-03-02T00:00:00Z"
@@ -170,7 +170,7 @@ def test_backfill_retries_a_rate_limited_query(tmp_path: Path, standin: StandIn)
 
 def _read_all(standin: StandIn, **paging: Any) -> list[str]:
     async def go() -> list[str]:
-        client = Helicone(standin.base_url, API_KEY)
+        client = HeliconeQuery(standin.base_url, API_KEY)
         try:
             since = datetime(2024, 3, 1, tzinfo=UTC)
             until = datetime(2024, 3, 2, tzinfo=UTC)

@@ -10,11 +10,11 @@ import typer
 
 from scorers import Context
 from scorers.fetch import FetchError, _decode
-from webhook.backfill import PLACEHOLDER_KEY, _real, created_filter, to_payload
-from webhook.cli_api import parse_scores, parse_when
-from webhook.evals import mean, series, sparkline, summarize
-from webhook.helicone import MAX_SIGNED_BODY
-from webhook.helicone_types import Eval, RequestRow, iso
+from webhook.cli.api import parse_scores, parse_when
+from webhook.offline.backfill import PLACEHOLDER_KEY, _real, created_filter, to_payload
+from webhook.offline.evals import mean, series, sparkline, summarize
+from webhook.offline.query import MAX_SIGNED_BODY
+from webhook.offline.types import Eval, RequestRow, iso
 
 NOW = datetime(2024, 5, 10, 12, 0, 0, tzinfo=UTC)
 

@@ -21,8 +21,8 @@ from webhook.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 SECRET_NAMES = {"HELICONE_API_KEY", "HELICONE_AUTH", "HELICONE_WEBHOOK_SECRET"}
-# webhook/cli.py gives uvicorn SCORER_SHUTDOWN_GRACE + 5 s to finish requests in flight; then the
-# app's lifespan gives the relay SCORER_SHUTDOWN_GRACE more. Fly must wait for both.
+# webhook/cli/serve.py gives uvicorn SCORER_SHUTDOWN_GRACE + 5 s to finish requests in flight;
+# then the app's lifespan gives the relay SCORER_SHUTDOWN_GRACE more. Fly must wait for both.
 HTTP_DRAIN_EXTRA = 5
 
 

@@ -1,16 +1,14 @@
-"""The relay: score stored webhooks promptly, then post their scores at the allowed pace.
+"""Delivery: post a scored webhook's calls to Helicone, and decide what a failure means.
 
-It runs as background tasks in the server's process, started and stopped by the app's lifespan.
-Two stages claim work from the store: *score* (as fast as webhooks come, so large bodies are
-fetched while their URLs are valid) and *post* (only when the rate limit has room, so the backlog
-waits on disk). In a dry run (no API key) only the first stage runs.
+The relay (:mod:`webhook.relay`) claims the webhooks; this module makes their API calls inside
+the rate limit, says what counts as posted, and records each outcome in the store.
 
 Retry policy, all of it in :class:`RetryPolicy`:
 
 - A 2xx answer delivers. All of a request's scores go in one call; a feedback rating, if a rule
   gave one, in a second. A call that already succeeded is not repeated: on a retry, after a
-  release at shutdown, nor when recording the outcome failed (the relay remembers what it
-  posted until the store has it, so the webhook claimed again here skips those calls).
+  release at shutdown, nor when recording the outcome failed (:class:`Delivery` remembers what
+  it posted until the store has it, so the webhook claimed again here skips those calls).
 - No call waits for the rate limit while its webhook is leased: a wait can outlast the lease
   (a 429's ``Retry-After`` may be longer), and the webhook would be claimed and posted twice.
   A webhook whose call finds no room is given back, with what it posted, due when room is
@@ -20,17 +18,10 @@ Retry policy, all of it in :class:`RetryPolicy`:
   a ``Retry-After`` that asks for longer wins. A 429 also pauses *all* calls until then.
 - Any other 4xx is permanent: the webhook goes to the dead letters at once, with its status and
   error. So does one that used up ``max_attempts`` or is older than ``max_age``.
-- A stage that fails in a way nothing foresaw (a bug, or a plugin raising even ``SystemExit``)
-  counts as a failed attempt of that stage, with the same backoff and the same dead letters, so
-  one poisonous webhook never loops and never takes the server down.
-- At shutdown, work in flight gets ``grace`` seconds to finish; what is left is released to the
-  store and claimed again at once after a restart. A crash releases nothing; the restart takes
-  the dead process's leases back at once (see :meth:`webhook.store.Store.open`).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import random
 import time
@@ -44,10 +35,9 @@ from webhook import metrics
 from webhook.helicone import Answer, Helicone
 from webhook.limit import SlidingWindow
 from webhook.logs import event
-from webhook.score import Scoring
-from webhook.store import FEEDBACK_POSTED, SCORES_POSTED, Job, Stage, Store
+from webhook.store import FEEDBACK_POSTED, SCORES_POSTED, Job, Store
 
-__all__ = ["Relay", "RetryPolicy"]
+__all__ = ["Delivery", "RetryPolicy"]
 
 log = logging.getLogger("webhook.deliver")
 
@@ -72,184 +62,31 @@ class RetryPolicy:
         return job.attempts >= self.max_attempts or now - job.received_at >= self.max_age
 
 
-class _Stage:
-    """Claims due work for one stage and runs up to ``concurrency`` jobs at once."""
+class Delivery:
+    """Posts scored webhooks and records each outcome; what a failed attempt leads to."""
 
     def __init__(
         self,
-        stage: Stage,
         store: Store,
-        handle: Callable[[Job], Awaitable[None]],
-        *,
-        concurrency: int,
-        lease: float,
-        poll: float,
-        limiter: SlidingWindow | None = None,
-        on_error: Callable[[Job, BaseException], Awaitable[None]],
-    ) -> None:
-        self.stage, self.store, self.handle, self.on_error = stage, store, handle, on_error
-        self.concurrency, self.lease, self.poll, self.limiter = concurrency, lease, poll, limiter
-        self._wake = asyncio.Event()
-        self._inflight: dict[asyncio.Task[None], str] = {}
-        self._task: asyncio.Task[None] | None = None
-        self._stopping = False
-
-    def wake(self) -> None:
-        self._wake.set()
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name=f"relay-{self.stage}")
-
-    async def stop(self, grace: float) -> list[str]:
-        """Stop claiming; wait ``grace`` for work in flight; return the ids left unfinished."""
-        # Never cancelled mid-claim: a claim committed after its caller is gone would hold
-        # leases nobody works on. The loop is asked to stop, and stops between claims.
-        self._stopping = True
-        self._wake.set()
-        if self._task is not None:
-            await self._task
-        if not self._inflight:
-            return []
-        _, pending = await asyncio.wait(list(self._inflight), timeout=grace)
-        left = [self._inflight[t] for t in pending]
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
-        return left
-
-    def _room(self) -> tuple[int, float | None]:
-        """How many jobs to claim now, and how long to wait when none."""
-        free = self.concurrency - len(self._inflight)
-        if self.limiter is not None:
-            free = min(free, self.limiter.free())
-            if free <= 0 and len(self._inflight) < self.concurrency:
-                return 0, self.limiter.wait_time()
-        return free, None
-
-    async def _run(self) -> None:
-        while not self._stopping:
-            free, wait = self._room()
-            self._wake.clear()
-            if free <= 0:
-                await self._idle(list(self._inflight), wait)
-                continue
-            try:
-                jobs = await self.store.claim(self.stage, free, self.lease)
-            except Exception:
-                log.exception("claiming %s work failed; trying again", self.stage)
-                jobs = []
-            for job in jobs:
-                task = asyncio.create_task(self._guarded(job))
-                self._inflight[task] = job.request_id
-                task.add_done_callback(self._inflight.pop)
-            # Let them start, so each takes its place in the rate limit before the next claim
-            # counts the room left (a job that finds none is given back, not kept waiting).
-            await asyncio.sleep(0)
-            if not jobs:
-                await self._idle([], self.poll)
-
-    async def _idle(self, tasks: list[asyncio.Task[None]], seconds: float | None) -> None:
-        """Wait until a task ends, new work is announced, stop is asked, or time passes."""
-        waker = asyncio.create_task(self._wake.wait())
-        try:
-            await asyncio.wait(
-                [*tasks, waker], timeout=seconds, return_when=asyncio.FIRST_COMPLETED
-            )
-        finally:
-            waker.cancel()
-
-    async def _guarded(self, job: Job) -> None:
-        try:
-            await self.handle(job)
-        except asyncio.CancelledError:
-            raise
-        except BaseException as exc:  # a bug, or a plugin raising even SystemExit: not the loop's
-            log.exception("%s failed unexpectedly", self.stage, extra=_rid(job))
-            try:
-                await self.on_error(job, exc)
-            except Exception:  # the lease will expire and the webhook will be tried again
-                log.exception("could not record the failure", extra=_rid(job))
-
-
-class Relay:
-    def __init__(
-        self,
-        store: Store,
-        scoring: Scoring,
         client: Helicone | None,
         limiter: SlidingWindow,
-        *,
-        concurrency: int = 8,
-        policy: RetryPolicy | None = None,
-        poll_interval: float = 1.0,
+        policy: RetryPolicy,
     ) -> None:
-        self.store, self.scoring, self.client, self.limiter = store, scoring, client, limiter
-        self.policy = policy or RetryPolicy()
+        self.store, self.client, self.limiter, self.policy = store, client, limiter, policy
         # Calls posted here that the store has not recorded yet: request id -> ``posted`` bits.
         self._posted: dict[str, int] = {}
 
-        def stage(name: Stage, handle: Callable[[Job], Awaitable[None]]) -> _Stage:
-            return _Stage(
-                name,
-                store,
-                handle,
-                concurrency=concurrency,
-                lease=self.policy.lease,
-                poll=poll_interval,
-                limiter=limiter if name == "post" else None,
-                on_error=self._unexpected,
-            )
+    def posted(self, request_id: str) -> int:
+        """What was posted for this webhook that the store may not know yet."""
+        return self._posted.get(request_id, 0)
 
-        self._scorer = stage("score", self._score)
-        self._poster = stage("post", self._post)
-
-    def wake(self) -> None:
-        """New work was stored: look for it now rather than at the next poll."""
-        self._scorer.wake()
-
-    async def start(self) -> None:
-        now = time.time()
-        self.limiter.seed(await self.store.recent_posts(now - self.limiter.window))
-        self._scorer.start()
-        if self.client is not None:
-            self._poster.start()
-
-    async def stop(self, grace: float) -> None:
-        deadline = time.monotonic() + grace
-        left = await self._scorer.stop(grace)
-        left += await self._poster.stop(max(0.0, deadline - time.monotonic()))
-        await self.store.release({rid: self._posted.get(rid, 0) for rid in left})
-        if left:
-            event(log, f"released {len(left)} unfinished webhook(s) for the next start")
-
-    async def _unexpected(self, job: Job, exc: BaseException) -> None:
+    async def unexpected(self, job: Job, exc: BaseException) -> None:
         """A stage failed in a way no policy foresaw: back off like any failure, never loop."""
         answer = Answer(None, error=" ".join(f"unexpected {type(exc).__name__}: {exc}".split()))
-        await self._failed(job, answer, job.posted | self._posted.get(job.request_id, 0))
+        await self.failed(job, answer, job.posted | self.posted(job.request_id))
 
-    # -- the score stage --------------------------------------------------------------------
-
-    async def _score(self, job: Job) -> None:
-        scored = await self.scoring.score(job.request_id, job.body)
-        nothing = not scored.scores and scored.feedback is None
-        finished = nothing or self.client is None
-        await self.store.scored(job.request_id, scored.scores, scored.feedback, finished)
-        if not finished:
-            self._poster.wake()
-            return
-        outcome = "no_scores" if nothing else "dry_run"
-        event(
-            log,
-            "scored, nothing posted" if nothing else "dry run: scored, not posted",
-            request_id=job.request_id,
-            outcome=outcome,
-            scores=scored.scores,
-            feedback=scored.feedback,
-        )
-
-    # -- the post stage ---------------------------------------------------------------------
-
-    async def _post(self, job: Job) -> None:
+    async def post(self, job: Job) -> None:
+        """Make the calls this webhook still needs; record delivered, retry, dead or deferred."""
         assert self.client is not None
         client, rid = self.client, job.request_id
         posted = job.posted | self._posted.get(rid, 0)
@@ -274,7 +111,7 @@ class Relay:
                 await self._defer(job, posted)
                 return
             if not answer.ok:
-                await self._failed(job, answer, posted)
+                await self.failed(job, answer, posted)
                 return
             posted |= done
             self._posted[rid] = posted
@@ -325,7 +162,8 @@ class Relay:
             delay=round(delay, 2),
         )
 
-    async def _failed(self, job: Job, answer: Answer, posted: int) -> None:
+    async def failed(self, job: Job, answer: Answer, posted: int) -> None:
+        """A failed attempt: a retry after a backoff, or a dead letter."""
         rid, error = job.request_id, answer.error or "no answer"
         fields: dict[str, Any] = {"request_id": rid, "status": answer.status, "error": error}
         if self.policy.permanent(answer.status) or self.policy.gives_up(job, time.time()):
@@ -339,7 +177,3 @@ class Relay:
         self._posted.pop(rid, None)
         metrics.RETRIES.inc()
         event(log, "will retry", outcome="retry", delay=round(delay, 2), **fields)
-
-
-def _rid(job: Job) -> dict[str, str]:
-    return {"request_id": job.request_id}

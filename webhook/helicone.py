@@ -1,12 +1,10 @@
-"""A typed client for Helicone's REST API: the one HTTP path to Helicone.
+"""Helicone's REST API, the posting half: scores, feedback, the transport, id checks.
 
-It never raises for HTTP or network failures: every call returns an :class:`Answer`, and the
-caller's policy decides what to retry. See ``../shared/helicone-facts.md`` for the API's
-behaviour (201 on success, ints only, 200 requests per minute, 429 with ``Retry-After``).
-
-The query methods return typed data (:mod:`webhook.helicone_types`). An answer whose body is
-not what the API promises counts as no usable answer: ``status`` None, with the reason in
-``error``.
+It is the one HTTP path to Helicone. It never raises for HTTP or network failures: every call
+returns an :class:`Answer`, and the caller's policy decides what to retry. See
+``../shared/helicone-facts.md`` for the API's behaviour (201 on success, ints only, 200 requests
+per minute, 429 with ``Retry-After``). The query half, which only the offline tools use, is
+:mod:`webhook.offline.query`: the server never loads it.
 """
 
 from __future__ import annotations
@@ -15,32 +13,22 @@ import email.utils
 import re
 import time
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any, Generic
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 import httpx2
 import orjson
-from pydantic import TypeAdapter, ValidationError
 from typing_extensions import TypeVar
-
-from scorers.fetch import FetchError, fetch_json
-from webhook.helicone_types import Eval, RequestRow, SignedBody, iso
 
 __all__ = ["Answer", "Helicone", "id_problem", "request_path", "retry_after_seconds"]
 
 USER_AGENT = "helicone-scorer/0.1"
-MAX_SIGNED_BODY = 64 * 1024 * 1024  # decoded bytes; a larger body is refused
 
 T = TypeVar("T", default=Any)
 
 # Characters an id may not hold: path separators, and control characters (C0, DEL, C1 and the
 # Unicode line and paragraph separators), which could also forge log lines.
 _UNSAFE_ID = re.compile(r"[/\\\x00-\x1f\x7f-\x9f\u2028\u2029]")
-
-_EVALS = TypeAdapter(list[Eval])
-_ROWS = TypeAdapter(list[RequestRow])
-_SIGNED = TypeAdapter(SignedBody)
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +101,7 @@ class Helicone:
         timeout: float = 10.0,
     ) -> None:
         self.base_url = base_url.rstrip("/")
-        self._timeout = timeout
+        self.timeout = timeout
         self._client = httpx2.AsyncClient(
             base_url=self.base_url,
             headers={
@@ -124,12 +112,9 @@ class Helicone:
             timeout=timeout,
             limits=httpx2.Limits(max_connections=64, max_keepalive_connections=16),
         )
-        self._bodies: httpx2.AsyncClient | None = None  # no API key: signed URLs carry their own
 
     async def aclose(self) -> None:
         await self._client.aclose()
-        if self._bodies is not None:
-            await self._bodies.aclose()
 
     # -- scores and feedback --------------------------------------------------------------------
 
@@ -146,96 +131,12 @@ class Helicone:
             path = request_path(request_id, action)
         except ValueError as exc:
             return Answer(400, error=f"not sent: {exc}")
-        return await self._post(path, body)
-
-    # -- queries --------------------------------------------------------------------------------
-
-    async def evals_query(
-        self,
-        start: datetime,
-        end: datetime,
-        *,
-        filter: Any = "all",
-        offset: int | None = None,
-        limit: int | None = None,
-    ) -> Answer[list[Eval]]:
-        """``POST /v1/evals/query``: per score name, count, min, max, average, and hourly series.
-
-        Shape from Helicone's docs (shared/seeds/004) and jawn's ``EvalController`` /
-        ``EvalManager.getEvals`` (valhalla/jawn/src/managers/eval/EvalManager.ts).
-        """
-        body: dict[str, Any] = {
-            "filter": filter,
-            "timeFilter": {"start": iso(start), "end": iso(end)},
-            "timeZoneDifference": 0,
-        }
-        if offset is not None:
-            body["offset"] = offset
-        if limit is not None:
-            body["limit"] = limit
-        return _typed(await self._post("/v1/evals/query", body), _EVALS)
-
-    async def request_query(
-        self,
-        filter: Any = "all",
-        *,
-        offset: int = 0,
-        limit: int = 100,
-        sort: dict[str, str] | None = None,
-    ) -> Answer[list[RequestRow]]:
-        """``POST /v1/request/query``: logged requests, one page.
-
-        Body and answer from jawn's ``RequestController.getRequests`` (valhalla/jawn/src/
-        controllers/public/requestController.ts), which serves it from Postgres through
-        ``getRequests`` in valhalla/jawn/src/lib/stores/request/request.ts: ``offset`` at most
-        10,000, ``limit`` at most 1,000 (the docs say 100), and bodies replaced by a placeholder,
-        with the real ones behind ``signed_body_url``.
-        """
-        body = {
-            "filter": filter,
-            "offset": offset,
-            "limit": limit,
-            "sort": sort or {"created_at": "asc"},
-            "isCached": False,
-        }
-        return _typed(await self._post("/v1/request/query", body), _ROWS)
-
-    def trusts(self, url: str) -> bool:
-        """Signed URLs are fetched over https, or from the API's own origin (a local API)."""
-        parts, base = urlsplit(url), urlsplit(self.base_url)
-        if parts.scheme == "https" and parts.netloc:
-            return True
-        return (parts.scheme, parts.netloc) == (base.scheme, base.netloc)
-
-    async def fetch_signed_body(self, url: str) -> Answer[SignedBody]:
-        """GET a signed body URL: JSON ``{"request": ..., "response": ...}``, maybe gzipped.
-
-        The object Helicone stores (the webhook's ``request_response_url`` and the query API's
-        ``signed_body_url`` point at the same kind) is gzip-encoded JSON. It is fetched without
-        the API key, and refused past :data:`MAX_SIGNED_BODY` bytes.
-        """
-        if not self.trusts(url):
-            host = urlsplit(url).netloc or "?"
-            return Answer(None, error=f"not fetching a body URL from an untrusted host ({host})")
-        if self._bodies is None:
-            self._bodies = httpx2.AsyncClient(
-                headers={"User-Agent": USER_AGENT},
-                timeout=self._timeout,
-                follow_redirects=False,
-            )
-        try:
-            data = await fetch_json(
-                url, seconds=self._timeout, max_bytes=MAX_SIGNED_BODY, client=self._bodies
-            )
-            return Answer(200, data=_SIGNED.validate_python(data))
-        except FetchError as exc:
-            return Answer(exc.status, error=f"body URL {exc}")
-        except ValidationError as exc:
-            return Answer(None, error=f"unreadable body: {type(exc).__name__}")
+        return await self.post(path, body)
 
     # -- transport ------------------------------------------------------------------------------
 
-    async def _post(self, path: str, body: dict[str, Any]) -> Answer:
+    async def post(self, path: str, body: dict[str, Any]) -> Answer:
+        """POST JSON to the API; the answer's ``data`` is the body's ``data``, untyped."""
         try:
             response = await self._client.post(path, content=orjson.dumps(body))
         except httpx2.HTTPError as exc:
@@ -263,14 +164,3 @@ class Helicone:
 
 def _describe(exc: httpx2.HTTPError) -> str:
     return f"{type(exc).__name__}: {exc}".rstrip(": ")
-
-
-def _typed(answer: Answer, adapter: TypeAdapter[Any]) -> Answer[Any]:
-    if not answer.ok:
-        return answer
-    try:
-        return Answer(answer.status, data=adapter.validate_python(answer.data))
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "data"
-        return Answer(None, error=f"unexpected answer from Helicone: {where}: {first['msg']}")

@@ -5,6 +5,8 @@
 - Which scorers run on a webhook is decided here by the scorer rules (sampling and filters);
   what a scorer does, and its isolation (timeouts, threads), is the ``scorers`` package's.
 - Feedback is only rated for UUID request ids, because Helicone's feedback API refuses others.
+- The stage reports each scorer's time and failures in :class:`Scored`; the server's relay turns
+  them into metrics, so the command line's ``score`` and ``backfill`` load no metrics.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ from typing import Any
 import orjson
 
 from scorers import DEFAULT_TIMEOUT, Context, Origin, Scorer, fill_bodies, run_scorers
-from webhook.metrics import SCORER_DURATION, SCORER_ERRORS
 from webhook.rules import FeedbackRule, ScorerRule
 
 __all__ = ["Scored", "Scoring", "is_uuid"]
@@ -85,10 +86,6 @@ class Scoring:
         else:
             ctx = await asyncio.to_thread(Context.from_payload, payload)
         outcome = await run_scorers(self.chosen(ctx), ctx, scorer_timeout=self.scorer_timeout)
-        for name, seconds in outcome.durations.items():
-            SCORER_DURATION.labels(name).observe(seconds)
-        for name in outcome.errors:
-            SCORER_ERRORS.labels(name).inc()
         feedback = None
         if self.feedback_rule is not None and is_uuid(request_id):
             feedback = self.feedback_rule.rating(outcome.scores)

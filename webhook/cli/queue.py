@@ -11,7 +11,7 @@ from typing import Annotated, TypeVar
 import orjson
 import typer
 
-from webhook.console import age, fail, print_table, settings_or_exit
+from webhook.cli.console import age, fail, print_table, settings_or_exit
 from webhook.store import Store, open_store, sqlite_path
 
 __all__ = ["register"]

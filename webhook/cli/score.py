@@ -17,8 +17,7 @@ import orjson
 import typer
 
 from scorers import Scorer, ScorerError, available
-from webhook.app import enabled_scorers, scoring_from
-from webhook.console import fail, print_table, settings_or_exit
+from webhook.cli.console import fail, print_table, settings_or_exit
 from webhook.settings import SettingsError
 
 __all__ = ["register"]
@@ -57,6 +56,8 @@ def score(
 
     A scorer that fails is reported on stderr, one line each; the others still score.
     """
+    from webhook.wiring import scoring_from
+
     logging.basicConfig(level=logging.WARNING, format="helicone-scorer: %(message)s")
     settings = settings_or_exit()
     try:
@@ -86,6 +87,8 @@ def list_scorers(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """List every registered scorer, built-in or plugin, with its scale and description."""
+    from webhook.wiring import enabled_scorers
+
     settings = settings_or_exit()
     try:
         registry = available(skip=settings.scorer_disabled)

@@ -1,9 +1,9 @@
 """The shapes of Helicone's query answers, validated leniently.
 
-Helicone's own code decides these shapes (see :mod:`webhook.helicone`): the evals query builds
-its rows in JavaScript, so a score with no data has ``minScore: Infinity`` and an average of
-``0/0``, which ``JSON.stringify`` turns into ``null``; hence every number may be None. Request
-rows come from Postgres or ClickHouse, where 64-bit numbers may arrive as strings.
+Helicone's own code decides these shapes (see :mod:`webhook.offline.query`): the evals query
+builds its rows in JavaScript, so a score with no data has ``minScore: Infinity`` and an average
+of ``0/0``, which ``JSON.stringify`` turns into ``null``; hence every number may be None.
+Request rows come from Postgres or ClickHouse, where 64-bit numbers may arrive as strings.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from webhook.helicone_types import Eval
+from webhook.offline.types import Eval
 
 __all__ = ["Point", "Summary", "mean", "series", "sparkline", "summarize", "table"]
 

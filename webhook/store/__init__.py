@@ -1,5 +1,9 @@
 """The durable queue of webhooks: what the store promises, whatever the database.
 
+This package holds the contract (here) and one module per backend: :mod:`.sqlite`, with its
+writer thread (:mod:`.sqlite_writer`) and its server lock (:mod:`.sqlite_lock`) beside it.
+:func:`open_store` picks the backend from the URL and imports only that one.
+
 Policy:
 
 - ``add`` returns only once the webhook is committed to disk; only then may the receiver answer
@@ -162,7 +166,7 @@ def open_store(url: str) -> Store:
     """Pick the store from the URL's scheme."""
     path = sqlite_path(url)
     if path is not None:
-        from webhook.store_sqlite import SQLiteStore
+        from webhook.store.sqlite import SQLiteStore
 
         options = dict(parse_qsl(url.partition("?")[2]))
         return SQLiteStore(path, busy_timeout_ms=int(options.get("busy_timeout_ms", 10_000)))

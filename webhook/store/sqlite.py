@@ -24,9 +24,9 @@ from functools import partial
 import orjson
 
 from webhook.logs import event
-from webhook.sqlite_lock import ServerLock
-from webhook.sqlite_writer import Writer
 from webhook.store import SCORES_POSTED, DeadLetter, Job, QueueStats, Stage
+from webhook.store.sqlite_lock import ServerLock
+from webhook.store.sqlite_writer import Writer
 
 __all__ = ["SQLiteStore", "StoreUnavailable"]
 

@@ -1,5 +1,5 @@
 """``helicone-scorer backfill``: the store, the scorers and a progress bar around
-:func:`webhook.backfill.backfill`."""
+:func:`webhook.offline.backfill.backfill`."""
 
 from __future__ import annotations
 
@@ -19,13 +19,14 @@ from rich.progress import (
 )
 
 from scorers import UnknownScorerError
-from webhook.app import scoring_from
-from webhook.backfill import QueryFailed, Tally, backfill
-from webhook.cli_api import describe
-from webhook.console import fail
-from webhook.helicone import Answer, Helicone
+from webhook.cli.api import describe
+from webhook.cli.console import fail
+from webhook.helicone import Answer
+from webhook.offline.backfill import QueryFailed, Tally, backfill
+from webhook.offline.query import HeliconeQuery
 from webhook.settings import Settings, SettingsError
 from webhook.store import open_store
+from webhook.wiring import scoring_from
 
 __all__ = ["run"]
 
@@ -38,7 +39,7 @@ def _summary(t: Tally) -> str:
 
 
 def run(
-    settings: Settings, client: Helicone, since: datetime, until: datetime, limit: int | None
+    settings: Settings, client: HeliconeQuery, since: datetime, until: datetime, limit: int | None
 ) -> None:
     try:
         scoring = scoring_from(settings)

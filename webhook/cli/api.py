@@ -14,17 +14,20 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import orjson
 import typer
 
 from scorers import INT64_MAX, INT64_MIN
-from webhook.console import fail, settings_or_exit
-from webhook.helicone import Answer, Helicone, id_problem
-from webhook.helicone_types import iso
+from webhook.cli.console import fail, settings_or_exit
+from webhook.helicone import Answer, id_problem
+from webhook.offline.types import iso
 from webhook.score import is_uuid
 from webhook.settings import Settings
+
+if TYPE_CHECKING:
+    from webhook.offline.query import HeliconeQuery
 
 __all__ = ["parse_scores", "parse_when", "register"]
 
@@ -72,12 +75,14 @@ def parse_scores(items: list[str]) -> dict[str, int | bool]:
     return scores
 
 
-def _client(settings: Settings, command: str) -> Helicone:
-    if settings.api_key is None:
+def _client(settings: Settings, command: str) -> HeliconeQuery:
+    from webhook.offline.query import HeliconeQuery
+    from webhook.wiring import helicone_client
+
+    client = helicone_client(settings, HeliconeQuery)
+    if client is None:
         fail(f"HELICONE_API_KEY is not set: {command} needs a Helicone API key")
-    return Helicone(
-        settings.api_base, settings.api_key.get_secret_value(), timeout=settings.post_timeout
-    )
+    return client
 
 
 def describe(what: str, answer: Answer, base: str) -> str:
@@ -93,7 +98,7 @@ def describe(what: str, answer: Answer, base: str) -> str:
     return f"{what} failed: Helicone answered {answer.status}: {error}"
 
 
-def _call(client: Helicone, call: Callable[[Helicone], Awaitable[T]]) -> T:
+def _call(client: HeliconeQuery, call: Callable[[HeliconeQuery], Awaitable[T]]) -> T:
     async def run() -> T:
         try:
             return await call(client)
@@ -173,7 +178,7 @@ def evals(
     ] = None,
 ) -> None:
     """Show score statistics: count, avg, min, max and a sparkline of the average, per score."""
-    from webhook import evals as view
+    from webhook.offline import evals as view
 
     start, end = _window(since, until)
     if plot is not None and plot.suffix.lower() not in (".svg", ".png"):
@@ -195,7 +200,7 @@ def evals(
         which = "" if name is None else f" named {name!r}"
         typer.echo(f"No scores{which} from {span}.")
     if plot is not None:
-        from webhook.plot import write
+        from webhook.offline.plot import write
 
         try:
             write(plot, summaries, f"Average score per hour, {span}")
@@ -218,7 +223,7 @@ def backfill(
 
     Scores are queued in the store (SCORER_DATABASE_URL); the server's relay posts them.
     """
-    from webhook.cli_backfill import run
+    from webhook.cli.backfill import run
 
     start, end = _window(since, until)
     settings = settings_or_exit()

@@ -24,8 +24,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from webhook.helicone import Answer, Helicone, id_problem
-from webhook.helicone_types import RequestRow, iso
+from webhook.helicone import Answer, id_problem
+from webhook.offline.query import HeliconeQuery
+from webhook.offline.types import RequestRow, iso
 from webhook.score import Scoring
 from webhook.store import Store
 
@@ -108,7 +109,7 @@ def _no_report(answer: Answer, retry: int, retries: int, wait: float) -> None:
 
 
 async def _query(
-    client: Helicone,
+    client: HeliconeQuery,
     filter_: dict[str, Any],
     offset: int,
     limit: int,
@@ -131,7 +132,7 @@ async def _query(
 
 
 async def pages(
-    client: Helicone,
+    client: HeliconeQuery,
     since: datetime,
     until: datetime,
     *,
@@ -171,7 +172,7 @@ async def pages(
             return
 
 
-async def _bodies(client: Helicone, row: RequestRow) -> tuple[Any, Any] | str:
+async def _bodies(client: HeliconeQuery, row: RequestRow) -> tuple[Any, Any] | str:
     """The request and response bodies, or why they cannot be had."""
     request_body, response_body = _real(row.request_body), _real(row.response_body)
     if response_body is not None:
@@ -185,7 +186,7 @@ async def _bodies(client: Helicone, row: RequestRow) -> tuple[Any, Any] | str:
 
 
 async def backfill(
-    client: Helicone,
+    client: HeliconeQuery,
     store: Store,
     scoring: Scoring,
     since: datetime,

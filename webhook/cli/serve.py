@@ -1,11 +1,14 @@
-"""The ``helicone-scorer`` command line."""
+"""``helicone-scorer serve`` and ``helicone-scorer send``: run the server, and try it.
+
+``serve`` loads the server (Starlette, uvicorn, the metrics) only when it runs, so the other
+commands, ``--help`` and ``--version`` start without it.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import sys
 import uuid
-from importlib.metadata import version
 from pathlib import Path
 from typing import Annotated
 
@@ -14,24 +17,15 @@ import orjson
 import typer
 
 from scorers import UnknownScorerError
-from webhook import cli_api, cli_queue, cli_score
-from webhook.console import fail, settings_or_exit
+from webhook.cli.console import fail, settings_or_exit
 from webhook.logs import setup_logging
 from webhook.settings import SettingsError
 from webhook.store import Store, open_store
 from webhook.verify import sign
 
-__all__ = ["app", "main"]
-
-app = typer.Typer(
-    help="Score Helicone traffic: a webhook that scores every logged LLM response.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
+__all__ = ["register"]
 
 
-@app.command()
 def serve(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "0.0.0.0",
     port: Annotated[
@@ -113,7 +107,6 @@ SAMPLE = {
 UNSIGNED = "no key to sign with; set HELICONE_WEBHOOK_SECRET or pass --secret"
 
 
-@app.command()
 def send(
     file: Annotated[
         Path | None,
@@ -159,28 +152,6 @@ def send(
         raise typer.Exit(1)
 
 
-def _version(value: bool) -> None:
-    if value:
-        typer.echo(f"helicone-scorer {version('helicone-scorer')}")
-        raise typer.Exit()
-
-
-@app.callback()
-def _options(
-    show_version: Annotated[
-        bool,
-        typer.Option(
-            "--version", callback=_version, is_eager=True, help="Print the version and exit."
-        ),
-    ] = False,
-) -> None:
-    """Score Helicone traffic: a webhook that scores every logged LLM response."""
-
-
-def main() -> None:
-    app()
-
-
-cli_score.register(app)
-cli_queue.register(app)
-cli_api.register(app)
+def register(app: typer.Typer) -> None:
+    app.command()(serve)
+    app.command()(send)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Literal
 from xml.sax.saxutils import escape
 
-from webhook.evals import Point, Summary
+from webhook.offline.evals import Point, Summary
 
 __all__ = ["Chart", "layout", "to_png", "to_svg", "write"]
 

@@ -1,0 +1,217 @@
+"""The relay: claim stored work, with leases, and run it; score promptly, post at the allowed pace.
+
+It runs as background tasks in the server's process, started and stopped by the app's lifespan.
+Two stages claim work from the store: *score* (as fast as webhooks come, so large bodies are
+fetched while their URLs are valid) and *post* (only when the rate limit has room, so the backlog
+waits on disk). In a dry run (no API key) only the first stage runs.
+
+Here are the claim loops and their lifecycle: each stage claims due webhooks with a lease, runs
+up to ``concurrency`` at once, and is woken when new work is stored. What a stage does with a
+webhook is not here: scoring is :mod:`webhook.score`, posting and its retry policy
+:mod:`webhook.deliver`.
+
+- A stage that fails in a way nothing foresaw (a bug, or a plugin raising even ``SystemExit``)
+  counts as a failed attempt of that stage, with the same backoff and the same dead letters, so
+  one poisonous webhook never loops and never takes the server down.
+- At shutdown, work in flight gets ``grace`` seconds to finish; what is left is released to the
+  store and claimed again at once after a restart. A crash releases nothing; the restart takes
+  the dead process's leases back at once (see :meth:`webhook.store.Store.open`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from webhook import metrics
+from webhook.deliver import Delivery, RetryPolicy
+from webhook.helicone import Helicone
+from webhook.limit import SlidingWindow
+from webhook.logs import event
+from webhook.score import Scoring
+from webhook.store import Job, Stage, Store
+
+__all__ = ["Relay"]
+
+# The relay's lines keep the logger name they always had, which log filters may rely on.
+log = logging.getLogger("webhook.deliver")
+
+
+class _Stage:
+    """Claims due work for one stage and runs up to ``concurrency`` jobs at once."""
+
+    def __init__(
+        self,
+        stage: Stage,
+        store: Store,
+        handle: Callable[[Job], Awaitable[None]],
+        *,
+        concurrency: int,
+        lease: float,
+        poll: float,
+        limiter: SlidingWindow | None = None,
+        on_error: Callable[[Job, BaseException], Awaitable[None]],
+    ) -> None:
+        self.stage, self.store, self.handle, self.on_error = stage, store, handle, on_error
+        self.concurrency, self.lease, self.poll, self.limiter = concurrency, lease, poll, limiter
+        self._wake = asyncio.Event()
+        self._inflight: dict[asyncio.Task[None], str] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"relay-{self.stage}")
+
+    async def stop(self, grace: float) -> list[str]:
+        """Stop claiming; wait ``grace`` for work in flight; return the ids left unfinished."""
+        # Never cancelled mid-claim: a claim committed after its caller is gone would hold
+        # leases nobody works on. The loop is asked to stop, and stops between claims.
+        self._stopping = True
+        self._wake.set()
+        if self._task is not None:
+            await self._task
+        if not self._inflight:
+            return []
+        _, pending = await asyncio.wait(list(self._inflight), timeout=grace)
+        left = [self._inflight[t] for t in pending]
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        return left
+
+    def _room(self) -> tuple[int, float | None]:
+        """How many jobs to claim now, and how long to wait when none."""
+        free = self.concurrency - len(self._inflight)
+        if self.limiter is not None:
+            free = min(free, self.limiter.free())
+            if free <= 0 and len(self._inflight) < self.concurrency:
+                return 0, self.limiter.wait_time()
+        return free, None
+
+    async def _run(self) -> None:
+        while not self._stopping:
+            free, wait = self._room()
+            self._wake.clear()
+            if free <= 0:
+                await self._idle(list(self._inflight), wait)
+                continue
+            try:
+                jobs = await self.store.claim(self.stage, free, self.lease)
+            except Exception:
+                log.exception("claiming %s work failed; trying again", self.stage)
+                jobs = []
+            for job in jobs:
+                task = asyncio.create_task(self._guarded(job))
+                self._inflight[task] = job.request_id
+                task.add_done_callback(self._inflight.pop)
+            # Let them start, so each takes its place in the rate limit before the next claim
+            # counts the room left (a job that finds none is given back, not kept waiting).
+            await asyncio.sleep(0)
+            if not jobs:
+                await self._idle([], self.poll)
+
+    async def _idle(self, tasks: list[asyncio.Task[None]], seconds: float | None) -> None:
+        """Wait until a task ends, new work is announced, stop is asked, or time passes."""
+        waker = asyncio.create_task(self._wake.wait())
+        try:
+            await asyncio.wait(
+                [*tasks, waker], timeout=seconds, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            waker.cancel()
+
+    async def _guarded(self, job: Job) -> None:
+        try:
+            await self.handle(job)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # a bug, or a plugin raising even SystemExit: not the loop's
+            log.exception("%s failed unexpectedly", self.stage, extra=_rid(job))
+            try:
+                await self.on_error(job, exc)
+            except Exception:  # the lease will expire and the webhook will be tried again
+                log.exception("could not record the failure", extra=_rid(job))
+
+
+class Relay:
+    """The two stages, score and post, over one store; started and stopped by the lifespan."""
+
+    def __init__(
+        self,
+        store: Store,
+        scoring: Scoring,
+        client: Helicone | None,
+        limiter: SlidingWindow,
+        *,
+        concurrency: int = 8,
+        policy: RetryPolicy | None = None,
+        poll_interval: float = 1.0,
+    ) -> None:
+        self.store, self.scoring, self.client, self.limiter = store, scoring, client, limiter
+        self.policy = policy or RetryPolicy()
+        self.delivery = Delivery(store, client, limiter, self.policy)
+
+        def stage(name: Stage, handle: Callable[[Job], Awaitable[None]]) -> _Stage:
+            return _Stage(
+                name,
+                store,
+                handle,
+                concurrency=concurrency,
+                lease=self.policy.lease,
+                poll=poll_interval,
+                limiter=limiter if name == "post" else None,
+                on_error=self.delivery.unexpected,
+            )
+
+        self._scorer = stage("score", self._score)
+        self._poster = stage("post", self.delivery.post)
+
+    def wake(self) -> None:
+        """New work was stored: look for it now rather than at the next poll."""
+        self._scorer.wake()
+
+    async def start(self) -> None:
+        now = time.time()
+        self.limiter.seed(await self.store.recent_posts(now - self.limiter.window))
+        self._scorer.start()
+        if self.client is not None:
+            self._poster.start()
+
+    async def stop(self, grace: float) -> None:
+        deadline = time.monotonic() + grace
+        left = await self._scorer.stop(grace)
+        left += await self._poster.stop(max(0.0, deadline - time.monotonic()))
+        await self.store.release({rid: self.delivery.posted(rid) for rid in left})
+        if left:
+            event(log, f"released {len(left)} unfinished webhook(s) for the next start")
+
+    async def _score(self, job: Job) -> None:
+        scored = await self.scoring.score(job.request_id, job.body)
+        for name, seconds in scored.durations.items():
+            metrics.SCORER_DURATION.labels(name).observe(seconds)
+        for name in scored.errors:
+            metrics.SCORER_ERRORS.labels(name).inc()
+        nothing = not scored.scores and scored.feedback is None
+        finished = nothing or self.client is None
+        await self.store.scored(job.request_id, scored.scores, scored.feedback, finished)
+        if not finished:
+            self._poster.wake()
+            return
+        outcome = "no_scores" if nothing else "dry_run"
+        event(
+            log,
+            "scored, nothing posted" if nothing else "dry run: scored, not posted",
+            request_id=job.request_id,
+            outcome=outcome,
+            scores=scored.scores,
+            feedback=scored.feedback,
+        )
+
+
+def _rid(job: Job) -> dict[str, str]:
+    return {"request_id": job.request_id}
