@@ -1,12 +1,21 @@
-"""Run the real ``helicone-scorer`` command line as a child process, against the stand-in."""
+"""Run the real ``helicone-scorer`` command line as a child process: the one way tests do it.
+
+``run`` waits for it to finish; ``start`` hands back the running process for tests that read its
+output as it comes. Both use the same command (``python -m webhook`` with this interpreter) and the
+same clean environment: no settings of the caller leak in, except coverage's own variables, so a
+measured run measures the command line too.
+"""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 from tests.standin import API_KEY
+
+Completed = subprocess.CompletedProcess[str]
 
 
 def api_env(base_url: str, tmp_path: Path, **extra: str) -> dict[str, str]:
@@ -20,19 +29,30 @@ def api_env(base_url: str, tmp_path: Path, **extra: str) -> dict[str, str]:
     }
 
 
-def run(
-    tmp_path: Path, env: dict[str, str], *args: str, timeout: float = 120
-) -> subprocess.CompletedProcess[str]:
+def _argv(args: tuple[str, ...]) -> list[str]:
+    return [sys.executable, "-m", "webhook", *args]
+
+
+def _env(workdir: Path, env: dict[str, str]) -> dict[str, str]:
     clean = {
         "PATH": "/usr/bin:/bin",
-        "HOME": str(tmp_path),
+        "HOME": str(workdir),
         "PYTHONIOENCODING": "utf-8",
         "COLUMNS": "120",
     }
+    clean |= {k: v for k, v in os.environ.items() if k.startswith("COVERAGE_")}
+    return clean | env
+
+
+def run(
+    workdir: Path, env: dict[str, str], *args: str, stdin: str | None = None, timeout: float = 120
+) -> Completed:
+    """``helicone-scorer *args`` in ``workdir``, with ``env`` over a clean environment."""
     return subprocess.run(
-        [sys.executable, "-m", "webhook", *args],
-        env=clean | env,
-        cwd=tmp_path,
+        _argv(args),
+        env=_env(workdir, env),
+        cwd=workdir,
+        input=stdin,
         capture_output=True,
         text=True,
         encoding="utf-8",
@@ -41,7 +61,20 @@ def run(
     )
 
 
-def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
+def start(workdir: Path, env: dict[str, str], *args: str) -> subprocess.Popen[str]:
+    """The same command, running, its stdout and stderr piped."""
+    return subprocess.Popen(
+        _argv(args),
+        env=_env(workdir, env),
+        cwd=workdir,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        encoding="utf-8",
+    )
+
+
+def one_line_error(result: Completed) -> str:
     """The failure's single stderr line; asserts there is exactly one and no traceback."""
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert "Traceback" not in result.stderr, result.stderr

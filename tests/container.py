@@ -25,13 +25,13 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import httpx2
 
+from tests.eventually import eventually
 from tests.server import SECRET, payload
 from tests.standin import API_KEY, StandIn, free_port
 from webhook.verify import sign
@@ -161,17 +161,18 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 def wait_healthy(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def healthy() -> bool:
         if proc.poll() is not None:
             raise CheckFailed(f"the container exited ({proc.returncode}):\n{log.read_text()}")
         try:
-            if httpx2.get(f"{url}/healthz", timeout=2).status_code == 200:
-                return
+            return httpx2.get(f"{url}/healthz", timeout=2).status_code == 200
         except httpx2.TransportError:
-            pass
-        time.sleep(0.2)
-    raise CheckFailed(f"/healthz did not answer in {timeout}s:\n{log.read_text()}")
+            return False
+
+    try:
+        eventually(healthy, timeout, what="/healthz answered 200", show=log.read_text, interval=0.2)
+    except AssertionError as failed:
+        raise CheckFailed(str(failed)) from None
 
 
 def run(args: list[str], image: str, workdir: Path) -> None:

@@ -7,17 +7,19 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import httpx2
 import orjson
 
+from tests.eventually import eventually
 from tests.standin import API_KEY, free_port
 from webhook.verify import sign
 
+Rows = dict[str, dict[str, Any]]
 SECRET = "4b1f0c3e9d2a7b6c5e8f1a0d3c2b4e6f7a9c8b1d2e3f4a5b6c7d8e9f0a1b2c3d"
 
 
@@ -80,21 +82,28 @@ class Server:
         return self
 
     def wait_healthy(self, timeout: float = 20.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited {self.proc.returncode}:\n{self.log()}")
-            try:
-                if self.client.get("/healthz").status_code == 200:
-                    return
-            except httpx2.TransportError:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError(f"server did not become healthy:\n{self.log()}")
+        eventually(self._healthy, timeout, what="/healthz answered 200", show=self.log)
+
+    def _healthy(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"server exited {self.proc.returncode}:\n{self.log()}")
+        try:
+            return self.client.get("/healthz").status_code == 200
+        except httpx2.TransportError:
+            return False
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def wait_for_log(self, fragment: str, timeout: float = 20.0) -> str:
+        """Wait until ``fragment`` is in the log; the whole log then."""
+
+        def logged() -> str | None:
+            log = self.log()
+            return log if fragment in log else None
+
+        return eventually(logged, timeout, what=f"{fragment!r} logged", show=self.log)
 
     def post(
         self, body: bytes, *, path: str = "/webhook", secret: str | None = SECRET, **headers: str
@@ -118,17 +127,31 @@ class Server:
         self.proc.wait(10)
 
     def close(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.kill()
+        """End the server: SIGTERM, and SIGKILL if it has not stopped within two seconds."""
         self.client.close()
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)  # a measured run saves its coverage on SIGTERM
+            try:
+                self.proc.wait(2)
+            except subprocess.TimeoutExpired:
+                self.kill()
         if self._log is not None:
             self._log.close()
 
-    def rows(self) -> dict[str, dict[str, Any]]:
+    def rows(self) -> Rows:
         """The store's rows, read straight from the SQLite file."""
         with sqlite3.connect(self.db) as conn:
             conn.row_factory = sqlite3.Row
             return {r["request_id"]: dict(r) for r in conn.execute("SELECT * FROM webhooks")}
+
+    def wait_rows(self, predicate: Callable[[Rows], object], timeout: float = 20.0) -> Rows:
+        """Wait until the store's rows match ``predicate``; those rows. On failure, shows them."""
+
+        def matching() -> Rows | None:
+            rows = self.rows()
+            return rows if predicate(rows) else None
+
+        return eventually(matching, timeout, what="the rows matched", show=self.rows)
 
 
 def with_api(standin_url: str) -> dict[str, str | None]:

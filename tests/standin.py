@@ -43,6 +43,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from tests.eventually import eventually
+
 API_KEY = "sk-helicone-test"
 PLACEHOLDER = {
     "helicone_message": "fetching body from signed_url... contact engineering@helicone.ai for"
@@ -186,12 +188,8 @@ class StandIn:
             self.logged.append(row)
 
     def wait_for(self, predicate: Any, timeout: float = 20.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if predicate():
-                return
-            time.sleep(0.05)
-        raise AssertionError(f"stand-in: condition not met in {timeout}s; calls={len(self.calls)}")
+        """Wait until ``predicate()`` holds; on failure show the calls the stand-in saw."""
+        eventually(predicate, timeout, show=lambda: [(c.kind, c.status) for c in self.calls])
 
     async def _checked(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Record the raw path of every call; refuse (404) and record any unexpected one."""
@@ -218,11 +216,8 @@ class StandIn:
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, daemon=True)
         self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if time.monotonic() > deadline:
-                raise RuntimeError("stand-in did not start")
-            time.sleep(0.01)
+        server = self._server
+        eventually(lambda: server.started, 10, what="the stand-in started", interval=0.01)
         return self
 
     def stop(self) -> None:

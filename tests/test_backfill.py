@@ -15,6 +15,7 @@ import pytest
 
 from tests.cli import api_env, one_line_error, run
 from tests.conftest import ServerFactory
+from tests.server import payload
 from tests.standin import API_KEY, Injected, StandIn
 from webhook.offline.backfill import QueryFailed, pages
 from webhook.offline.query import HeliconeQuery
@@ -89,10 +90,7 @@ def test_backfill_scores_past_traffic_and_the_running_relay_delivers_it(
     for rid, score in expected.items():
         assert standin.scores_for(rid) == [{"vocabulary_diversity": score}]
     assert standin.violations == []
-    deadline = time.monotonic() + 10
-    while any(r["state"] != "done" for r in server.rows().values()):
-        assert time.monotonic() < deadline, server.rows()
-        time.sleep(0.05)
+    server.wait_rows(lambda rows: all(r["state"] == "done" for r in rows.values()), 10)
 
 
 def test_backfill_skips_requests_without_bodies_and_the_next_serve_delivers(
@@ -131,22 +129,25 @@ def test_backfill_skips_requests_without_bodies_and_the_next_serve_delivers(
 def test_backfill_again_skips_what_is_queued_or_already_posted(
     tmp_path: Path, make_server: ServerFactory, standin: StandIn
 ) -> None:
-    make_server(SCORER_ENABLED="vocabulary_diversity")
+    server = make_server(SCORER_ENABLED="vocabulary_diversity")
     ids = [log(standin, text, i) for i, text in enumerate(TEXTS)]
     env = api_env(standin.base_url, tmp_path)
     assert run(tmp_path, env, "backfill", "--since", SINCE).returncode == 0
     standin.wait_for(lambda: standin.posted_ids() >= set(ids))
-    deadline = time.monotonic() + 10
-    while any(r["state"] != "done" for r in rows(tmp_path / "scorer.db").values()):
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    delivered = server.wait_rows(lambda rows: all(r["state"] == "done" for r in rows.values()), 10)
+    assert set(delivered) == set(ids)
     posts = len(standin.ok_calls("score"))
 
     result = run(tmp_path, env, "backfill", "--since", SINCE)
     assert result.returncode == 0, result.stderr
     assert "0 queued for delivery, 4 already queued or posted" in result.stdout
-    time.sleep(1)  # the relay polls every 0.2 s: it would have posted again by now
-    assert len(standin.ok_calls("score")) == posts
+    # Nothing was queued again: the store holds the same rows, all delivered, so the relay has
+    # nothing to post. A live webhook sent after it is then the stand-in's only new score post.
+    assert server.rows() == delivered
+    marker = str(uuid.uuid4())
+    assert server.post(payload(marker)).status_code == 202
+    standin.wait_for(lambda: marker in standin.posted_ids())
+    assert [c.request_id for c in standin.ok_calls("score")[posts:]] == [marker]
 
 
 def test_backfill_limit_reads_the_oldest_pages(tmp_path: Path, standin: StandIn) -> None:

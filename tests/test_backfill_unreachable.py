@@ -4,25 +4,16 @@ failure leaves one clean line (no progress bar cut off)."""
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
-from tests.cli import api_env, one_line_error
+from tests.cli import api_env, one_line_error, start
 from tests.standin import free_port
 
 
 def test_backfill_shows_each_retry_as_it_happens_and_ends_clean(tmp_path: Path) -> None:
     base = f"http://127.0.0.1:{free_port()}"  # nothing listens there
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "COLUMNS": "120"}
-    env |= api_env(base, tmp_path, SCORER_RETRY_BASE="1")  # waits 1, 2, 4, 8 s
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "webhook", "backfill", "--since", "1d"],
-        env=env,
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    env = api_env(base, tmp_path, SCORER_RETRY_BASE="1")  # waits 1, 2, 4, 8 s
+    proc = start(tmp_path, env, "backfill", "--since", "1d")
     try:
         assert proc.stderr is not None
         first = proc.stderr.readline()

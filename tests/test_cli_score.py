@@ -2,33 +2,17 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import orjson
 import pytest
 
+from tests.cli import run
 from tests.test_extract import FIXTURES
-
-Run = subprocess.CompletedProcess[str]
-
-
-def cli(tmp_path: Path, *args: str, stdin: str | None = None, **env: str) -> Run:
-    return subprocess.run(
-        [sys.executable, "-m", "webhook", *args],
-        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), **env},
-        cwd=tmp_path,
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
 
 
 def test_score_prints_a_table(tmp_path: Path) -> None:
-    result = cli(tmp_path, "score", str(FIXTURES / "anthropic_messages.json"))
+    result = run(tmp_path, {}, "score", str(FIXTURES / "anthropic_messages.json"))
     assert result.returncode == 0, result.stderr
     rows = dict(line.split() for line in result.stdout.splitlines()[1:])
     assert result.stdout.splitlines()[0].split() == ["SCORE", "VALUE"]
@@ -40,7 +24,7 @@ def test_score_prints_a_table(tmp_path: Path) -> None:
 
 def test_score_json_from_stdin(tmp_path: Path) -> None:
     body = (FIXTURES / "openai_multiple_choices.json").read_text()
-    result = cli(tmp_path, "score", "-", "--json", stdin=body)
+    result = run(tmp_path, {}, "score", "-", "--json", stdin=body)
     assert result.returncode == 0, result.stderr
     out = orjson.loads(result.stdout)
     assert out["request_id"] == "0b0e5d3a-1f8e-4c7a-9f51-000000000007"
@@ -54,10 +38,8 @@ def test_score_json_from_stdin(tmp_path: Path) -> None:
 def test_score_applies_the_servers_rules_and_feedback_rule(tmp_path: Path) -> None:
     (tmp_path / "rules.toml").write_text("[readability]\nsample = 0\n")
     body = (FIXTURES / "openai_multiple_choices.json").read_text()
-    result = cli(
-        tmp_path, "score", "-", "--json", stdin=body,
-        SCORER_RULES_FILE="rules.toml", SCORER_FEEDBACK_RULE="vocabulary_diversity > 50",
-    )  # fmt: skip
+    env = {"SCORER_RULES_FILE": "rules.toml", "SCORER_FEEDBACK_RULE": "vocabulary_diversity > 50"}
+    result = run(tmp_path, env, "score", "-", "--json", stdin=body)
     assert result.returncode == 0, result.stderr
     out = orjson.loads(result.stdout)
     assert "readability" not in out["scores"]  # sampled out, as the server would
@@ -68,10 +50,8 @@ def test_score_applies_the_servers_rules_and_feedback_rule(tmp_path: Path) -> No
 def test_score_honours_enabled_and_reports_failures(tmp_path: Path) -> None:
     payload = orjson.loads((FIXTURES / "openai_chat.json").read_bytes())
     payload["metadata"]["latencyMs"] = 12
-    result = cli(
-        tmp_path, "score", "-", "--json", stdin=orjson.dumps(payload).decode(),
-        SCORER_ENABLED="latency_ms",
-    )  # fmt: skip
+    body = orjson.dumps(payload).decode()
+    result = run(tmp_path, {"SCORER_ENABLED": "latency_ms"}, "score", "-", "--json", stdin=body)
     assert orjson.loads(result.stdout)["scores"] == {"latency_ms": 12}
 
 
@@ -86,20 +66,20 @@ def test_score_honours_enabled_and_reports_failures(tmp_path: Path) -> None:
 def test_score_errors_are_one_line(
     tmp_path: Path, args: tuple[str, ...], stdin: str | None, message: str
 ) -> None:
-    result = cli(tmp_path, *args, stdin=stdin)
+    result = run(tmp_path, {}, *args, stdin=stdin)
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1, result.stderr
     assert result.stderr.startswith(message)
 
 
 def test_score_with_an_unknown_scorer_name(tmp_path: Path) -> None:
-    result = cli(tmp_path, "score", "-", stdin="{}", SCORER_ENABLED="vocab")
+    result = run(tmp_path, {"SCORER_ENABLED": "vocab"}, "score", "-", stdin="{}")
     assert result.returncode == 2
     assert result.stderr.startswith("helicone-scorer: unknown scorer(s): vocab; known: ")
 
 
 def test_no_text_no_scores(tmp_path: Path) -> None:
-    result = cli(tmp_path, "score", str(FIXTURES / "openai_tool_call.json"))
+    result = run(tmp_path, {}, "score", str(FIXTURES / "openai_tool_call.json"))
     assert result.returncode == 0
     # An OpenAI body without text: the Worker's 0, the finish reason, and the usage.
     assert result.stdout.split()[2:] == [
@@ -108,7 +88,7 @@ def test_no_text_no_scores(tmp_path: Path) -> None:
 
 
 def test_scorers_lists_every_builtin_with_its_scale(tmp_path: Path) -> None:
-    result = cli(tmp_path, "scorers", "--json")
+    result = run(tmp_path, {}, "scorers", "--json")
     assert result.returncode == 0, result.stderr
     entries = {e["name"]: e for e in orjson.loads(result.stdout)}
     assert entries["readability"]["scale"] == "0-100"
@@ -118,12 +98,12 @@ def test_scorers_lists_every_builtin_with_its_scale(tmp_path: Path) -> None:
     assert entries["judge"]["enabled"] is False
     assert "SCORER_JUDGE_BASE_URL" in entries["judge"]["description"]
     assert all(e["source"] == "built-in" for e in entries.values())
-    table = cli(tmp_path, "scorers")
+    table = run(tmp_path, {}, "scorers")
     assert table.stdout.splitlines()[0].split() == ["NAME", "ON", "SCALE", "SOURCE", "DESCRIPTION"]
 
 
 def test_scorers_still_lists_when_a_name_is_unknown(tmp_path: Path) -> None:
-    result = cli(tmp_path, "scorers", SCORER_ENABLED="vocab")
+    result = run(tmp_path, {"SCORER_ENABLED": "vocab"}, "scorers")
     assert result.returncode == 0
     assert result.stderr.startswith("helicone-scorer: warning: unknown scorer(s): vocab")
     assert "vocabulary_diversity" in result.stdout

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import threading
-import time
 import uuid
 from collections.abc import Callable
 
@@ -12,6 +11,7 @@ import httpx2
 import orjson
 
 from tests.conftest import ServerFactory
+from tests.eventually import eventually
 from tests.server import Server, payload
 from tests.standin import Injected, StandIn
 
@@ -33,10 +33,7 @@ def test_unreachable_api_is_retried(make_server: ServerFactory, standin: StandIn
     server = make_server(HELICONE_API_BASE=f"http://127.0.0.1:{dead_port}")
     rid = str(uuid.uuid4())
     assert server.post(payload(rid)).status_code == 202
-    deadline = time.monotonic() + 10
-    while server.rows()[rid]["attempts"] < 2 and time.monotonic() < deadline:
-        time.sleep(0.1)
-    row = server.rows()[rid]
+    row = server.wait_rows(lambda rows: rows[rid]["attempts"] >= 2, 10)[rid]
     assert row["state"] in ("pending", "leased")
     assert row["attempts"] >= 2
     assert "ConnectError" in row["last_error"]
@@ -52,10 +49,7 @@ def test_permanent_4xx_goes_to_dead_letters(server: Server, standin: StandIn) ->
     rid = str(uuid.uuid4())
     assert server.post(payload(rid)).status_code == 202
     standin.wait_for(lambda: any(c.request_id == rid for c in standin.calls))
-    deadline = time.monotonic() + 10
-    while server.rows()[rid]["state"] != "dead" and time.monotonic() < deadline:
-        time.sleep(0.05)
-    row = server.rows()[rid]
+    row = server.wait_rows(lambda rows: rows[rid]["state"] == "dead", 10)[rid]
     assert (row["state"], row["last_status"], row["last_error"]) == ("dead", 400, "bad scores")
     assert len([c for c in standin.calls if c.request_id == rid]) == 1
 
@@ -66,11 +60,7 @@ def test_dry_run_scores_and_stores_but_posts_nothing(
     server = make_server(api=False, HELICONE_API_BASE=standin.base_url)
     rid = str(uuid.uuid4())
     assert server.post(payload(rid, "one two two")).status_code == 202
-    deadline = time.monotonic() + 10
-    while server.rows()[rid]["state"] != "done" and time.monotonic() < deadline:
-        time.sleep(0.05)
-    row = server.rows()[rid]
-    assert row["state"] == "done"
+    row = server.wait_rows(lambda rows: rows[rid]["state"] == "done", 10)[rid]
     assert orjson.loads(row["scores"])["vocabulary_diversity"] == 67
     assert row["last_status"] is None
     assert standin.calls == []
@@ -85,10 +75,7 @@ def test_no_scores_posts_nothing(server: Server, standin: StandIn) -> None:
     marker = str(uuid.uuid4())
     assert server.post(payload(marker)).status_code == 202
     standin.wait_for(lambda: marker in standin.posted_ids())
-    deadline = time.monotonic() + 5
-    while server.rows()[rid]["state"] != "done" and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert server.rows()[rid]["state"] == "done"
+    server.wait_rows(lambda rows: rows[rid]["state"] == "done", 5)
     assert rid not in {c.request_id for c in standin.calls}
 
 
@@ -116,8 +103,9 @@ def _cut_burst(server: Server, total: int, after: int, cut: Callable[[], object]
     stop = threading.Event()
     sender = threading.Thread(target=_burst, args=(server, total, acked, stop))
     sender.start()
-    while len(acked) < after:
-        time.sleep(0.01)
+    eventually(
+        lambda: len(acked) >= after, 60, what=f"{after} webhooks acknowledged", interval=0.01
+    )
     cut()
     stop.set()
     sender.join()

@@ -223,10 +223,15 @@ def test_sigterm_and_a_grace_period_longer_than_the_shutdown(fly: dict[str, Any]
 
 def test_machines_never_all_auto_stop(fly: dict[str, Any]) -> None:
     service = fly["http_service"]
-    # Either alone would keep one machine up; this file does both.
+    # The relay works in the background, with no HTTP traffic to wake a stopped machine: auto-stop
+    # is off and one machine always runs (either alone would keep one up; this file does both).
     assert service["auto_stop_machines"] in (False, "off")
     assert service["min_machines_running"] >= 1
-    assert "relay" in (ROOT / "fly.toml").read_text()  # the comment says why
+    assert service["auto_start_machines"] is True
+    # And they are the machines that run the server: the process group the service routes to
+    # is the default one, which runs the image's CMD (no [processes] section replaces it).
+    assert service["processes"] == ["app"]
+    assert "processes" not in fly
 
 
 def test_readme_shows_the_secrets() -> None:

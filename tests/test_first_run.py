@@ -4,12 +4,11 @@ without a key. Everything runs the real command line, or the real server."""
 from __future__ import annotations
 
 import re
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.cli import one_line_error, run
+from tests.cli import Completed, one_line_error, run
 from tests.conftest import ServerFactory
 from tests.server import SECRET, Server
 from tests.test_extract import FIXTURES
@@ -17,12 +16,8 @@ from tests.test_extract import FIXTURES
 README = Path(__file__).parent.parent / "README.md"
 
 
-def cli(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return run(tmp_path, env, *args, timeout=60)
-
-
-def score(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    return cli(tmp_path, "score", str(FIXTURES / "openai_chat.json"), "--json", **env)
+def score(tmp_path: Path, **env: str) -> Completed:
+    return run(tmp_path, env, "score", str(FIXTURES / "openai_chat.json"), "--json")
 
 
 # -- 18: settings errors are the validator's words, not pydantic's ---------------------------
@@ -52,7 +47,7 @@ def score(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
 def test_a_settings_error_has_no_pydantic_prefix(
     tmp_path: Path, env: dict[str, str], expected: str
 ) -> None:
-    result = cli(tmp_path, "serve", HELICONE_WEBHOOK_SECRET="k", **env)
+    result = run(tmp_path, {"HELICONE_WEBHOOK_SECRET": "k", **env}, "serve")
     assert result.returncode == 2
     line = one_line_error(result)
     assert "Value error" not in line
@@ -63,7 +58,7 @@ def test_a_settings_error_has_no_pydantic_prefix(
 
 
 def test_version(tmp_path: Path) -> None:
-    result = cli(tmp_path, "--version")
+    result = run(tmp_path, {}, "--version")
     assert result.returncode == 0, result.stderr
     assert result.stdout == "helicone-scorer 0.1.0\n"
 
@@ -79,14 +74,14 @@ COMMANDS = [
 def test_help_texts_have_no_stray_space_before_a_full_stop(
     tmp_path: Path, command: list[str]
 ) -> None:
-    result = cli(tmp_path, *command, "--help")
+    result = run(tmp_path, {}, *command, "--help")
     assert result.returncode == 0, result.stderr
     text = " ".join(line.strip(" │╭╮╰╯─") for line in result.stdout.splitlines())
     assert not re.search(r"\w \.", text), result.stdout
 
 
 def test_port_help_names_port_and_its_default(tmp_path: Path) -> None:
-    result = cli(tmp_path, "serve", "--help")
+    result = run(tmp_path, {}, "serve", "--help")
     [line] = [line for line in result.stdout.splitlines() if "--port" in line]
     assert "$PORT" in line
     assert "8080" in line
@@ -135,7 +130,7 @@ def test_uppercase_hex_signatures_are_accepted(server: Server) -> None:
 
 
 def test_send_without_a_key_says_the_webhook_is_unsigned(tmp_path: Path, server: Server) -> None:
-    result = cli(tmp_path, "send", "--url", f"{server.url}/webhook")
+    result = run(tmp_path, {}, "send", "--url", f"{server.url}/webhook")
     assert result.returncode == 1
     line = one_line_error(result)
     assert line == (
@@ -146,7 +141,9 @@ def test_send_without_a_key_says_the_webhook_is_unsigned(tmp_path: Path, server:
 
 
 def test_send_with_the_key_is_accepted(tmp_path: Path, server: Server) -> None:
-    result = cli(tmp_path, "send", "--url", f"{server.url}/webhook", HELICONE_WEBHOOK_SECRET=SECRET)
+    result = run(
+        tmp_path, {"HELICONE_WEBHOOK_SECRET": SECRET}, "send", "--url", f"{server.url}/webhook"
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("202 ")
     assert result.stderr == ""
@@ -196,9 +193,8 @@ def test_an_unknown_scorer_in_the_rules_lists_every_known_one(tmp_path: Path) ->
 
 
 def test_a_feedback_rule_with_an_unknown_score_name_stops_the_start(tmp_path: Path) -> None:
-    result = cli(
-        tmp_path, "serve", HELICONE_WEBHOOK_SECRET="k", SCORER_FEEDBACK_RULE="word_cout >= 20"
-    )
+    env = {"HELICONE_WEBHOOK_SECRET": "k", "SCORER_FEEDBACK_RULE": "word_cout >= 20"}
+    result = run(tmp_path, env, "serve")
     assert result.returncode == 2
     line = one_line_error(result)
     assert "invalid setting SCORER_FEEDBACK_RULE: unknown score name(s) word_cout; known:" in line

@@ -12,7 +12,6 @@ import os
 import select
 import socket
 import sys
-import time
 import uuid
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import pytest
 
 from tests.cli import run
 from tests.conftest import ServerFactory
+from tests.eventually import eventually
 from tests.rawhttp import connect, memory, read_until_closed
 from tests.server import Server, payload
 from tests.test_operate import metric
@@ -36,13 +36,6 @@ HEAD = b"POST /webhook HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n
 def outcome(server: Server, name: str) -> float:
     text = httpx2.get(f"{server.url}/metrics", timeout=30).text  # not the test's kept-alive client
     return metric(text, RECEIVED, outcome=name)
-
-
-def wait_for(check: object, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)
 
 
 def assert_clean_log(server: Server) -> None:
@@ -111,8 +104,8 @@ def test_a_body_announced_but_not_sent_is_cut_off(make_server: ServerFactory) ->
     assert answer.endswith(b'{"error":"request body took too long"}')
     # A trickle is no better than silence: the deadline is for the whole body.
     with connect(server, HEAD + b"Content-Length: 5000\r\n\r\n") as sock:
-        assert trickle(sock, timeout=15), "the server kept reading a trickle"
-    wait_for(lambda: outcome(server, "client_disconnect") == 2)
+        trickle(sock, timeout=15)  # the server does not keep reading a trickle
+    eventually(lambda: outcome(server, "client_disconnect") == 2, 15, what="2 disconnects counted")
     # Answered early (413 by its length), the rest of the body is still cut off, without a 408.
     with connect(server, HEAD + b"Content-Length: 99999999\r\n\r\n" + b"x" * 1000) as sock:
         answer = read_until_closed(sock, timeout=15)
@@ -122,23 +115,29 @@ def test_a_body_announced_but_not_sent_is_cut_off(make_server: ServerFactory) ->
     assert_clean_log(server)
 
 
-def trickle(sock: socket.socket, timeout: float) -> bool:
-    """Send a byte every 0.1 s; True once the server has closed the connection."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+def trickle(sock: socket.socket, timeout: float) -> None:
+    """Send a byte every 0.1 s until the server closes the connection; fails past ``timeout``."""
+
+    def closed_after_a_byte() -> bool:
         try:
             sock.sendall(b" ")
         except (BrokenPipeError, ConnectionResetError):
             return True
-        time.sleep(0.1)
-    return False
+        return False
+
+    eventually(
+        closed_after_a_byte,
+        timeout,
+        what="the server closed the trickle's connection",
+        interval=0.1,
+    )
 
 
 def test_a_client_that_leaves_mid_body_is_counted_without_a_traceback(server: Server) -> None:
     for _ in range(5):
         sock = connect(server, HEAD + b"Content-Length: 100000\r\n\r\n" + b"{" * 5000)
         sock.close()
-    wait_for(lambda: outcome(server, "client_disconnect") == 5)
+    eventually(lambda: outcome(server, "client_disconnect") == 5, 15, what="5 disconnects counted")
     assert server.post(payload()).status_code == 202
     assert_clean_log(server)
 
@@ -192,14 +191,14 @@ def test_connections_past_the_cap_make_room_by_closing_the_oldest_idle(
 
 
 def check_room_is_made(server: Server, idle: list[socket.socket]) -> None:
-    wait_for(lambda: sum(is_closed(s) for s in idle[:10]) == 10)
+    eventually(lambda: sum(is_closed(s) for s in idle[:10]) == 10, 15, what="10 idle ones closed")
     # A real webhook on a fresh connection is served at once, not after the idle ones time out.
     body = payload()
     request = HEAD + b"Helicone-Signature: %s\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
     with connect(server, request % (sign_body(body), len(body)) + body) as sock:
         answer = read_until_closed(sock)
     assert answer.startswith(b"HTTP/1.1 202 "), answer
-    wait_for(lambda: all(is_closed(s) for s in idle[:11]))  # the oldest made room
+    eventually(lambda: all(is_closed(s) for s in idle[:11]), 15, what="the 11 idle closed")
     assert not any(is_closed(s) for s in idle[12:])  # the newest are still served
     assert server_sockets(server) <= 20 + 3  # the listener and the relay's own
 
@@ -254,7 +253,12 @@ def test_forty_large_unsigned_bodies_stay_within_the_in_flight_budget(server: Se
     # 64 MiB of bodies in flight (plus a copy while each is checked), not 600 MB; and the memory
     # goes back to the OS afterwards.
     assert peak - rss_before < 150 * MiB, (rss_before, peak)
-    wait_for(lambda: memory(server)[0] - rss_before < 20 * MiB)
+    eventually(
+        lambda: memory(server)[0] - rss_before < 20 * MiB,
+        15,
+        what="the resident set back within 20 MiB",
+        show=lambda: memory(server),
+    )
     busy = outcome(server, "busy")
     assert busy == statuses.count(503)
     assert server.post(payload()).status_code == 202

@@ -12,11 +12,11 @@ import pytest
 
 from scorers import Context, Outcome, Scorer, ScorerConfigError, available, run_scorers, select
 from scorers.builtin.judge import Judge, parse_reply
+from tests import cli
 from tests.conftest import ServerFactory
 from tests.server import payload
 from tests.standin import StandIn
 from tests.stubs import ChatStandIn, Reply
-from tests.test_settings import run_cli
 
 CTX = Context.from_payload(
     {
@@ -95,7 +95,8 @@ def test_a_stalled_judge_times_out(judge: Scorer, chat: ChatStandIn) -> None:
     chat.replies.append(Reply('{"accuracy": 1}', stall=3))
     outcome = run(judge)
     assert outcome.scores == {}
-    assert "judge" in outcome.errors  # its own 1 s timeout, before the runner's 2 s
+    # Its own 1 s timeout fired, before the runner's 2 s (SCORER_JUDGE_TIMEOUT + 1).
+    assert outcome.errors == {"judge": "ValueError: judge did not answer in 1s"}
 
 
 def test_at_most_concurrency_calls_at_once(judge: Scorer, chat: ChatStandIn) -> None:
@@ -105,7 +106,9 @@ def test_at_most_concurrency_calls_at_once(judge: Scorer, chat: ChatStandIn) -> 
         return await asyncio.gather(*(run_scorers([judge], CTX) for _ in range(6)))
 
     outcomes = asyncio.run(many())
-    assert all(o.scores["judge_helpfulness"] == 3 for o in outcomes)
+    assert [o.scores.get("judge_helpfulness") for o in outcomes] == [3] * 6, [
+        o.errors for o in outcomes
+    ]
     assert chat.max_in_flight == 2
 
 
@@ -152,7 +155,7 @@ def test_off_unless_configured(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
 def test_bad_judge_settings_stop_the_start_with_one_line(
     tmp_path: Path, name: str, value: str
 ) -> None:
-    result = run_cli(tmp_path, {"HELICONE_WEBHOOK_SECRET": "k", name: value}, "serve")
+    result = cli.run(tmp_path, {"HELICONE_WEBHOOK_SECRET": "k", name: value}, "serve")
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1, result.stderr
     assert result.stderr.startswith(f"helicone-scorer: invalid setting {name}:")
@@ -160,12 +163,12 @@ def test_bad_judge_settings_stop_the_start_with_one_line(
 
 def test_a_disabled_judge_does_not_read_its_settings(tmp_path: Path) -> None:
     env = {"HELICONE_WEBHOOK_SECRET": "k", "SCORER_JUDGE_TIMEOUT": "never"}
-    assert run_cli(tmp_path, env, "scorers").returncode == 2
-    assert run_cli(tmp_path, env | {"SCORER_DISABLED": "judge"}, "scorers").returncode == 0
+    assert cli.run(tmp_path, env, "scorers").returncode == 2
+    assert cli.run(tmp_path, env | {"SCORER_DISABLED": "judge"}, "scorers").returncode == 0
 
 
 def test_enabled_without_configuration_stops_the_start(tmp_path: Path) -> None:
-    result = run_cli(tmp_path, {"HELICONE_WEBHOOK_SECRET": "k", "SCORER_ENABLED": "judge"}, "serve")
+    result = cli.run(tmp_path, {"HELICONE_WEBHOOK_SECRET": "k", "SCORER_ENABLED": "judge"}, "serve")
     assert result.returncode == 2
     assert result.stderr == (
         "helicone-scorer: scorer judge is enabled but not configured:"

@@ -3,31 +3,23 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
-import time
 import uuid
 from pathlib import Path
 
 import orjson
 import pytest
 
+from tests.cli import Completed, run
 from tests.conftest import ServerFactory
+from tests.eventually import eventually
 from tests.server import SECRET, Server, payload
 from tests.standin import API_KEY, Injected, StandIn
-from tests.test_policy import wait_rows
 
 
-def queue_cli(server: Server, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "webhook", "queue", *args],
-        env={k: v for k, v in server.env.items() if k != "HELICONE_WEBHOOK_SECRET"},
-        cwd=server.workdir,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+def queue_cli(server: Server, *args: str) -> Completed:
+    """``queue`` on the server's store, with the server's settings but not its secret."""
+    env = {k: v for k, v in server.env.items() if k != "HELICONE_WEBHOOK_SECRET"}
+    return run(server.workdir, env, "queue", *args)
 
 
 def test_queue_cli_lists_retries_and_purges_dead_letters_while_serving(
@@ -38,7 +30,7 @@ def test_queue_cli_lists_retries_and_purges_dead_letters_while_serving(
     dead = [str(uuid.uuid4()) for _ in range(3)]
     for rid in dead:
         server.post(payload(rid))
-    wait_rows(server, lambda rows: all(rows[r]["state"] == "dead" for r in dead))
+    server.wait_rows(lambda rows: all(rows[r]["state"] == "dead" for r in dead))
 
     summary = queue_cli(server)
     assert summary.returncode == 0, summary.stderr
@@ -73,17 +65,21 @@ def test_queue_cli_lists_retries_and_purges_dead_letters_while_serving(
     standin.fail_next(Injected(400))
     last = str(uuid.uuid4())
     server.post(payload(last))
-    wait_rows(server, lambda rows: rows[last]["state"] == "dead")
+    server.wait_rows(lambda rows: rows[last]["state"] == "dead")
     assert queue_cli(server, "retry", "--all").stdout.strip() == "re-queued 1 dead letter(s)"
     standin.wait_for(lambda: last in standin.posted_ids())
 
 
 def test_queue_shows_the_backlog_age(make_server: ServerFactory) -> None:
     server = make_server(HELICONE_API_BASE="http://127.0.0.1:9")  # nothing answers there
-    server.post(payload())
-    time.sleep(1.1)
-    out = queue_cli(server).stdout
-    assert re.search(r"^oldest pending: [1-9]\d*s$", out, re.M), out
+    assert server.post(payload()).status_code == 202
+    assert re.search(r"^oldest pending: \d+s$", queue_cli(server).stdout, re.M)
+    # The age grows while the webhook waits: it is read from the store, not made up.
+    eventually(
+        lambda: re.search(r"^oldest pending: [1-9]\d*s$", queue_cli(server).stdout, re.M),
+        what="a pending age of a second or more",
+        show=lambda: queue_cli(server).stdout,
+    )
 
 
 def metric(text: str, name: str, **labels: str) -> float:
@@ -105,7 +101,7 @@ def test_metrics_count_outcomes_posts_and_queue(
     server.post(payload(), secret="wrong")
     server.post(b"{", secret=SECRET)
     standin.wait_for(lambda: rid in standin.posted_ids())
-    wait_rows(server, lambda rows: rows[rid]["state"] == "done")
+    server.wait_rows(lambda rows: rows[rid]["state"] == "done")
     response = server.client.get("/metrics")
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
@@ -134,7 +130,7 @@ def test_json_logs_one_line_per_outcome_without_bodies_or_secrets(
     server.post(payload(rid, secret_text))
     server.post(payload(), secret="wrong")
     standin.wait_for(lambda: rid in standin.posted_ids())
-    wait_rows(server, lambda rows: rows[rid]["state"] == "done")
+    server.wait_rows(lambda rows: rows[rid]["state"] == "done")
     assert server.terminate()
     log = server.log()
     lines = [orjson.loads(line) for line in log.splitlines() if line.strip()]  # all JSON
@@ -157,7 +153,7 @@ def test_scorer_rules_file_filters_by_model(
     body["model"] = "claude-3-5-sonnet"
     server.post(orjson.dumps(body))
     standin.wait_for(lambda: matching in standin.posted_ids())
-    wait_rows(server, lambda rows: rows[other]["state"] == "done")
+    server.wait_rows(lambda rows: rows[other]["state"] == "done")
     assert other not in {c.request_id for c in standin.calls}
     assert server.rows()[other]["scores"] == "{}"
 
@@ -174,9 +170,7 @@ def test_scorer_rules_file_filters_by_model(
     ],
 )
 def test_bad_rules_stop_the_start(tmp_path: Path, env: dict[str, str], message: str) -> None:
-    from tests.test_settings import run_cli
-
-    result = run_cli(tmp_path, {"HELICONE_WEBHOOK_SECRET": "k", **env}, "serve")
+    result = run(tmp_path, {"HELICONE_WEBHOOK_SECRET": "k", **env}, "serve")
     assert result.returncode == 2
     assert result.stderr.strip().startswith(f"helicone-scorer: {message}"), result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
@@ -189,10 +183,10 @@ def test_delivered_webhooks_are_forgotten_after_the_retention(
     standin.fail_next(Injected(400))
     dead, delivered = str(uuid.uuid4()), str(uuid.uuid4())
     server.post(payload(dead))
-    wait_rows(server, lambda rows: rows[dead]["state"] == "dead")
+    server.wait_rows(lambda rows: rows[dead]["state"] == "dead")
     server.post(payload(delivered))
     standin.wait_for(lambda: delivered in standin.posted_ids())
-    wait_rows(server, lambda rows: delivered not in rows)
+    server.wait_rows(lambda rows: delivered not in rows)
     assert server.rows()[dead]["state"] == "dead"  # dead letters wait for a person
     # The retention is the dedup window: past it, the same id is accepted (and posted) again.
     assert server.post(payload(delivered)).status_code == 202

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 from pathlib import Path
 
 import pytest
 
+from tests.cli import run
 from tests.conftest import ServerFactory
+from tests.eventually import eventually
 from tests.plugins import install_plugin
 from tests.server import Server, payload
 from tests.standin import StandIn
-from tests.test_settings import run_cli
 
 DEMO = '''
 """Demo scorers for the tests."""
@@ -86,7 +86,7 @@ def test_an_installed_plugin_scores_and_is_posted(
 
 
 def test_scorers_command_lists_plugins(tmp_path: Path, plugins: Path) -> None:
-    result = run_cli(tmp_path, {"PYTHONPATH": str(plugins)}, "scorers")
+    result = run(tmp_path, {"PYTHONPATH": str(plugins)}, "scorers")
     assert result.returncode == 0, result.stderr
     line = next(x for x in result.stdout.splitlines() if x.startswith("exclamations "))
     assert "plugin helicone_demo_plugin:exclamations" in line
@@ -117,7 +117,7 @@ def test_enabled_and_disabled_narrow_the_scorers(
 
 
 def test_an_unknown_name_stops_the_start_listing_the_known(tmp_path: Path) -> None:
-    result = run_cli(tmp_path, {"HELICONE_WEBHOOK_SECRET": "k", "SCORER_DISABLED": "nope"}, "serve")
+    result = run(tmp_path, {"HELICONE_WEBHOOK_SECRET": "k", "SCORER_DISABLED": "nope"}, "serve")
     assert result.returncode == 2
     lines = result.stderr.splitlines()
     assert len(lines) == 1, result.stderr
@@ -130,14 +130,14 @@ def test_a_plugin_that_fails_to_load_stops_the_start_in_one_line(
     tmp_path: Path, broken: Path
 ) -> None:
     env = {"HELICONE_WEBHOOK_SECRET": "k", "PYTHONPATH": str(broken)}
-    result = run_cli(tmp_path, env, "serve")
+    result = run(tmp_path, env, "serve")
     assert result.returncode == 2
     assert result.stderr == (
         "helicone-scorer: plugin scorer broken (broken_plugin:score) failed to load:"
         " ImportError: this plugin needs numpy 9 (uninstall it, or set SCORER_DISABLED=broken)\n"
     )
     # Disabled, it is not even imported, and the rest runs.
-    result = run_cli(tmp_path, env | {"SCORER_DISABLED": "broken"}, "scorers")
+    result = run(tmp_path, env | {"SCORER_DISABLED": "broken"}, "scorers")
     assert result.returncode == 0, result.stderr
     assert "(disabled, not loaded)" in result.stdout
 
@@ -163,10 +163,7 @@ def test_a_cpu_bound_scorer_does_not_stall_the_webhooks(
     server, markers = slow_server(make_server, plugins, tmp_path, timeout="30")
     slow = str(uuid.uuid4())
     assert server.post(payload(slow, "please burn cpu")).status_code == 202
-    deadline = time.monotonic() + 20
-    while not (markers / "started").exists():
-        assert time.monotonic() < deadline, server.log()
-        time.sleep(0.01)
+    eventually((markers / "started").exists, what="the slow scorer started", show=server.log)
     # The slow scorer is burning CPU on a scorer thread. Webhooks are still answered...
     quick = [str(uuid.uuid4()) for _ in range(5)]
     for rid in quick:
@@ -190,12 +187,12 @@ def test_the_readme_example_works_as_a_plugin(tmp_path: Path) -> None:
     name, target = (part.strip().strip('"') for part in entry.split("=", 1))
     site = install_plugin(tmp_path, "acme_scorers", {"my_scorers": code}, {name: target})
     env = {"PYTHONPATH": str(site)}
-    listed = run_cli(tmp_path, env, "scorers")
+    listed = run(tmp_path, env, "scorers")
     assert "mentions_product" in listed.stdout, listed.stderr
     (tmp_path / "answer.json").write_text(
         '{"request_id": "r", "response_body": {"content": [{"type": "text", "text": "Try ACME"}]}}'
     )
-    scored = run_cli(tmp_path, env | {"SCORER_ENABLED": "mentions_product"}, "score", "answer.json")
+    scored = run(tmp_path, env | {"SCORER_ENABLED": "mentions_product"}, "score", "answer.json")
     assert scored.stdout.split() == ["SCORE", "VALUE", "mentions_product", "1"], scored.stderr
 
 
@@ -237,11 +234,7 @@ def test_a_poisonous_webhook_ends_as_a_dead_letter_and_the_server_lives_on(
     assert server.post(payload(good, "a fine answer")).status_code == 202
     standin.wait_for(lambda: good in standin.posted_ids())
     assert standin.scores_for(good)[0]["poison"] == 1
-    deadline = time.monotonic() + 20
-    while server.rows()[bad]["state"] != "dead":
-        assert time.monotonic() < deadline, server.rows()[bad]
-        time.sleep(0.05)
-    row = server.rows()[bad]
+    row = server.wait_rows(lambda rows: rows[bad]["state"] == "dead")[bad]
     assert row["attempts"] == 2
     assert "unexpected Poison: this plugin is broken" in row["last_error"]
     assert bad not in standin.posted_ids()

@@ -17,9 +17,9 @@ from typing import BinaryIO
 import pytest
 
 from tests.conftest import ServerFactory
+from tests.eventually import eventually
 from tests.server import Server, payload
 from tests.standin import Injected, StandIn
-from tests.test_policy import wait_rows
 
 FEEDBACK = "word_count >= 1"  # every payload here gets a rating: two calls per webhook
 
@@ -55,7 +55,7 @@ def test_a_restart_after_sigkill_takes_the_dead_servers_leases_back_at_once(
     standin.wait_for(lambda: set(ids) <= standin.posted_ids(), timeout=20)
     assert time.monotonic() - started < 20
     assert "took back 8 webhook(s) a stopped server had claimed" in server.log()
-    wait_rows(server, lambda rows: all(rows[rid]["state"] == "done" for rid in ids))
+    server.wait_rows(lambda rows: all(rows[rid]["state"] == "done" for rid in ids))
     assert all(server.rows()[rid]["attempts"] == 1 for rid in ids)  # the killed try not counted
 
 
@@ -153,10 +153,13 @@ def test_readyz_reflects_a_full_disk_at_once_and_recovers_without_traffic(
 
         # Room again, and no webhook arrives: readiness comes back by itself.
         filler.unlink()
-        deadline = time.monotonic() + 20
-        while server.client.get("/readyz").status_code != 200:
-            assert time.monotonic() < deadline, server.log()
-            time.sleep(0.1)
+        eventually(
+            lambda: server.client.get("/readyz").status_code == 200,
+            20,
+            what="/readyz answered 200 again",
+            show=server.log,
+            interval=0.1,
+        )
         assert "store: writes succeed again" in server.log()
         assert server.post(large).status_code == 202
     finally:
@@ -179,7 +182,7 @@ def test_sigterm_while_feedback_waits_for_the_rate_limit_never_reposts_the_score
     assert server.terminate()
     server.start()
     standin.wait_for(lambda: any(c.request_id == rid for c in standin.ok_calls("feedback")))
-    wait_rows(server, lambda rows: rows[rid]["state"] == "done")
+    server.wait_rows(lambda rows: rows[rid]["state"] == "done")
     assert len(standin.scores_for(rid)) == 1
     assert len([c for c in standin.ok_calls("feedback") if c.request_id == rid]) == 1
 
@@ -196,7 +199,7 @@ def test_a_429_longer_than_the_lease_never_gets_a_waiting_webhook_posted_twice(
     ids = [str(uuid.uuid4()) for _ in range(2)]
     for rid in ids:
         assert server.post(payload(rid)).status_code == 202
-    wait_rows(server, lambda rows: all(rows[rid]["state"] == "done" for rid in ids))
+    server.wait_rows(lambda rows: all(rows[rid]["state"] == "done" for rid in ids))
     for rid in ids:
         assert len(standin.scores_for(rid)) == 1, standin.calls
         assert len([c for c in standin.ok_calls("feedback") if c.request_id == rid]) == 1
@@ -225,6 +228,6 @@ def test_a_post_whose_outcome_could_not_be_recorded_is_not_posted_again(
     standin.fail_next(Injected(201, then=lock_the_database))
     rid = str(uuid.uuid4())
     assert server.post(payload(rid)).status_code == 202
-    wait_rows(server, lambda rows: rows[rid]["state"] == "done")
+    server.wait_rows(lambda rows: rows[rid]["state"] == "done")
     assert "database is locked" in server.log()  # the record did fail
     assert len(standin.scores_for(rid)) == 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -30,11 +31,18 @@ def boom(ctx: Context) -> int:
 
 
 def test_an_exception_drops_only_that_score(caplog: pytest.LogCaptureFixture) -> None:
-    outcome = run([make("ok", lambda c: 1), make("boom", boom), make("two", lambda c: 2)])
+    def slow(ctx: Context) -> int:
+        time.sleep(0.05)
+        raise RuntimeError("late")
+
+    scorers = [make("ok", lambda c: 1), make("boom", boom), make("two", lambda c: 2)]
+    outcome = run([*scorers, make("slow", slow)])
     assert outcome.scores == {"ok": 1, "two": 2}
-    assert outcome.errors == {"boom": "RuntimeError: kaput"}
-    assert set(outcome.durations) == {"ok", "boom", "two"}
-    assert all(d >= 0 for d in outcome.durations.values())
+    assert outcome.errors == {"boom": "RuntimeError: kaput", "slow": "RuntimeError: late"}
+    # Each scorer is timed on its own, a failed one too: the slow one's time is its own sleep.
+    assert set(outcome.durations) == {"ok", "boom", "two", "slow"}
+    assert all(isinstance(d, float) and d >= 0 for d in outcome.durations.values())
+    assert outcome.durations["slow"] >= 0.05
     assert "scorer boom failed (request_id=rid-1): RuntimeError: kaput" in caplog.text
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from scorers.fetch import HELICONE_BODY_HOSTS
-from tests.test_settings import run_cli
+from tests.cli import run
 from webhook.settings import Settings, load_settings
 
 
@@ -24,7 +24,7 @@ from webhook.settings import Settings, load_settings
     ],
 )
 def test_bad_value_stops_the_start_in_one_line(tmp_path: Path, name: str, value: str) -> None:
-    result = run_cli(tmp_path, {"HELICONE_WEBHOOK_SECRET": "k", name: value}, "serve")
+    result = run(tmp_path, {"HELICONE_WEBHOOK_SECRET": "k", name: value}, "serve")
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1, result.stderr
     assert result.stderr.startswith(f"helicone-scorer: invalid setting {name}:")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -12,10 +11,6 @@ from tests.conftest import ServerFactory
 from tests.server import payload
 from tests.standin import StandIn
 from webhook.settings import Settings, SettingsError, load_settings
-
-
-def run_cli(tmp_path: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return run(tmp_path, env, *args, timeout=60)
 
 
 @pytest.mark.parametrize(
@@ -32,7 +27,7 @@ def run_cli(tmp_path: Path, env: dict[str, str], *args: str) -> subprocess.Compl
 def test_bad_value_stops_start_with_one_line_naming_it(
     tmp_path: Path, env: dict[str, str], name: str
 ) -> None:
-    result = run_cli(tmp_path, {"HELICONE_WEBHOOK_SECRET": "k", **env}, "serve")
+    result = run(tmp_path, {"HELICONE_WEBHOOK_SECRET": "k", **env}, "serve")
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
@@ -42,9 +37,7 @@ def test_bad_value_stops_start_with_one_line_naming_it(
 def test_a_store_that_cannot_be_opened_stops_the_start(tmp_path: Path) -> None:
     (tmp_path / "a-file").write_text("not a directory")
     url = f"sqlite:///{tmp_path / 'a-file' / 'scorer.db'}"
-    result = run_cli(
-        tmp_path, {"HELICONE_WEBHOOK_SECRET": "k", "SCORER_DATABASE_URL": url}, "serve"
-    )
+    result = run(tmp_path, {"HELICONE_WEBHOOK_SECRET": "k", "SCORER_DATABASE_URL": url}, "serve")
     assert result.returncode == 2
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith(
@@ -53,7 +46,7 @@ def test_a_store_that_cannot_be_opened_stops_the_start(tmp_path: Path) -> None:
 
 
 def test_no_secret_refuses_to_start(tmp_path: Path) -> None:
-    result = run_cli(tmp_path, {}, "serve")
+    result = run(tmp_path, {}, "serve")
     assert result.returncode == 2
     assert "HELICONE_WEBHOOK_SECRET is not set" in result.stderr
     assert "Traceback" not in result.stderr
@@ -120,6 +113,6 @@ def test_a_database_from_another_schema_version_stops_the_start(tmp_path: Path) 
     with sqlite3.connect(db) as conn:
         conn.execute("PRAGMA user_version = 99")
     env = {"HELICONE_WEBHOOK_SECRET": "k", "SCORER_DATABASE_URL": f"sqlite:///{db}"}
-    result = run_cli(tmp_path, env, "serve")
+    result = run(tmp_path, env, "serve")
     assert result.returncode == 2
     assert "schema version 99; this build knows version 1" in result.stderr

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import signal
 import socket
-import time
 import uuid
 
 from tests.conftest import ServerFactory
-from tests.server import SECRET, Server, payload
+from tests.server import SECRET, payload
 from tests.standin import Injected, StandIn
 from webhook.verify import sign
 
@@ -33,14 +32,6 @@ def _read_to_end(sock: socket.socket) -> bytes:
     while chunk := sock.recv(65536):
         data += chunk
     return data
-
-
-def _wait_for_log(server: Server, text: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while text not in server.log():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{text!r} not logged in {timeout}s:\n{server.log()}")
-        time.sleep(0.02)
 
 
 def test_request_in_flight_at_sigterm_is_answered_and_delivered_after_restart(
@@ -68,7 +59,7 @@ def test_request_in_flight_at_sigterm_is_answered_and_delivered_after_restart(
         early = _read_until(sock, b"\r\n\r\n")
         assert early.startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
         server.proc.send_signal(signal.SIGTERM)
-        _wait_for_log(server, "Waiting for connections to close")
+        server.wait_for_log("Waiting for connections to close", 10)
         sock.sendall(body)
         answer = _read_to_end(sock)
     status_line = answer.split(b"\r\n", 1)[0]

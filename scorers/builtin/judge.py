@@ -125,10 +125,14 @@ class Judge:
             self._gate(),
             httpx2.AsyncClient(timeout=s.timeout, verify=self._ssl or True) as client,
         ):
-            response = await asyncio.wait_for(
-                client.post(url, content=orjson.dumps(self.request(ctx)), headers=headers),
-                s.timeout,
-            )
+            try:
+                response = await asyncio.wait_for(
+                    client.post(url, content=orjson.dumps(self.request(ctx)), headers=headers),
+                    s.timeout,
+                )
+            except (TimeoutError, httpx2.TimeoutException):
+                # Its own words: a bare TimeoutError would read as the runner's timeout firing.
+                raise ValueError(f"judge did not answer in {s.timeout:g}s") from None
         if response.status_code != 200:
             raise ValueError(f"judge answered HTTP {response.status_code}: {response.text[:120]}")
         try:
