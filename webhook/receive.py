@@ -56,7 +56,11 @@ async def _read_body(request: Request, ingest: Ingest, hold: Hold) -> bytes | Re
     """
     limit = ingest.max_body_bytes
     declared = request.headers.get("content-length")
-    size = int(declared) if declared is not None and declared.isdigit() else None
+    size = (
+        int(declared)
+        if declared is not None and declared.isascii() and declared.isdigit()
+        else None
+    )
     if size is not None and size > limit:
         return _reject("too_large", 413, f"body is larger than {limit} bytes")
     if size is not None and not await hold.cover(size, BUDGET_WAIT):
