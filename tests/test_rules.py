@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from pathlib import Path
 
@@ -116,22 +115,22 @@ def test_sliding_window_counts_each_call_until_a_window_after_it_ended() -> None
     clock = Clock()
     window = SlidingWindow(2, 60.0, clock)
 
-    async def scenario() -> None:
-        async with window.slot():
-            clock.now += 5  # the call takes 5 s and ends at 1005
-        clock.now += 1
-        async with window.slot():
-            pass  # ends at 1006
-        assert window.free() == 0
-        assert window.wait_time() == pytest.approx(59.0)  # the first frees its place at 1065
-        clock.now = 1005 + 59.9
-        assert window.free() == 0
-        clock.now = 1005 + 60
-        assert window.free() == 1
-        window.pause(30)
-        assert (window.free(), window.wait_time()) == (0, 30)
-
-    asyncio.run(scenario())
+    assert window.take()
+    clock.now += 5  # the call takes 5 s and ends at 1005
+    assert window.end() == 1005
+    clock.now += 1
+    assert window.take()
+    assert window.free() == 0  # a call in flight holds its place
+    assert not window.take()
+    window.end()  # ends at 1006
+    assert window.free() == 0
+    assert window.wait_time() == pytest.approx(59.0)  # the first frees its place at 1065
+    clock.now = 1005 + 59.9
+    assert window.free() == 0
+    clock.now = 1005 + 60
+    assert window.free() == 1
+    window.pause(30)
+    assert (window.free(), window.wait_time()) == (0, 30)
 
 
 def test_sliding_window_seeded_from_earlier_calls() -> None:

@@ -1,7 +1,8 @@
 """The durable queue of webhooks: what the store promises, whatever the database.
 
-This package holds the contract (here) and one module per backend: :mod:`.sqlite`, with its
-writer thread (:mod:`.sqlite_writer`) and its server lock (:mod:`.sqlite_lock`) beside it.
+This package holds the contract (here) and the backends: :mod:`.sqlite`, with its writer thread
+(:mod:`.sqlite_writer`), schema (:mod:`.sqlite_schema`), read path (:mod:`.sqlite_reader`),
+posting budget (:mod:`.sqlite_budget`) and server lock (:mod:`.sqlite_lock`) beside it.
 :func:`open_store` and :func:`open_reader` pick the backend from the URL and import only that one.
 The contract is written for several processes, on one machine or many, sharing one database.
 
@@ -351,7 +352,7 @@ async def open_reader(url: str) -> Reader:
     anything: :class:`NoStore` when there is none, :class:`StoreError` when it cannot be read."""
     path = sqlite_path(url)
     if path is not None:
-        from webhook.store.sqlite import SQLiteReader
+        from webhook.store.sqlite_reader import SQLiteReader
 
         return await SQLiteReader.open(path)
     raise ValueError(f"unsupported database URL scheme: {url.split(':', 1)[0]!r}")
