@@ -112,12 +112,13 @@ class Delivery:
         self._posted.pop(outcome.lease.request_id, None)  # recorded, or someone else's now
         return held
 
-    async def release(self, jobs: list[Job]) -> None:
-        """Give unfinished work back (at shutdown), with what it posted; not an attempt."""
-        outcomes = [Released(job.lease, self.posted(job)) for job in jobs]
-        await self.store.record(outcomes)
+    async def release(self, jobs: list[Job]) -> int:
+        """Give unfinished work back (at shutdown), with what it posted; not an attempt.
+        Returns how many were released (an outcome recorded just before overtakes its release)."""
+        held = await self.store.record([Released(job.lease, self.posted(job)) for job in jobs])
         for job in jobs:
             self._posted.pop(job.request_id, None)
+        return sum(held)
 
     async def unexpected(self, job: Job, exc: BaseException) -> None:
         """A stage failed in a way no policy foresaw: back off like any failure, never loop."""

@@ -223,11 +223,12 @@ class Relay:
         if not left:
             return
         try:
-            await self.delivery.release(left)
+            released = await self.delivery.release(left)
         except Exception:  # their leases run out instead
             log.exception("could not release %d unfinished webhook(s)", len(left))
             return
-        event(log, f"released {len(left)} unfinished webhook(s) for the next start")
+        if released:
+            event(log, f"released {released} unfinished webhook(s) for the next start")
 
     async def _score(self, job: Job) -> None:
         scored = await self.scoring.score(job.request_id, job.body)
