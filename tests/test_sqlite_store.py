@@ -130,7 +130,7 @@ def test_the_read_path_never_waits_for_the_writer(tmp_path: Path) -> None:
     run(db, work)
 
 
-def test_the_posting_budget_survives_a_restart(tmp_path: Path) -> None:
+def test_the_posting_budget_is_kept_in_the_file(tmp_path: Path) -> None:
     db = tmp_path / "q.db"
 
     async def spend(store: Store) -> None:
@@ -139,20 +139,26 @@ def test_the_posting_budget_survives_a_restart(tmp_path: Path) -> None:
         assert first is not None
         await budget.spent(first)
         assert await budget.take() is not None  # never spent: its process "died"
-        await budget.pause(30.0)
-        assert await budget.room() == 0
+        # Another server on the same file shares the budget: one place is left, for one of them.
+        other = open_store(f"sqlite:///{db}")
+        await other.open()
+        try:
+            assert await other.budget(3, 60.0).room() == 1
+            assert await other.budget(3, 60.0).take() is not None
+            assert (await budget.room(), await budget.take()) == (0, None)
+        finally:
+            await other.close()
 
-    async def after_restart(store: Store) -> None:
-        budget = store.budget(3, 60.0)
-        assert await budget.room() == 0  # two places held, and the 429's pause on the third
+    async def pause(store: Store) -> None:
+        budget = store.budget(10, 60.0)
+        assert await budget.room() == 7
+        await budget.pause(600.0)
 
-    async def unpaused(store: Store) -> None:
-        budget = store.budget(3, 60.0)
-        # Both calls hold their places: the spent one, and the one counted as spent when taken.
-        assert await budget.room() == 1
+    async def paused(store: Store) -> None:
+        budget = store.budget(10, 60.0)
+        assert (await budget.room(), await budget.take()) == (0, None)
+        assert await budget.wait_time() > 60  # the pause, not the window
 
     run(db, spend)
-    run(db, after_restart)
-    with sqlite3.connect(db) as conn:  # the pause has ended
-        conn.execute("UPDATE meta SET value = '0' WHERE key = 'paused_until'")
-    run(db, unpaused)
+    run(db, pause)  # after a restart: the three places are still held
+    run(db, paused)  # and so is the 429's pause

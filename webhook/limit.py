@@ -2,14 +2,14 @@
 
 Helicone allows 200 calls per minute per organisation, on a sliding window, and answers 429 past
 it. To never cross it, each call holds its place in the window from the moment it is sent
-(:meth:`SlidingWindow.take`) until ``window`` seconds after its answer arrived
-(:meth:`SlidingWindow.end`): whatever the network delays, the server has seen it by then, so no
-``window`` of the server's clock can hold more than ``limit`` of our calls.
+(in flight: :meth:`SlidingWindow.hold`) until ``window`` seconds after its answer arrived (its
+end time: :meth:`SlidingWindow.seed`): whatever the network delays, the server has seen it by
+then, so no ``window`` of the server's clock can hold more than ``limit`` of our calls.
 
 Score and feedback posts share the one window. A 429 pauses all calls until its ``Retry-After``
-has passed, not only the call that got it. This is the arithmetic only, for one process; the
-store's posting budget (:class:`webhook.store.PostBudget`) keeps the end times durably and seeds
-a window with them, so a restart does not grant a fresh budget.
+has passed, not only the call that got it. This is the arithmetic only: the store's posting
+budget (:class:`webhook.store.PostBudget`) keeps the times where every process sees them, and
+asks a window built from them.
 """
 
 from __future__ import annotations
@@ -66,17 +66,6 @@ class SlidingWindow:
         """No call until ``seconds`` from now (a longer pause already set wins)."""
         self._paused_until = max(self._paused_until, self._clock() + seconds)
 
-    def take(self) -> bool:
-        """Hold a place for one call starting now; False, holding nothing, when there is none."""
-        if self.free() <= 0:
-            return False
-        self._open += 1
-        return True
-
-    def end(self) -> float:
-        """The call holding a place has ended, now: its place frees ``window`` seconds later.
-        Returns the end time."""
-        self._open = max(0, self._open - 1)
-        now = self._clock()
-        self._ended.append(now)
-        return now
+    def hold(self, calls: int = 1) -> None:
+        """Count ``calls`` in flight: each holds its place until it ends."""
+        self._open += calls

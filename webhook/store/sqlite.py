@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -59,6 +59,8 @@ from webhook.store.sqlite_writer import Writer
 __all__ = ["SCHEMA_VERSION", "SQLiteReader", "SQLiteStore", "StoreUnavailable"]
 
 log = logging.getLogger("webhook.store")
+
+T = TypeVar("T")
 
 
 class StoreUnavailable(StoreError):
@@ -240,7 +242,10 @@ class SQLiteStore:
         return self._reader
 
     def budget(self, limit: int, window: float) -> SQLiteBudget:
-        return SQLiteBudget(self._writer, limit, window)
+        return SQLiteBudget(self._writer.run, self._query, limit, window)
+
+    async def _query(self, query: Callable[[sqlite3.Connection], T]) -> T:
+        return await self.reader.query(query)
 
     def subscribe(self, wake: Callable[[Stage], None]) -> None:
         self._subscribers.append(wake)

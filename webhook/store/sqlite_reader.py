@@ -101,7 +101,9 @@ class SQLiteReader:
     async def open(cls, path: str) -> SQLiteReader:
         return cls(await asyncio.to_thread(connect, path))
 
-    async def _read(self, query: Callable[[sqlite3.Connection], T]) -> T:
+    async def query(self, query: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``query`` on the read-only connection, in a thread (this backend's own reads)."""
+
         def run() -> T:
             with self._lock:
                 if self._conn is None:
@@ -127,7 +129,7 @@ class SQLiteReader:
                 conn.execute("COMMIT")
             return QueueStats(counts, oldest)
 
-        return await self._read(query)
+        return await self.query(query)
 
     async def dead_letters(self, limit: int) -> list[DeadLetter]:
         def query(conn: sqlite3.Connection) -> list[DeadLetter]:
@@ -138,7 +140,7 @@ class SQLiteReader:
             )
             return [DeadLetter(*row) for row in rows]
 
-        return await self._read(query)
+        return await self.query(query)
 
     async def entries(self, request_ids: Sequence[str] | None = None) -> dict[str, Entry]:
         def query(conn: sqlite3.Connection) -> dict[str, Entry]:
@@ -153,7 +155,7 @@ class SQLiteReader:
                     found[row[0]] = _entry(row)
             return found
 
-        return await self._read(query)
+        return await self.query(query)
 
     async def close(self) -> None:
         def close() -> None:
