@@ -53,10 +53,10 @@ from webhook.store import (
 from webhook.store.sqlite_budget import SQLiteBudget
 from webhook.store.sqlite_lock import ServerLock
 from webhook.store.sqlite_reader import SQLiteReader, connect
-from webhook.store.sqlite_schema import SCHEMA_VERSION, bits, create_or_migrate, posted
+from webhook.store.sqlite_schema import bits, create_or_migrate, posted
 from webhook.store.sqlite_writer import Writer
 
-__all__ = ["SCHEMA_VERSION", "SQLiteReader", "SQLiteStore", "StoreUnavailable"]
+__all__ = ["SQLiteStore", "StoreUnavailable"]
 
 log = logging.getLogger("webhook.store")
 
