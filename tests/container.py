@@ -22,7 +22,6 @@ import contextlib
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import uuid
@@ -32,7 +31,7 @@ from typing import Any
 import httpx2
 
 from tests.eventually import eventually
-from tests.server import SECRET, payload
+from tests.server import SECRET, payload, read_rows
 from tests.standin import API_KEY, StandIn, free_port
 from webhook.verify import sign
 
@@ -257,10 +256,8 @@ def run(args: list[str], image: str, workdir: Path) -> None:
         proc.wait(60)
         text = log.read_text()
         check("Application shutdown complete" in text, "SIGTERM shuts it down cleanly")
-        with sqlite3.connect(db) as conn:
-            query = "SELECT state FROM webhooks WHERE request_id = ?"
-            state = conn.execute(query, (rid,)).fetchone()
-        check(state == ("done",), f"the stored webhook is done after shutdown {state}")
+        state = read_rows(db).get(rid, {}).get("state")
+        check(state == "done", f"the stored webhook is done after shutdown ({state})")
     except BaseException:
         print(f"--- container log ---\n{log.read_text()}", file=sys.stderr)
         raise

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import uuid
@@ -17,6 +18,7 @@ import orjson
 
 from tests.eventually import eventually
 from tests.standin import API_KEY, free_port
+from webhook.store import Entry, open_reader
 from webhook.verify import sign
 
 Rows = dict[str, dict[str, Any]]
@@ -35,6 +37,20 @@ def payload(request_id: str | None = None, text: str = "Hello there, general Ken
             "metadata": {"cost": 0.0001, "latencyMs": 321, "completionTokens": 6},
         }
     )
+
+
+def read_rows(db: Path) -> Rows:
+    """The webhooks stored in the SQLite file ``db``, read through the store's read path:
+    request id -> the fields of its :class:`webhook.store.Entry`."""
+
+    async def read() -> dict[str, Entry]:
+        reader = await open_reader(f"sqlite:///{db}")
+        try:
+            return await reader.entries()
+        finally:
+            await reader.close()
+
+    return {rid: dataclasses.asdict(entry) for rid, entry in asyncio.run(read()).items()}
 
 
 class Server:
@@ -139,10 +155,8 @@ class Server:
             self._log.close()
 
     def rows(self) -> Rows:
-        """The store's rows, read straight from the SQLite file."""
-        with sqlite3.connect(self.db) as conn:
-            conn.row_factory = sqlite3.Row
-            return {r["request_id"]: dict(r) for r in conn.execute("SELECT * FROM webhooks")}
+        """The stored webhooks, read through the store's read path (see :func:`read_rows`)."""
+        return read_rows(self.db)
 
     def wait_rows(self, predicate: Callable[[Rows], object], timeout: float = 20.0) -> Rows:
         """Wait until the store's rows match ``predicate``; those rows. On failure, shows them."""

@@ -4,9 +4,9 @@ and delivered by the real server's relay."""
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -15,11 +15,11 @@ import pytest
 
 from tests.cli import api_env, one_line_error, run
 from tests.conftest import ServerFactory
-from tests.server import payload
+from tests.server import payload, read_rows
 from tests.standin import API_KEY, Injected, StandIn
 from webhook.offline.backfill import QueryFailed, pages
 from webhook.offline.query import HeliconeQuery
-from webhook.store.sqlite import SQLiteStore
+from webhook.store import Dead, Delivered, Scored, Store, open_store
 
 SINCE = "2024-03-01T00:00:00Z"
 UNTIL = "2024-03-02T00:00:00Z"
@@ -41,12 +41,6 @@ def log(standin: StandIn, text: str | None, second: int, body: str = "gzip", **f
         **fields,
     )
     return rid
-
-
-def rows(db: Path) -> dict[str, dict[str, Any]]:
-    with sqlite3.connect(db) as conn:
-        conn.row_factory = sqlite3.Row
-        return {r["request_id"]: dict(r) for r in conn.execute("SELECT * FROM webhooks")}
 
 
 def queries(standin: StandIn) -> list[tuple[int, int, int]]:
@@ -112,11 +106,11 @@ def test_backfill_skips_requests_without_bodies_and_the_next_serve_delivers(
     assert "untrusted host (203.0.113.7)" in line
     assert "no body and no signed_body_url" in line
 
-    stored = rows(tmp_path / "scorer.db")
+    stored = read_rows(tmp_path / "scorer.db")
     assert list(stored) == [good]
     assert (stored[good]["state"], stored[good]["scores"]) == (
         "pending",
-        '{"vocabulary_diversity":67}',
+        {"vocabulary_diversity": 67},
     )
     assert standin.ok_calls("score") == []  # no server yet: nothing posted
 
@@ -157,7 +151,7 @@ def test_backfill_limit_reads_the_oldest_pages(tmp_path: Path, standin: StandIn)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("read 120 request(s): 120 queued")
     assert queries(standin) == [(0, 100, 200), (100, 20, 200)]
-    assert set(rows(tmp_path / "scorer.db")) == set(ids[:120])
+    assert set(read_rows(tmp_path / "scorer.db")) == set(ids[:120])
 
 
 def test_backfill_retries_a_rate_limited_query(tmp_path: Path, standin: StandIn) -> None:
@@ -166,7 +160,7 @@ def test_backfill_retries_a_rate_limited_query(tmp_path: Path, standin: StandIn)
     result = run(tmp_path, api_env(standin.base_url, tmp_path), "backfill", "--since", SINCE)
     assert result.returncode == 0, result.stderr
     assert queries(standin) == [(0, 100, 429), (0, 100, 502), (0, 100, 200)]
-    assert list(rows(tmp_path / "scorer.db")) == [rid]
+    assert list(read_rows(tmp_path / "scorer.db")) == [rid]
 
 
 def _read_all(standin: StandIn, **paging: Any) -> list[str]:
@@ -203,48 +197,49 @@ def test_pages_give_up_when_one_instant_holds_more_than_the_cap(standin: StandIn
         _read_all(standin, page_size=20, max_offset=50)
 
 
-def test_enqueue_scores_inserts_reopens_and_leaves_alone(tmp_path: Path) -> None:
-    async def go() -> None:
-        store = SQLiteStore(str(tmp_path / "q.db"))
-        await store.open()
-        try:
-            assert await store.enqueue_scores("new", {"a": 1})
-            assert not await store.enqueue_scores("new", {"a": 2})  # pending: left alone
-            (job,) = await store.claim("post", 10, 60)
-            assert (job.request_id, job.scores) == ("new", {"a": 1})  # no scoring again
-            assert not await store.enqueue_scores("new", {"a": 2})  # leased: left alone
-            await store.complete("new", 201)
-            assert not await store.enqueue_scores("new", {"a": 1})  # posted as is: nothing to do
-            assert await store.enqueue_scores("new", {"a": 1, "b": 0})  # a new scorer: re-opened
-            (job,) = await store.claim("post", 10, 60)
-            assert (job.attempts, job.scores) == (1, {"a": 1, "b": 0})
-            assert time.time() - job.received_at < 60  # its age starts again
-            await store.bury("new", 400, "bad", 0)
-            assert await store.enqueue_scores("new", {"a": 1, "b": 0})  # a dead letter: re-opened
-            assert await store.add("live", b'{"request_id": "live"}')
-            assert not await store.enqueue_scores("live", {"a": 5})  # a live webhook waiting
-            await store.scored("live", {}, None, finished=True)  # no scores (or a dry run)
-            assert await store.enqueue_scores("live", {"a": 5})
-            stats = await store.stats()
-            assert stats.counts == {"pending": 2, "leased": 0, "done": 0, "dead": 0}
-        finally:
-            await store.close()
+async def _with_store(path: Path, work: Callable[[Store], Awaitable[None]]) -> None:
+    store = open_store(f"sqlite:///{path}")
+    await store.open()
+    try:
+        await work(store)
+    finally:
+        await store.close()
 
-    asyncio.run(go())
+
+def test_enqueue_scores_inserts_reopens_and_leaves_alone(tmp_path: Path) -> None:
+    async def go(store: Store) -> None:
+        assert await store.enqueue_scores("new", {"a": 1})
+        assert not await store.enqueue_scores("new", {"a": 2})  # pending: left alone
+        (job,) = await store.claim("post", 10, 60)
+        assert (job.request_id, job.scores) == ("new", {"a": 1})  # no scoring again
+        assert not await store.enqueue_scores("new", {"a": 2})  # leased: left alone
+        assert await store.record([Delivered(job.lease, 201, frozenset({"scores"}))]) == [True]
+        assert not await store.enqueue_scores("new", {"a": 1})  # posted as is: nothing to do
+        assert await store.enqueue_scores("new", {"a": 1, "b": 0})  # a new scorer: re-opened
+        (job,) = await store.claim("post", 10, 60)
+        assert (job.attempts, job.scores, job.posted) == (1, {"a": 1, "b": 0}, frozenset())
+        assert time.time() - job.received_at < 60  # its age starts again
+        assert await store.record([Dead(job.lease, 400, "bad", frozenset())]) == [True]
+        assert await store.enqueue_scores("new", {"a": 1, "b": 0})  # a dead letter: re-opened
+        assert await store.add("live", b'{"request_id": "live"}')
+        assert not await store.enqueue_scores("live", {"a": 5})  # a live webhook waiting
+        (job,) = await store.claim("score", 10, 60)
+        # No scores (or a dry run): finished, so backfilled scores may be queued for it.
+        assert await store.record([Scored(job.lease, {}, None, finished=True)]) == [True]
+        assert await store.enqueue_scores("live", {"a": 5})
+        stats = await store.reader.stats()
+        assert stats.counts == {"pending": 2, "leased": 0, "done": 0, "dead": 0}
+
+    asyncio.run(_with_store(tmp_path / "q.db", go))
 
 
 def test_live_webhooks_are_posted_before_backfilled_ones(tmp_path: Path) -> None:
-    async def go() -> None:
-        store = SQLiteStore(str(tmp_path / "q.db"))
-        await store.open()
-        try:
-            assert await store.enqueue_scores("old-backfill", {"a": 1})
-            assert await store.add("live", b'{"request_id": "live"}')
-            (scoring,) = await store.claim("score", 10, 60)
-            await store.scored(scoring.request_id, {"a": 2}, None, finished=False)
-            first, second = await store.claim("post", 1, 60), await store.claim("post", 1, 60)
-            assert [j.request_id for j in first + second] == ["live", "old-backfill"]
-        finally:
-            await store.close()
+    async def go(store: Store) -> None:
+        assert await store.enqueue_scores("old-backfill", {"a": 1})
+        assert await store.add("live", b'{"request_id": "live"}')
+        (scoring,) = await store.claim("score", 10, 60)
+        assert await store.record([Scored(scoring.lease, {"a": 2}, None, finished=False)])
+        first, second = await store.claim("post", 1, 60), await store.claim("post", 1, 60)
+        assert [j.request_id for j in first + second] == ["live", "old-backfill"]
 
-    asyncio.run(go())
+    asyncio.run(_with_store(tmp_path / "q.db", go))

@@ -8,7 +8,6 @@ import uuid
 from collections.abc import Callable
 
 import httpx2
-import orjson
 
 from tests.conftest import ServerFactory
 from tests.eventually import eventually
@@ -61,7 +60,7 @@ def test_dry_run_scores_and_stores_but_posts_nothing(
     rid = str(uuid.uuid4())
     assert server.post(payload(rid, "one two two")).status_code == 202
     row = server.wait_rows(lambda rows: rows[rid]["state"] == "done", 10)[rid]
-    assert orjson.loads(row["scores"])["vocabulary_diversity"] == 67
+    assert row["scores"]["vocabulary_diversity"] == 67
     assert row["last_status"] is None
     assert standin.calls == []
     log = server.log()

@@ -4,8 +4,9 @@
   prometheus-client, and so do ``scorers`` and ``score``, which run the server's scoring stage
   but not the server: each runs for real in a child process, which then lists ``sys.modules``.
 - ``scorers`` never imports ``webhook``; the server never imports the command line or the
-  offline tools. Checked on the source's import statements, lazy ones included, so an import
-  inside a function that a test never reaches still counts.
+  offline tools; these reach the store only through its contract (``webhook.store``), never a
+  backend nor a database driver. Checked on the source's import statements, lazy ones
+  included, so an import inside a function that a test never reaches still counts.
 """
 
 from __future__ import annotations
@@ -136,3 +137,12 @@ def test_the_server_never_imports_the_command_line_or_the_offline_tools() -> Non
     assert {"webhook.app", "webhook.wiring", "webhook.relay", "webhook.store.sqlite"} <= server
     bad = sorted(m for m in server if m.startswith(("webhook.cli", "webhook.offline")))
     assert bad == [], f"the server imports {bad}"
+
+
+def test_the_command_line_and_offline_tools_use_the_store_only_through_its_contract() -> None:
+    files = sorted(p for d in ("cli", "offline") for p in (ROOT / "webhook" / d).rglob("*.py"))
+    assert files
+    for path in files:
+        backend = [n for n in _imports(path) if n.startswith("webhook.store.") and _module_file(n)]
+        bad = sorted({*backend, *({"sqlite3"} & _imports(path))})
+        assert bad == [], f"{path.relative_to(ROOT)} imports {bad}"

@@ -155,7 +155,7 @@ def test_scorer_rules_file_filters_by_model(
     standin.wait_for(lambda: matching in standin.posted_ids())
     server.wait_rows(lambda rows: rows[other]["state"] == "done")
     assert other not in {c.request_id for c in standin.calls}
-    assert server.rows()[other]["scores"] == "{}"
+    assert server.rows()[other]["scores"] == {}
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import socket
-import sqlite3
+import sqlite3  # to hold SQLite's write lock from another connection, as another process would
 import uuid
 
 import orjson

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
-import sqlite3
+import sqlite3  # to hold SQLite's write lock from another connection, as another process would
 import subprocess
 import threading
 import time
@@ -185,6 +185,21 @@ def test_sigterm_while_feedback_waits_for_the_rate_limit_never_reposts_the_score
     server.wait_rows(lambda rows: rows[rid]["state"] == "done")
     assert len(standin.scores_for(rid)) == 1
     assert len([c for c in standin.ok_calls("feedback") if c.request_id == rid]) == 1
+
+
+def test_a_post_that_outlasts_its_lease_keeps_it_and_is_made_once(
+    make_server: ServerFactory, standin: StandIn
+) -> None:
+    # The call stalls three leases long: without extending the lease, the webhook would be
+    # claimed again by the next poll and posted a second time.
+    server = make_server(SCORER_LEASE_SECONDS="1")
+    standin.fail_next(Injected(201, stall=3.0))
+    rid = str(uuid.uuid4())
+    assert server.post(payload(rid)).status_code == 202
+    row = server.wait_rows(lambda rows: rows[rid]["state"] == "done")[rid]
+    assert [c.request_id for c in standin.calls if c.kind == "score"] == [rid]
+    assert (row["attempts"], row["posted"]) == (1, {"scores"})
+    assert "lease lost" not in server.log()
 
 
 def test_a_429_longer_than_the_lease_never_gets_a_waiting_webhook_posted_twice(

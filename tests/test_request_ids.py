@@ -4,14 +4,13 @@ may never steer the path (``.``, ``..``, ``/``) nor forge a log line (control ch
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import uuid
 from pathlib import Path
 
 import pytest
 
 from tests.cli import api_env, one_line_error, run
-from tests.server import Server, payload
+from tests.server import Server, payload, read_rows
 from tests.standin import API_KEY, StandIn
 from webhook.helicone import Helicone
 
@@ -92,5 +91,4 @@ def test_backfill_skips_a_row_whose_id_could_steer_the_path(
     assert "1 queued for delivery" in result.stdout
     # Its body was never fetched, and nothing but the query and the good body was asked for.
     assert standin.raw_paths == ["/v1/request/query", f"/bodies/{good}"]
-    with sqlite3.connect(tmp_path / "scorer.db") as conn:
-        assert [r for (r,) in conn.execute("SELECT request_id FROM webhooks")] == [good]
+    assert list(read_rows(tmp_path / "scorer.db")) == [good]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from pathlib import Path
 
@@ -115,23 +114,23 @@ class Clock:
 def test_sliding_window_counts_each_call_until_a_window_after_it_ended() -> None:
     clock = Clock()
     window = SlidingWindow(2, 60.0, clock)
+    clock.now = 1006
+    window.seed([1005])  # a call that ended at 1005
+    window.hold()  # and one in flight, holding its place until it ends
+    assert window.free() == 0
+    assert window.wait_time() == pytest.approx(59.0)  # the first frees its place at 1065
+    clock.now = 1005 + 59.9
+    assert window.free() == 0
+    clock.now = 1005 + 60
+    assert window.free() == 1
+    window.pause(30)
+    assert (window.free(), window.wait_time()) == (0, 30)
 
-    async def scenario() -> None:
-        async with window.slot():
-            clock.now += 5  # the call takes 5 s and ends at 1005
-        clock.now += 1
-        async with window.slot():
-            pass  # ends at 1006
-        assert window.free() == 0
-        assert window.wait_time() == pytest.approx(59.0)  # the first frees its place at 1065
-        clock.now = 1005 + 59.9
-        assert window.free() == 0
-        clock.now = 1005 + 60
-        assert window.free() == 1
-        window.pause(30)
-        assert (window.free(), window.wait_time()) == (0, 30)
 
-    asyncio.run(scenario())
+def test_sliding_window_full_of_calls_in_flight_waits_for_one_to_end() -> None:
+    window = SlidingWindow(1, 60.0, Clock())
+    window.hold()
+    assert (window.free(), window.wait_time()) == (0, 1.0)  # each end wakes the waiters
 
 
 def test_sliding_window_seeded_from_earlier_calls() -> None:

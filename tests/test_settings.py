@@ -107,7 +107,7 @@ def test_settings_error_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_a_database_from_another_schema_version_stops_the_start(tmp_path: Path) -> None:
-    import sqlite3
+    import sqlite3  # to write a file of a schema this build does not know
 
     db = tmp_path / "future.db"
     with sqlite3.connect(db) as conn:
@@ -115,4 +115,4 @@ def test_a_database_from_another_schema_version_stops_the_start(tmp_path: Path) 
     env = {"HELICONE_WEBHOOK_SECRET": "k", "SCORER_DATABASE_URL": f"sqlite:///{db}"}
     result = run(tmp_path, env, "serve")
     assert result.returncode == 2
-    assert "schema version 99; this build knows version 1" in result.stderr
+    assert "schema version 99; this build knows version 2" in result.stderr

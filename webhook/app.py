@@ -87,7 +87,7 @@ def create_app(settings: Settings) -> Starlette:
         return json_response(200, {"status": "ready"})
 
     async def metrics(request: Request) -> Response:
-        stats = await store.stats()
+        stats = await store.reader.stats()
         for state, count in stats.counts.items():
             QUEUE_DEPTH.labels(state).set(count)
         return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
@@ -115,8 +115,6 @@ def create_app(settings: Settings) -> Starlette:
         lifespan=lifespan,
     )
     app.router.redirect_slashes = False  # a redirect's Location would come from the Host header
-    app.state.ingest = Ingest(
-        store, parts.verifier, settings.max_body_bytes, parts.budget, relay.wake
-    )
+    app.state.ingest = Ingest(store, parts.verifier, settings.max_body_bytes, parts.budget)
     app.state.store = store
     return app

@@ -1,23 +1,26 @@
 """Delivery: post a scored webhook's calls to Helicone, and decide what a failure means.
 
 The relay (:mod:`webhook.relay`) claims the webhooks; this module makes their API calls inside
-the rate limit, says what counts as posted, and records each outcome in the store.
+the posting budget, says what counts as posted, and records each outcome in the store, under the
+lease it was claimed with.
 
 Retry policy, all of it in :class:`RetryPolicy`:
 
 - A 2xx answer delivers. All of a request's scores go in one call; a feedback rating, if a rule
-  gave one, in a second. A call that already succeeded is not repeated: on a retry, after a
-  release at shutdown, nor when recording the outcome failed (:class:`Delivery` remembers what
-  it posted until the store has it, so the webhook claimed again here skips those calls).
-- No call waits for the rate limit while its webhook is leased: a wait can outlast the lease
-  (a 429's ``Retry-After`` may be longer), and the webhook would be claimed and posted twice.
-  A webhook whose call finds no room is given back, with what it posted, due when room is
-  expected.
+  gave one, in a second. A call that already succeeded is not repeated: every outcome carries
+  the calls made (:data:`webhook.store.Posted`), and the store keeps them. Until an outcome is
+  recorded, :class:`Delivery` remembers them itself: when recording fails (the database is
+  locked), the webhook claimed again here skips them, and a release at shutdown carries them.
+- No call waits for the budget while its webhook is leased: a wait can outlast the lease (a
+  429's ``Retry-After`` may be longer), and the webhook would be claimed and posted twice. A
+  webhook whose call finds no room is released, with what it posted, due when room is expected.
 - No answer (connection error, timeout), 408, 429 and 5xx are retried with exponential backoff
   and full jitter: attempt *n* waits a random time up to ``base * 2**(n-1)``, capped at ``cap``;
   a ``Retry-After`` that asks for longer wins. A 429 also pauses *all* calls until then.
 - Any other 4xx is permanent: the webhook goes to the dead letters at once, with its status and
   error. So does one that used up ``max_attempts`` or is older than ``max_age``.
+- An outcome whose lease no longer held (it ran out and the webhook was claimed again) is
+  dropped, with a line at INFO: the webhook is someone else's now.
 """
 
 from __future__ import annotations
@@ -33,11 +36,21 @@ from prometheus_client import Counter
 
 from webhook import metrics
 from webhook.helicone import Answer, Helicone
-from webhook.limit import SlidingWindow
 from webhook.logs import event
-from webhook.store import FEEDBACK_POSTED, SCORES_POSTED, Job, Store
+from webhook.store import (
+    Call,
+    Dead,
+    Delivered,
+    Job,
+    Outcome,
+    PostBudget,
+    Posted,
+    Released,
+    Retry,
+    Store,
+)
 
-__all__ = ["Delivery", "RetryPolicy"]
+__all__ = ["Delivery", "RetryPolicy", "record"]
 
 log = logging.getLogger("webhook.deliver")
 
@@ -62,6 +75,20 @@ class RetryPolicy:
         return job.attempts >= self.max_attempts or now - job.received_at >= self.max_age
 
 
+async def record(store: Store, outcome: Outcome) -> bool:
+    """Record one outcome; False, with a line at INFO, when its lease no longer held."""
+    (held,) = await store.record([outcome])
+    if not held:
+        event(
+            log,
+            "lease lost: outcome dropped",
+            request_id=outcome.lease.request_id,
+            outcome="fenced",
+            dropped=type(outcome).__name__.lower(),
+        )
+    return held
+
+
 class Delivery:
     """Posts scored webhooks and records each outcome; what a failed attempt leads to."""
 
@@ -69,43 +96,50 @@ class Delivery:
         self,
         store: Store,
         client: Helicone | None,
-        limiter: SlidingWindow,
+        budget: PostBudget,
         policy: RetryPolicy,
     ) -> None:
-        self.store, self.client, self.limiter, self.policy = store, client, limiter, policy
-        # Calls posted here that the store has not recorded yet: request id -> ``posted`` bits.
-        self._posted: dict[str, int] = {}
+        self.store, self.client, self.budget, self.policy = store, client, budget, policy
+        # Calls made here that no recorded outcome carries yet: request id -> calls.
+        self._posted: dict[str, Posted] = {}
 
-    def posted(self, request_id: str) -> int:
-        """What was posted for this webhook that the store may not know yet."""
-        return self._posted.get(request_id, 0)
+    def posted(self, job: Job) -> Posted:
+        """What this webhook has posted, as far as this process knows."""
+        return job.posted | self._posted.get(job.request_id, frozenset())
+
+    async def _record(self, outcome: Outcome) -> bool:
+        held = await record(self.store, outcome)
+        self._posted.pop(outcome.lease.request_id, None)  # recorded, or someone else's now
+        return held
+
+    async def release(self, jobs: list[Job]) -> int:
+        """Give unfinished work back (at shutdown), with what it posted; not an attempt.
+        Returns how many were released (an outcome recorded just before overtakes its release)."""
+        held = await self.store.record([Released(job.lease, self.posted(job)) for job in jobs])
+        for job in jobs:
+            self._posted.pop(job.request_id, None)
+        return sum(held)
 
     async def unexpected(self, job: Job, exc: BaseException) -> None:
         """A stage failed in a way no policy foresaw: back off like any failure, never loop."""
         answer = Answer(None, error=" ".join(f"unexpected {type(exc).__name__}: {exc}".split()))
-        await self.failed(job, answer, job.posted | self.posted(job.request_id))
+        await self.failed(job, answer, self.posted(job))
 
     async def post(self, job: Job) -> None:
         """Make the calls this webhook still needs; record delivered, retry, dead or deferred."""
         assert self.client is not None
         client, rid = self.client, job.request_id
-        posted = job.posted | self._posted.get(rid, 0)
+        posted = self.posted(job)
         scores, rating = job.scores, job.feedback
-        calls: list[tuple[int, Counter, Callable[[], Awaitable[Answer]]]] = []
-        if scores and not posted & SCORES_POSTED:
+        calls: list[tuple[Call, Counter, Callable[[], Awaitable[Answer]]]] = []
+        if scores and "scores" not in posted:
+            calls.append(("scores", metrics.SCORES_POSTED, lambda: client.post_scores(rid, scores)))
+        if rating is not None and "feedback" not in posted:
             calls.append(
-                (SCORES_POSTED, metrics.SCORES_POSTED, lambda: client.post_scores(rid, scores))
-            )
-        if rating is not None and not posted & FEEDBACK_POSTED:
-            calls.append(
-                (
-                    FEEDBACK_POSTED,
-                    metrics.FEEDBACK_POSTED,
-                    lambda: client.post_feedback(rid, rating),
-                )
+                ("feedback", metrics.FEEDBACK_POSTED, lambda: client.post_feedback(rid, rating))
             )
         answer: Answer | None = None
-        for done, counter, send in calls:  # a call that succeeded before is not repeated
+        for call, counter, send in calls:  # a call that succeeded before is not repeated
             answer = await self._call(send)
             if answer is None:
                 await self._defer(job, posted)
@@ -113,67 +147,62 @@ class Delivery:
             if not answer.ok:
                 await self.failed(job, answer, posted)
                 return
-            posted |= done
+            posted |= {call}
             self._posted[rid] = posted
             counter.inc()
         status = answer.status if answer else None
-        await self.store.complete(rid, status)
-        self._posted.pop(rid, None)
-        event(
-            log,
-            "delivered",
-            request_id=rid,
-            outcome="posted",
-            status=status,
-            attempts=job.attempts,
-            feedback=job.feedback,
-        )
+        if await self._record(Delivered(job.lease, status, posted)):
+            event(
+                log,
+                "delivered",
+                request_id=rid,
+                outcome="posted",
+                status=status,
+                attempts=job.attempts,
+                feedback=job.feedback,
+            )
 
     async def _call(self, send: Callable[[], Awaitable[Answer]]) -> Answer | None:
-        """One API call inside the rate limit; a 429 pauses every call.
+        """One API call inside the budget; a 429 pauses every call.
 
-        None, without calling, when the limit has no room now: never wait holding a lease.
+        None, without calling, when the budget has no room now: never wait holding a lease.
         """
-        if self.limiter.free() <= 0:
+        slot = await self.budget.take()
+        if slot is None:
             return None
-        async with self.limiter.slot():  # there is room: takes it without waiting
-            answer = await send()
         try:
-            await self.store.log_posts([time.time()])
-        except Exception as exc:  # the call was made: its outcome matters more than its time
-            log.warning("could not record the time of an API call: %s", exc)
+            answer = await send()
+        finally:
+            await self.budget.spent(slot)
         if answer.status == 429:
-            self.limiter.pause(answer.retry_after if answer.retry_after is not None else 60.0)
+            await self.budget.pause(answer.retry_after if answer.retry_after is not None else 60.0)
         if not answer.ok:
             metrics.POST_FAILURES.labels(str(answer.status or "none")).inc()
         return answer
 
-    async def _defer(self, job: Job, posted: int) -> None:
-        """Give the webhook back until the rate limit should have room; not an attempt."""
-        delay = self.limiter.wait_time()
-        await self.store.release({job.request_id: posted}, delay)
-        self._posted.pop(job.request_id, None)
-        event(
-            log,
-            "waiting for the rate limit",
-            level=logging.DEBUG,
-            request_id=job.request_id,
-            outcome="deferred",
-            delay=round(delay, 2),
-        )
+    async def _defer(self, job: Job, posted: Posted) -> None:
+        """Give the webhook back until the budget should have room; not an attempt."""
+        delay = await self.budget.wait_time()
+        if await self._record(Released(job.lease, posted, delay)):
+            event(
+                log,
+                "waiting for the rate limit",
+                level=logging.DEBUG,
+                request_id=job.request_id,
+                outcome="deferred",
+                delay=round(delay, 2),
+            )
 
-    async def failed(self, job: Job, answer: Answer, posted: int) -> None:
+    async def failed(self, job: Job, answer: Answer, posted: Posted) -> None:
         """A failed attempt: a retry after a backoff, or a dead letter."""
         rid, error = job.request_id, answer.error or "no answer"
         fields: dict[str, Any] = {"request_id": rid, "status": answer.status, "error": error}
         if self.policy.permanent(answer.status) or self.policy.gives_up(job, time.time()):
-            await self.store.bury(rid, answer.status, error, posted)
-            self._posted.pop(rid, None)
-            metrics.DEAD_LETTERS.inc()
-            event(log, "dead letter", level=logging.WARNING, outcome="dead", **fields)
+            if await self._record(Dead(job.lease, answer.status, error, posted)):
+                metrics.DEAD_LETTERS.inc()
+                event(log, "dead letter", level=logging.WARNING, outcome="dead", **fields)
             return
         delay = self.policy.delay(job.attempts, answer.retry_after)
-        await self.store.retry(rid, delay, answer.status, error, posted)
-        self._posted.pop(rid, None)
-        metrics.RETRIES.inc()
-        event(log, "will retry", outcome="retry", delay=round(delay, 2), **fields)
+        if await self._record(Retry(job.lease, delay, answer.status, error, posted)):
+            metrics.RETRIES.inc()
+            event(log, "will retry", outcome="retry", delay=round(delay, 2), **fields)

@@ -1,22 +1,22 @@
 """The client-side rate limit: at most ``limit`` API calls in any ``window`` seconds.
 
 Helicone allows 200 calls per minute per organisation, on a sliding window, and answers 429 past
-it. To never cross it, each call holds its place in the window from the moment it is sent until
-``window`` seconds after its answer arrived: whatever the network delays, the server has seen it
-by then, so no ``window`` of the server's clock can hold more than ``limit`` of our calls.
+it. To never cross it, each call holds its place in the window from the moment it is sent
+(in flight: :meth:`SlidingWindow.hold`) until ``window`` seconds after its answer arrived (its
+end time: :meth:`SlidingWindow.seed`): whatever the network delays, the server has seen it by
+then, so no ``window`` of the server's clock can hold more than ``limit`` of our calls.
 
-Score and feedback posts share the one window. The end times are also written to the store, and
-read back at start, so a restart does not grant a fresh budget. A 429 pauses all calls until its
-``Retry-After`` has passed, not only the call that got it.
+Score and feedback posts share the one window. A 429 pauses all calls until its ``Retry-After``
+has passed, not only the call that got it. This is the arithmetic only: the store's posting
+budget (:class:`webhook.store.PostBudget`) keeps the times where every process sees them, and
+asks a window built from them.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable, Iterable
 
 __all__ = ["SlidingWindow"]
 
@@ -31,11 +31,10 @@ class SlidingWindow:
         self._ended: deque[float] = deque()  # end times of recent calls, oldest first
         self._open = 0  # calls sent and not yet answered
         self._paused_until = 0.0
-        self._changed = asyncio.Event()
 
-    def seed(self, ended_at: list[float]) -> None:
-        """Count calls made before this process started (end times, any order)."""
-        self._ended.extend(sorted(ended_at))
+    def seed(self, ended_at: Iterable[float]) -> None:
+        """Count calls made before this window existed (end times, any order)."""
+        self._ended = deque(sorted([*self._ended, *ended_at]))
         self._prune(self._clock())
 
     def _prune(self, now: float) -> None:
@@ -64,19 +63,9 @@ class SlidingWindow:
         return wait
 
     def pause(self, seconds: float) -> None:
+        """No call until ``seconds`` from now (a longer pause already set wins)."""
         self._paused_until = max(self._paused_until, self._clock() + seconds)
 
-    @contextlib.asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
-        """Hold a place in the window for one call; its end time is recorded on exit."""
-        while self.free() <= 0:
-            self._changed.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), max(self.wait_time(), 0.01))
-        self._open += 1
-        try:
-            yield
-        finally:
-            self._open -= 1
-            self._ended.append(self._clock())
-            self._changed.set()
+    def hold(self, calls: int = 1) -> None:
+        """Count ``calls`` in flight: each holds its place until it ends."""
+        self._open += calls

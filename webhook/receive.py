@@ -7,7 +7,6 @@ after the webhook is committed to the store. Every rejection is a short JSON ``{
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import orjson
@@ -37,7 +36,6 @@ class Ingest:
     verifier: Verifier | None  # None only when unsigned webhooks are explicitly allowed
     max_body_bytes: int
     budget: Budget
-    wake: Callable[[], None]  # tell the relay there is new work
 
 
 def json_response(status: int, content: dict[str, object]) -> Response:
@@ -141,5 +139,4 @@ async def _receive(request: Request, ingest: Ingest, hold: Hold) -> Response:
     RECEIVED_BY["accepted"].inc()
     # Its outcome line comes from the relay (posted, dry_run, dead...): one line per webhook.
     event(log, "accepted", level=logging.DEBUG, request_id=request_id, outcome="accepted")
-    ingest.wake()
     return json_response(202, {"request_id": request_id, "status": "queued"})

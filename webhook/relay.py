@@ -6,32 +6,37 @@ fetched while their URLs are valid) and *post* (only when the rate limit has roo
 waits on disk). In a dry run (no API key) only the first stage runs.
 
 Here are the claim loops and their lifecycle: each stage claims due webhooks with a lease, runs
-up to ``concurrency`` at once, and is woken when new work is stored. What a stage does with a
-webhook is not here: scoring is :mod:`webhook.score`, posting and its retry policy
-:mod:`webhook.deliver`.
+up to ``concurrency`` at once, and is woken by the store (:meth:`webhook.store.Store.subscribe`)
+when work may have become due. What a stage does with a webhook is not here: scoring is
+:mod:`webhook.score`, posting and its retry policy :mod:`webhook.deliver`.
+
+- Work that runs long keeps its lease: each stage extends the leases of its work in flight every
+  third of a lease, so a slow scorer or a slow API never gets a webhook claimed twice while it
+  is still being worked on. A lease found lost is logged; its outcome will be dropped (fenced).
 
 - A stage that fails in a way nothing foresaw (a bug, or a plugin raising even ``SystemExit``)
   counts as a failed attempt of that stage, with the same backoff and the same dead letters, so
   one poisonous webhook never loops and never takes the server down.
 - At shutdown, work in flight gets ``grace`` seconds to finish; what is left is released to the
-  store and claimed again at once after a restart. A crash releases nothing; the restart takes
-  the dead process's leases back at once (see :meth:`webhook.store.Store.open`).
+  store, with the calls it made, and claimed again at once after a restart. A crash releases
+  nothing; the restart takes the dead process's leases back at once (see
+  :meth:`webhook.store.Store.open`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
 
 from webhook import metrics
-from webhook.deliver import Delivery, RetryPolicy
+from webhook.deliver import Delivery, RetryPolicy, record
 from webhook.helicone import Helicone
-from webhook.limit import SlidingWindow
 from webhook.logs import event
 from webhook.score import Scoring
-from webhook.store import Job, Stage, Store
+from webhook.store import Job, PostBudget, Scored, Stage, Store
 
 __all__ = ["Relay"]
 
@@ -40,7 +45,8 @@ log = logging.getLogger("webhook.deliver")
 
 
 class _Stage:
-    """Claims due work for one stage and runs up to ``concurrency`` jobs at once."""
+    """Claims due work for one stage, runs up to ``concurrency`` jobs at once, and keeps their
+    leases while they run."""
 
     def __init__(
         self,
@@ -51,14 +57,15 @@ class _Stage:
         concurrency: int,
         lease: float,
         poll: float,
-        limiter: SlidingWindow | None = None,
+        budget: PostBudget | None = None,
         on_error: Callable[[Job, BaseException], Awaitable[None]],
     ) -> None:
         self.stage, self.store, self.handle, self.on_error = stage, store, handle, on_error
-        self.concurrency, self.lease, self.poll, self.limiter = concurrency, lease, poll, limiter
+        self.concurrency, self.lease, self.poll, self.budget = concurrency, lease, poll, budget
         self._wake = asyncio.Event()
-        self._inflight: dict[asyncio.Task[None], str] = {}
+        self._inflight: dict[asyncio.Task[None], Job] = {}
         self._task: asyncio.Task[None] | None = None
+        self._heartbeat: asyncio.Task[None] | None = None
         self._stopping = False
 
     def wake(self) -> None:
@@ -66,50 +73,55 @@ class _Stage:
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"relay-{self.stage}")
+        self._heartbeat = asyncio.create_task(self._beat(), name=f"relay-{self.stage}-leases")
 
-    async def stop(self, grace: float) -> list[str]:
-        """Stop claiming; wait ``grace`` for work in flight; return the ids left unfinished."""
+    async def stop(self, grace: float) -> list[Job]:
+        """Stop claiming; wait ``grace`` for work in flight; return the jobs left unfinished."""
         # Never cancelled mid-claim: a claim committed after its caller is gone would hold
         # leases nobody works on. The loop is asked to stop, and stops between claims.
         self._stopping = True
         self._wake.set()
         if self._task is not None:
             await self._task
-        if not self._inflight:
-            return []
-        _, pending = await asyncio.wait(list(self._inflight), timeout=grace)
-        left = [self._inflight[t] for t in pending]
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
+        left: list[Job] = []
+        if self._inflight:
+            _, pending = await asyncio.wait(list(self._inflight), timeout=grace)
+            left = [self._inflight[t] for t in pending]
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._heartbeat
         return left
 
-    def _room(self) -> tuple[int, float | None]:
+    async def _room(self) -> tuple[int, float | None]:
         """How many jobs to claim now, and how long to wait when none."""
         free = self.concurrency - len(self._inflight)
-        if self.limiter is not None:
-            free = min(free, self.limiter.free())
-            if free <= 0 and len(self._inflight) < self.concurrency:
-                return 0, self.limiter.wait_time()
+        if self.budget is not None and free > 0:
+            free = min(free, await self.budget.room())
+            if free <= 0:
+                return 0, await self.budget.wait_time()
         return free, None
 
     async def _run(self) -> None:
         while not self._stopping:
-            free, wait = self._room()
             self._wake.clear()
+            try:
+                free, wait = await self._room()
+                jobs = await self.store.claim(self.stage, free, self.lease) if free > 0 else []
+            except Exception:
+                log.exception("claiming %s work failed; trying again", self.stage)
+                free, wait, jobs = 0, self.poll, []
             if free <= 0:
                 await self._idle(list(self._inflight), wait)
                 continue
-            try:
-                jobs = await self.store.claim(self.stage, free, self.lease)
-            except Exception:
-                log.exception("claiming %s work failed; trying again", self.stage)
-                jobs = []
             for job in jobs:
                 task = asyncio.create_task(self._guarded(job))
-                self._inflight[task] = job.request_id
+                self._inflight[task] = job
                 task.add_done_callback(self._inflight.pop)
-            # Let them start, so each takes its place in the rate limit before the next claim
+            # Let them start, so each takes its place in the budget before the next claim
             # counts the room left (a job that finds none is given back, not kept waiting).
             await asyncio.sleep(0)
             if not jobs:
@@ -124,6 +136,27 @@ class _Stage:
             )
         finally:
             waker.cancel()
+
+    async def _beat(self) -> None:
+        """Every third of a lease, extend the leases of the work in flight."""
+        while True:
+            await asyncio.sleep(self.lease / 3)
+            jobs = list(self._inflight.values())
+            if not jobs:
+                continue
+            try:
+                held = await self.store.extend([job.lease for job in jobs], self.lease)
+            except Exception as exc:  # the next beat tries again, well before the leases end
+                log.warning("could not extend %d %s lease(s): %s", len(jobs), self.stage, exc)
+                continue
+            for job, ok in zip(jobs, held, strict=True):
+                if not ok and job in self._inflight.values():
+                    event(
+                        log,
+                        "lease lost while working; its outcome will be dropped",
+                        request_id=job.request_id,
+                        outcome="lease_lost",
+                    )
 
     async def _guarded(self, job: Job) -> None:
         try:
@@ -146,15 +179,15 @@ class Relay:
         store: Store,
         scoring: Scoring,
         client: Helicone | None,
-        limiter: SlidingWindow,
+        budget: PostBudget,
         *,
         concurrency: int = 8,
         policy: RetryPolicy | None = None,
         poll_interval: float = 1.0,
     ) -> None:
-        self.store, self.scoring, self.client, self.limiter = store, scoring, client, limiter
+        self.store, self.scoring, self.client, self.budget = store, scoring, client, budget
         self.policy = policy or RetryPolicy()
-        self.delivery = Delivery(store, client, limiter, self.policy)
+        self.delivery = Delivery(store, client, budget, self.policy)
 
         def stage(name: Stage, handle: Callable[[Job], Awaitable[None]]) -> _Stage:
             return _Stage(
@@ -164,31 +197,38 @@ class Relay:
                 concurrency=concurrency,
                 lease=self.policy.lease,
                 poll=poll_interval,
-                limiter=limiter if name == "post" else None,
+                budget=budget if name == "post" else None,
                 on_error=self.delivery.unexpected,
             )
 
-        self._scorer = stage("score", self._score)
-        self._poster = stage("post", self.delivery.post)
+        self._stages = {
+            "score": stage("score", self._score),
+            "post": stage("post", self.delivery.post),
+        }
 
-    def wake(self) -> None:
-        """New work was stored: look for it now rather than at the next poll."""
-        self._scorer.wake()
+    def _wake(self, stage: Stage) -> None:
+        """Work for ``stage`` may be due: look for it now rather than at the next poll."""
+        self._stages[stage].wake()
 
     async def start(self) -> None:
-        now = time.time()
-        self.limiter.seed(await self.store.recent_posts(now - self.limiter.window))
-        self._scorer.start()
+        self.store.subscribe(self._wake)
+        self._stages["score"].start()
         if self.client is not None:
-            self._poster.start()
+            self._stages["post"].start()
 
     async def stop(self, grace: float) -> None:
         deadline = time.monotonic() + grace
-        left = await self._scorer.stop(grace)
-        left += await self._poster.stop(max(0.0, deadline - time.monotonic()))
-        await self.store.release({rid: self.delivery.posted(rid) for rid in left})
-        if left:
-            event(log, f"released {len(left)} unfinished webhook(s) for the next start")
+        left = await self._stages["score"].stop(grace)
+        left += await self._stages["post"].stop(max(0.0, deadline - time.monotonic()))
+        if not left:
+            return
+        try:
+            released = await self.delivery.release(left)
+        except Exception:  # their leases run out instead
+            log.exception("could not release %d unfinished webhook(s)", len(left))
+            return
+        if released:
+            event(log, f"released {released} unfinished webhook(s) for the next start")
 
     async def _score(self, job: Job) -> None:
         scored = await self.scoring.score(job.request_id, job.body)
@@ -198,16 +238,14 @@ class Relay:
             metrics.SCORER_ERRORS.labels(name).inc()
         nothing = not scored.scores and scored.feedback is None
         finished = nothing or self.client is None
-        await self.store.scored(job.request_id, scored.scores, scored.feedback, finished)
-        if not finished:
-            self._poster.wake()
-            return
-        outcome = "no_scores" if nothing else "dry_run"
+        outcome = Scored(job.lease, scored.scores, scored.feedback, finished)
+        if not await record(self.store, outcome) or not finished:
+            return  # the store wakes the post stage
         event(
             log,
             "scored, nothing posted" if nothing else "dry run: scored, not posted",
             request_id=job.request_id,
-            outcome=outcome,
+            outcome="no_scores" if nothing else "dry_run",
             scores=scored.scores,
             feedback=scored.feedback,
         )

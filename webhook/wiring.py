@@ -138,13 +138,12 @@ def helicone_client(settings: Settings, kind: type[H]) -> H | None:
 def relay_from(
     settings: Settings, store: Store, scoring: Scoring, client: Helicone | None
 ) -> Relay:
-    """The relay with the configured retry policy, rate limit, concurrency and poll.
+    """The relay with the configured retry policy, posting budget, concurrency and poll.
 
     Imported here, not at the top: only the server runs a relay, and with it the metrics, so
     ``score``, ``scorers`` and ``backfill`` use this module without loading them.
     """
     from webhook.deliver import RetryPolicy
-    from webhook.limit import SlidingWindow
     from webhook.relay import Relay
 
     policy = RetryPolicy(
@@ -154,12 +153,12 @@ def relay_from(
         max_age=settings.max_age,
         lease=settings.lease_seconds,
     )
-    limiter = SlidingWindow(settings.rate_limit_per_minute, settings.rate_window_seconds)
+    budget = store.budget(settings.rate_limit_per_minute, settings.rate_window_seconds)
     return Relay(
         store,
         scoring,
         client,
-        limiter,
+        budget,
         concurrency=settings.relay_concurrency,
         policy=policy,
         poll_interval=settings.poll_interval,

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from datetime import datetime
 
 import typer
@@ -25,7 +24,7 @@ from webhook.helicone import Answer
 from webhook.offline.backfill import QueryFailed, Tally, backfill
 from webhook.offline.query import HeliconeQuery
 from webhook.settings import Settings, SettingsError
-from webhook.store import open_store
+from webhook.store import StoreError, open_store
 from webhook.wiring import scoring_from
 
 __all__ = ["run"]
@@ -105,7 +104,7 @@ def run(
             f" (at offset {exc.offset}; {tally.queued} queued before it, running again skips them)",
             1,
         )
-    except (sqlite3.Error, OSError) as exc:
+    except StoreError as exc:
         fail(f"backfill: the store at {settings.database_url} failed: {exc}", 1)
     except KeyboardInterrupt:
         fail(f"backfill interrupted; {tally.queued} queued before it", 130)

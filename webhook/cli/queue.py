@@ -1,18 +1,22 @@
-"""``helicone-scorer queue``: inspect and manage the stored queue, even while the server runs."""
+"""``helicone-scorer queue``: inspect and manage the stored queue, even while the server runs.
+
+Reads go through the store's read path (:func:`webhook.store.open_reader`), which never waits
+for the server's writes; changes through the store. No command here creates a store: a URL with
+none is an error (exit 2), as is one that cannot be opened; a failure while working is exit 1.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import sqlite3
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import orjson
 import typer
 
 from webhook.cli.console import age, fail, print_table, settings_or_exit
-from webhook.store import Store, open_store, sqlite_path
+from webhook.store import NoStore, Reader, Store, StoreError, open_reader, open_store, sqlite_path
 
 __all__ = ["register"]
 
@@ -24,51 +28,68 @@ queue_app = typer.Typer(
 )
 
 
-def _with_store(work: Callable[[Store], Awaitable[T]]) -> T:
-    """Run ``work`` on the existing store. These commands only read or change what a server
-    stored, so they never create a store: a path with no store is an error (exit 2), as is one
-    that cannot be opened; a failure while working is exit 1."""
-    settings = settings_or_exit()
-    url = settings.database_url
+class _CannotOpen(Exception):
+    def __init__(self, cause: StoreError) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+async def _reader(url: str) -> Reader:
+    try:
+        return await open_reader(url)
+    except StoreError as exc:
+        raise _CannotOpen(exc) from exc
+
+
+def _run(work: Callable[[str], Coroutine[Any, Any, T]]) -> T:
+    """Run ``work(url)`` on the configured store; every failure is one line."""
+    url = settings_or_exit().database_url
     path = sqlite_path(url)
     where = f"SCORER_DATABASE_URL ({url})"
     if path is not None:
         where = f"{Path(path).resolve()} (SCORER_DATABASE_URL={url})"
-        if Path(path).is_dir():
-            fail(f"cannot open the store at {where}: it is a directory")
-        if not Path(path).is_file():
+    try:
+        return asyncio.run(work(url))
+    except _CannotOpen as exc:
+        if isinstance(exc.cause, NoStore):
             fail(
                 f"no store at {where}: run the queue commands with the server's settings,"
                 " where `helicone-scorer serve` has created it"
             )
+        fail(f"cannot open the store at {where}: {exc.cause}")
+    except StoreError as exc:  # e.g. the database is locked for longer than the busy timeout
+        fail(f"the store at {where} failed: {exc}", 1)
 
-    async def run() -> T:
+
+def _read(work: Callable[[Reader], Awaitable[T]]) -> T:
+    """Run ``work`` on the read path of the existing store."""
+
+    async def go(url: str) -> T:
+        reader = await _reader(url)
+        try:
+            return await work(reader)
+        finally:
+            await reader.close()
+
+    return _run(go)
+
+
+def _write(work: Callable[[Store], Awaitable[T]]) -> T:
+    """Run ``work`` on the existing store, opened without serving (it claims nothing)."""
+
+    async def go(url: str) -> T:
+        await (await _reader(url)).close()  # there is a store: the read path never creates one
         store = open_store(url)
         try:
             await store.open()
-        except Exception as exc:
+        except StoreError as exc:
             raise _CannotOpen(exc) from exc
         try:
             return await work(store)
         finally:
             await store.close()
 
-    try:
-        return asyncio.run(run())
-    except _CannotOpen as exc:
-        fail(f"cannot open the store at {where}: {_reason(exc.cause)}")
-    except Exception as exc:  # e.g. the database is locked for longer than the busy timeout
-        fail(f"the store at {where} failed: {_reason(exc)}", 1)
-
-
-class _CannotOpen(Exception):
-    def __init__(self, cause: Exception) -> None:
-        super().__init__(str(cause))
-        self.cause = cause
-
-
-def _reason(exc: Exception) -> str:
-    return f"{exc}" if isinstance(exc, sqlite3.Error | OSError) else f"{type(exc).__name__}: {exc}"
+    return _run(go)
 
 
 @queue_app.callback(invoke_without_command=True)
@@ -79,7 +100,7 @@ def summary(
     """Counts by state, and the age of the oldest webhook not yet delivered."""
     if ctx.invoked_subcommand is not None:
         return
-    stats = _with_store(lambda store: store.stats())
+    stats = _read(lambda reader: reader.stats())
     if json:
         typer.echo(
             orjson.dumps({"counts": stats.counts, "oldest_pending_at": stats.oldest_pending_at})
@@ -95,7 +116,7 @@ def dead(
     json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """List the dead letters: request id, attempts and last error."""
-    letters = _with_store(lambda store: store.dead_letters(limit))
+    letters = _read(lambda reader: reader.dead_letters(limit))
     if json:
         typer.echo(orjson.dumps([letter.__dict__ for letter in letters]))
         return
@@ -127,7 +148,7 @@ def retry(
     """Re-queue dead letters, by request id or all of them."""
     if bool(request_ids) == all_:
         fail("name the REQUEST_IDs to retry, or pass --all (not both)")
-    count = _with_store(lambda store: store.requeue_dead(None if all_ else request_ids))
+    count = _write(lambda store: store.requeue_dead(None if all_ else request_ids))
     typer.echo(f"re-queued {count} dead letter(s)")
     if request_ids and count < len(request_ids):
         fail(f"{len(request_ids) - count} of the given ids are not dead letters", 1)
@@ -142,9 +163,9 @@ def purge(
     if not dead:
         fail("say what to purge: --dead")
     if not yes:
-        count = len(_with_store(lambda store: store.dead_letters(10**9)))
+        count = _read(lambda reader: reader.stats()).counts["dead"]
         fail(f"this deletes {count} dead letter(s) for good; add --yes to confirm")
-    count = _with_store(lambda store: store.purge_dead())
+    count = _write(lambda store: store.purge_dead())
     typer.echo(f"purged {count} dead letter(s)")
 
 

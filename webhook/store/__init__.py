@@ -1,27 +1,40 @@
 """The durable queue of webhooks: what the store promises, whatever the database.
 
-This package holds the contract (here) and one module per backend: :mod:`.sqlite`, with its
-writer thread (:mod:`.sqlite_writer`) and its server lock (:mod:`.sqlite_lock`) beside it.
-:func:`open_store` picks the backend from the URL and imports only that one.
+This package holds the contract (here) and the backends: :mod:`.sqlite`, with its writer thread
+(:mod:`.sqlite_writer`), schema (:mod:`.sqlite_schema`), read path (:mod:`.sqlite_reader`),
+posting budget (:mod:`.sqlite_budget`) and server lock (:mod:`.sqlite_lock`) beside it.
+:func:`open_store` and :func:`open_reader` pick the backend from the URL and import only that one.
+The contract is written for several processes, on one machine or many, sharing one database.
 
 Policy:
 
-- ``add`` returns only once the webhook is committed to disk; only then may the receiver answer
-  2xx. A ``request_id`` that is already stored is reported as a duplicate and never queued twice.
+- ``add`` returns only once the webhook is committed durably; only then may the receiver answer
+  2xx. A ``request_id`` that is already stored is reported as a duplicate and never queued twice,
+  whichever process stored it first.
 - Work has two stages. A webhook is first *scored* (promptly, so a large body's short-lived URL
   is still valid and the judge sees fresh traffic), then *posted* at the pace the API allows.
-  The backlog waits here, on disk, not in memory.
-- Delivery is at-least-once. ``claim`` hands out *leases*: a claimed webhook becomes claimable
-  again when its lease runs out, so a crash never strands work. A serving process opens the
-  store with ``serving=True``: if no other server is alive on it, every lease is orphaned (its
-  holder crashed) and is taken back at once, so a restart after a crash does not wait out the
-  leases. While other servers are alive, their leases are left to run out.
-- Each outcome (scored, delivered, retry later, dead) is one write. The scores are stored when
-  computed, so a retry posts the same scores without scoring again.
-- ``release`` gives leases back (at shutdown, or when the rate limit has no room) with the calls
-  already posted, so the work is picked up again without repeating a call that succeeded.
+  The backlog waits here, in the database, not in memory.
+- Delivery is at-least-once. ``claim`` hands out *leases*, each with a token. A claimed webhook
+  becomes claimable again when its lease runs out, so a crash never strands work; ``extend``
+  keeps a lease while its work is still in progress.
+- Fencing: an outcome names the lease it was worked under, and applies only while that token
+  still holds, that is until another claim took the webhook (after the lease ran out), or an
+  outcome already ended the lease. ``record`` says, per outcome, whether it applied; one that
+  did not is dropped by the caller: someone else owns the webhook now.
+- Each outcome (scored, delivered, retry later, dead, released) is one typed value that a
+  backend applies in one statement; ``record`` applies a batch of them in one transaction.
+  Scores are stored when computed, so a retry posts the same scores without scoring again.
+- What a webhook has already posted is a :data:`Posted` set the store keeps: an outcome carries
+  the calls made under its lease, and they are never made again.
+- A serving process opens the store with ``serving=True``: if no other server is alive on it,
+  every lease is orphaned (its holder stopped) and is taken back at once, so a restart after a
+  crash does not wait out the leases.
+- The posting budget (:class:`PostBudget`) is shared by every process on the store.
+- ``subscribe`` wakes the relay when work may have become due, wherever it was stored.
+- Reads for people and metrics (:class:`Reader`) never wait for a writer.
 - ``ping`` fails at once while the last write of webhooks failed, so readiness never lags the
-  503s; a file deleted or replaced under the server is such a failure, and never acknowledged.
+  503s.
+- Failures a caller reports to a person are :class:`StoreError` (one line, no driver types).
 
 States: ``pending`` (waiting until ``available_at``), ``leased`` (being worked on until its lease
 expires), ``done`` (delivered, or nothing to deliver) and ``dead`` (a dead letter, kept until
@@ -30,20 +43,35 @@ retried or purged).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Literal, Protocol
 from urllib.parse import parse_qsl
 
 __all__ = [
-    "FEEDBACK_POSTED",
-    "SCORES_POSTED",
+    "CALLS",
     "STATES",
+    "Call",
+    "Dead",
     "DeadLetter",
+    "Delivered",
+    "Entry",
     "Job",
+    "Lease",
+    "NoStore",
+    "Outcome",
+    "PostBudget",
+    "Posted",
     "QueueStats",
+    "Reader",
+    "Released",
+    "Retry",
+    "Scored",
+    "Slot",
     "Stage",
     "Store",
+    "StoreError",
+    "open_reader",
     "open_store",
     "sqlite_path",
 ]
@@ -51,22 +79,102 @@ __all__ = [
 STATES = ("pending", "leased", "done", "dead")
 Stage = Literal["score", "post"]
 
-# Bits of Job.posted: what one webhook has already delivered.
-SCORES_POSTED = 1
-FEEDBACK_POSTED = 2
+Call = Literal["scores", "feedback"]
+"""One API call a webhook may need: its scores, and a feedback rating if a rule gave one."""
+CALLS: tuple[Call, ...] = ("scores", "feedback")
+Posted = frozenset[Call]
+"""The calls a webhook has already made successfully; they are never made again."""
+
+
+class StoreError(Exception):
+    """A failure to report to a person as one line: the store cannot be opened, or is gone."""
+
+
+class NoStore(StoreError):
+    """There is no store at that URL (the read and management commands never create one)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """A claim on one webhook: ``token`` is new for every claim."""
+
+    request_id: str
+    token: str
 
 
 @dataclass(frozen=True, slots=True)
 class Job:
     """One claimed webhook."""
 
-    request_id: str
-    body: bytes | None
+    lease: Lease
+    body: bytes | None  # None in the post stage (its scores are stored)
     attempts: int  # tries of the current stage, this one included (scoring resets it)
     received_at: float
     scores: dict[str, int] | None  # None until scored
     feedback: bool | None = None  # the rating to post, if a feedback rule gave one
-    posted: int = 0
+    posted: Posted = frozenset()
+
+    @property
+    def request_id(self) -> str:
+        return self.lease.request_id
+
+
+# Outcomes: what became of a leased webhook. Each applies only while its lease holds.
+
+
+@dataclass(frozen=True, slots=True)
+class Scored:
+    """The scores are computed. ``finished`` when there is nothing to post (or a dry run): the
+    webhook is done; otherwise it waits for the post stage, due now, with fresh attempts. The
+    body is kept until the webhook is done."""
+
+    lease: Lease
+    scores: dict[str, int]
+    feedback: bool | None
+    finished: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Delivered:
+    """Every call was made: done. ``status`` is the API's last answer."""
+
+    lease: Lease
+    status: int | None
+    posted: Posted
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """The attempt failed: due again after ``delay`` seconds, with the calls made so far."""
+
+    lease: Lease
+    delay: float
+    status: int | None
+    error: str
+    posted: Posted
+
+
+@dataclass(frozen=True, slots=True)
+class Dead:
+    """Given up: a dead letter, kept until retried or purged."""
+
+    lease: Lease
+    status: int | None
+    error: str
+    posted: Posted
+
+
+@dataclass(frozen=True, slots=True)
+class Released:
+    """Given back unfinished (shutdown, or no room in the budget), due after ``delay``; the
+    attempt does not count. The calls made under the lease are kept."""
+
+    lease: Lease
+    posted: Posted = frozenset()
+    delay: float = 0.0
+
+
+Outcome = Scored | Delivered | Retry | Dead | Released
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,77 +188,143 @@ class DeadLetter:
 
 @dataclass(frozen=True, slots=True)
 class QueueStats:
-    counts: dict[str, int]
-    oldest_pending_at: float | None
+    counts: dict[str, int]  # every state in STATES, zero included
+    oldest_pending_at: float | None  # received_at of the oldest webhook not yet finished
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One stored webhook as the read path sees it (for ``queue``, diagnostics and tests);
+    never its body."""
+
+    request_id: str
+    state: str
+    attempts: int
+    received_at: float
+    available_at: float
+    scores: dict[str, int] | None
+    feedback: bool | None
+    posted: Posted
+    backfill: bool
+    last_status: int | None
+    last_error: str | None
+    finished_at: float | None
+    has_body: bool = field(default=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Slot:
+    """A place in the posting budget, held by one API call."""
+
+    token: str
+
+
+class PostBudget(Protocol):
+    """The API's budget, shared by every process on the store: at most ``limit`` calls in any
+    ``window`` seconds, and after a 429 no call at all, from any process, until its pause ends.
+
+    A call holds its place from :meth:`take` until ``window`` seconds after :meth:`spent`: the
+    server has seen the call by then, whatever the network delayed, so no window of the
+    server's clock holds more than ``limit`` of them. A place taken and never spent (its
+    process died) is counted as spent when taken, so it frees on its own. The times are kept
+    by the store, so a restart does not grant a fresh budget.
+    """
+
+    limit: int
+    window: float
+
+    async def room(self) -> int:
+        """Calls that may start now (0 while paused)."""
+
+    async def take(self) -> Slot | None:
+        """A place for one call now, or None without waiting when there is none."""
+
+    async def spent(self, slot: Slot) -> None:
+        """The call holding ``slot`` has ended, now."""
+
+    async def pause(self, seconds: float) -> None:
+        """A 429: no call from any process for ``seconds`` (a longer pause already set wins)."""
+
+    async def wait_time(self) -> float:
+        """Seconds until a place may free, as far as is known now (0 when one is free)."""
+
+
+class Reader(Protocol):
+    """The read path: it never waits for a writer, and never creates a store."""
+
+    async def stats(self) -> QueueStats: ...
+
+    async def dead_letters(self, limit: int) -> list[DeadLetter]:
+        """The dead letters, the longest-dead first."""
+
+    async def entries(self, request_ids: Sequence[str] | None = None) -> dict[str, Entry]:
+        """Stored webhooks by request id (the named ones that exist, or all)."""
+
+    async def close(self) -> None: ...
 
 
 class Store(Protocol):
     async def open(self, *, serving: bool = False) -> None:
-        """Open (creating the schema). ``serving``: this process will claim work; it counts as
-        a live server until closed, and takes back every lease if no other server is alive."""
+        """Open, creating or migrating the schema. ``serving``: this process will claim work;
+        it counts as a live server until closed, and takes back every lease if no other server
+        is alive. Raises :class:`StoreError` when it cannot be opened."""
 
     async def close(self) -> None: ...
+
+    @property
+    def reader(self) -> Reader:
+        """The read path of this open store (closed with it)."""
+
+    def budget(self, limit: int, window: float) -> PostBudget:
+        """The posting budget shared through this store."""
+
+    def subscribe(self, wake: Callable[[Stage], None]) -> None:
+        """Call ``wake(stage)`` (on the event loop) when work for ``stage`` may have become due:
+        a webhook added, scores to post recorded, dead letters re-queued, work given back; by
+        this process or, for a shared database, by any other."""
 
     async def add(self, request_id: str, body: bytes) -> bool:
         """Commit a webhook durably. True if new, False if ``request_id`` was already stored."""
 
     async def claim(self, stage: Stage, limit: int, lease_seconds: float) -> list[Job]:
-        """Lease up to ``limit`` webhooks due for ``stage``, oldest first."""
+        """Lease up to ``limit`` webhooks due for ``stage``, each under a new token.
 
-    async def scored(
-        self, request_id: str, scores: dict[str, int], feedback: bool | None, finished: bool
-    ) -> None:
-        """Record the scores; ``finished`` when there is nothing to post (or a dry run)."""
+        Oldest first; in the post stage live webhooks before backfilled ones. An expired lease
+        is due: claiming it again counts an attempt and ends the old token."""
 
-    async def complete(self, request_id: str, status: int | None) -> None:
-        """Mark delivered (``status`` is the API's last answer)."""
+    async def extend(self, leases: Sequence[Lease], lease_seconds: float) -> list[bool]:
+        """Hold these leases ``lease_seconds`` from now; per lease, whether it still held."""
 
-    async def retry(
-        self, request_id: str, delay: float, status: int | None, error: str, posted: int
-    ) -> None:
-        """Return a webhook to the queue, due again after ``delay`` seconds."""
-
-    async def bury(self, request_id: str, status: int | None, error: str, posted: int) -> None:
-        """Move a webhook to the dead letters."""
+    async def record(self, outcomes: Sequence[Outcome]) -> list[bool]:
+        """Apply outcomes in one transaction; per outcome, whether its lease still held (an
+        outcome whose lease did not hold changes nothing)."""
 
     async def enqueue_scores(self, request_id: str, scores: dict[str, int]) -> bool:
         """Queue already-computed scores for delivery (backfill), so the relay posts them as
-        they are, under the same retries and rate limit, without scoring again.
+        they are, under the same retries and budget, without scoring again.
 
         A new ``request_id`` is inserted as pending; a finished one (done or dead) is re-opened
         with fresh attempts and age, unless it is done with these very scores already posted.
         Returns False, changing nothing, for that case and for work already pending or leased.
+        Safe against concurrent writers (one statement, or one transaction that locks the row).
         """
-
-    async def release(self, posted: Mapping[str, int], delay: float = 0.0) -> None:
-        """Give leases back unfinished, due again after ``delay``; the attempt does not count.
-
-        ``posted`` maps each request id to the calls posted under this lease (``posted`` bits),
-        which are recorded so that they are never repeated.
-        """
-
-    async def log_posts(self, ended_at: list[float]) -> None:
-        """Remember when API calls ended, so the rate limit holds across restarts."""
-
-    async def recent_posts(self, since: float) -> list[float]: ...
 
     async def ping(self) -> None:
         """Raise unless the store accepts a durable write, at once while the last write of
         webhooks failed (until one succeeds again)."""
 
-    async def stats(self) -> QueueStats: ...
+    async def requeue_dead(self, request_ids: Sequence[str] | None) -> int:
+        """Re-queue the named dead letters (all when None), due now with fresh attempts;
+        returns how many."""
 
-    async def dead_letters(self, limit: int) -> list[DeadLetter]: ...
-
-    async def requeue_dead(self, request_ids: list[str] | None) -> int:
-        """Re-queue the named dead letters (all when None); returns how many."""
-
-    async def purge_dead(self) -> int: ...
+    async def purge_dead(self) -> int:
+        """Delete every dead letter for good; returns how many."""
 
     async def prune_done(self, before: float) -> int:
         """Forget delivered webhooks finished before ``before``; returns how many.
 
         Their ids no longer count as duplicates after that: the retention is the dedup window.
+        Dead letters and unfinished work are never pruned.
         """
 
 
@@ -163,11 +337,22 @@ def sqlite_path(url: str) -> str | None:
 
 
 def open_store(url: str) -> Store:
-    """Pick the store from the URL's scheme."""
+    """Pick the store from the URL's scheme (not opened yet)."""
     path = sqlite_path(url)
     if path is not None:
         from webhook.store.sqlite import SQLiteStore
 
         options = dict(parse_qsl(url.partition("?")[2]))
         return SQLiteStore(path, busy_timeout_ms=int(options.get("busy_timeout_ms", 10_000)))
+    raise ValueError(f"unsupported database URL scheme: {url.split(':', 1)[0]!r}")
+
+
+async def open_reader(url: str) -> Reader:
+    """The read path of the store at ``url``, opened, without a writer and without creating
+    anything: :class:`NoStore` when there is none, :class:`StoreError` when it cannot be read."""
+    path = sqlite_path(url)
+    if path is not None:
+        from webhook.store.sqlite_reader import SQLiteReader
+
+        return await SQLiteReader.open(path)
     raise ValueError(f"unsupported database URL scheme: {url.split(':', 1)[0]!r}")

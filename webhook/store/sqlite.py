@@ -1,4 +1,16 @@
-"""The SQLite store: WAL mode, ``synchronous=FULL``, group commit (see :mod:`sqlite_writer`).
+"""The SQLite store: WAL mode, ``synchronous=FULL``, group commit (see :mod:`.sqlite_writer`).
+
+Beside it: the schema and its migrations (:mod:`.sqlite_schema`), the read path on its own
+read-only connection (:mod:`.sqlite_reader`), the posting budget (:mod:`.sqlite_budget`) and the
+lock that tells which servers are alive (:mod:`.sqlite_lock`).
+
+Fencing: a claim writes a new token into ``lease`` for the webhooks it takes, and every outcome
+and extension applies ``WHERE request_id = ? AND lease = ?``; an outcome clears the token, so a
+lease ends once, and an outcome of a lease that ran out and was claimed again changes nothing.
+
+Wake-ups (:meth:`SQLiteStore.subscribe`) are in memory: this process's writes wake this
+process's relay. Another process's writes (``backfill``, ``queue retry``) are found by the
+relay's poll.
 
 Its health, for readiness: when a write of webhooks fails (a full disk, a lock held past the busy
 timeout, the file deleted or replaced under us), the failure is kept, logged once at ERROR, and
@@ -15,25 +27,43 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import sqlite3
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
+from typing import Any, TypeVar
 
 import orjson
 
 from webhook.logs import event
-from webhook.store import SCORES_POSTED, DeadLetter, Job, QueueStats, Stage
+from webhook.store import (
+    Dead,
+    Delivered,
+    Job,
+    Lease,
+    Outcome,
+    Released,
+    Retry,
+    Scored,
+    Stage,
+    StoreError,
+)
+from webhook.store.sqlite_budget import SQLiteBudget
 from webhook.store.sqlite_lock import ServerLock
+from webhook.store.sqlite_reader import SQLiteReader, connect
+from webhook.store.sqlite_schema import bits, create_or_migrate, posted
 from webhook.store.sqlite_writer import Writer
 
 __all__ = ["SQLiteStore", "StoreUnavailable"]
 
 log = logging.getLogger("webhook.store")
 
+T = TypeVar("T")
 
-class StoreUnavailable(Exception):
+
+class StoreUnavailable(StoreError):
     """The last write failed and nothing has succeeded since."""
 
 
@@ -47,32 +77,6 @@ class WriteFailure:
     size: int  # bytes of webhooks the failed write carried: what a probe must prove fits
 
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS webhooks (
-    request_id   TEXT PRIMARY KEY,
-    body         BLOB,
-    state        TEXT NOT NULL DEFAULT 'pending',
-    received_at  REAL NOT NULL,
-    available_at REAL NOT NULL,
-    attempts     INTEGER NOT NULL DEFAULT 0,
-    scores       TEXT,
-    feedback     INTEGER,
-    posted       INTEGER NOT NULL DEFAULT 0,
-    backfill     INTEGER NOT NULL DEFAULT 0,
-    last_status  INTEGER,
-    last_error   TEXT,
-    finished_at  REAL
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS webhooks_to_score ON webhooks (available_at)
-    WHERE state IN ('pending', 'leased') AND scores IS NULL;
-CREATE INDEX IF NOT EXISTS webhooks_to_post ON webhooks (backfill, available_at)
-    WHERE state IN ('pending', 'leased') AND scores IS NOT NULL;
-CREATE INDEX IF NOT EXISTS webhooks_state ON webhooks (state, finished_at);
-CREATE TABLE IF NOT EXISTS post_log (ended_at REAL NOT NULL);
-CREATE INDEX IF NOT EXISTS post_log_ended ON post_log (ended_at);
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT) WITHOUT ROWID;
-"""
-
 INSERT = (
     "INSERT OR IGNORE INTO webhooks (request_id, body, received_at, available_at)"
     " VALUES (?, ?, ?, ?)"
@@ -81,13 +85,15 @@ INSERT = (
 # Live webhooks are posted before backfilled ones, so a large backfill never delays live scores.
 CLAIM = {
     "score": (
-        "UPDATE webhooks SET state = 'leased', available_at = ?, attempts = attempts + 1"
+        "UPDATE webhooks SET state = 'leased', available_at = ?, attempts = attempts + 1,"
+        " lease = ?"
         " WHERE request_id IN (SELECT request_id FROM webhooks INDEXED BY webhooks_to_score"
         "   WHERE state IN ('pending', 'leased') AND scores IS NULL AND available_at <= ?"
         "   ORDER BY available_at LIMIT ?)"
     ),
     "post": (
-        "UPDATE webhooks SET state = 'leased', available_at = ?, attempts = attempts + 1"
+        "UPDATE webhooks SET state = 'leased', available_at = ?, attempts = attempts + 1,"
+        " lease = ?"
         " WHERE request_id IN (SELECT request_id FROM webhooks INDEXED BY webhooks_to_post"
         "   WHERE state IN ('pending', 'leased') AND scores IS NOT NULL AND available_at <= ?"
         "   ORDER BY backfill, available_at LIMIT ?)"
@@ -98,51 +104,158 @@ RETURNING = {
     "score": " RETURNING request_id, body, attempts, received_at, scores, feedback, posted",
     "post": " RETURNING request_id, NULL, attempts, received_at, scores, feedback, posted",
 }
+# One statement per outcome, each fenced by the lease token (request_id, lease), which it
+# clears. Each returns whether the webhook waits for scoring, so a release wakes the right stage.
+SCORED = (
+    "UPDATE webhooks SET scores = ?, feedback = ?, state = ?, available_at = ?, attempts = 0,"
+    " finished_at = ?, body = CASE WHEN ? THEN NULL ELSE body END, lease = NULL"
+    " WHERE request_id = ? AND lease = ? RETURNING scores IS NULL"
+)
+DELIVERED = (
+    "UPDATE webhooks SET state = 'done', body = NULL, last_status = ?, last_error = NULL,"
+    " finished_at = ?, posted = posted | ?, lease = NULL"
+    " WHERE request_id = ? AND lease = ? RETURNING scores IS NULL"
+)
+RETRY = (
+    "UPDATE webhooks SET state = 'pending', available_at = ?, last_status = ?, last_error = ?,"
+    " posted = posted | ?, lease = NULL"
+    " WHERE request_id = ? AND lease = ? RETURNING scores IS NULL"
+)
+DEAD = (
+    "UPDATE webhooks SET state = 'dead', last_status = ?, last_error = ?, posted = posted | ?,"
+    " finished_at = ?, lease = NULL"
+    " WHERE request_id = ? AND lease = ? RETURNING scores IS NULL"
+)
+# A claim counted an attempt; giving the lease back undoes that.
+RELEASED = (
+    "UPDATE webhooks SET state = 'pending', available_at = ?, attempts = MAX(attempts - 1, 0),"
+    " posted = posted | ?, lease = NULL"
+    " WHERE request_id = ? AND lease = ? RETURNING scores IS NULL"
+)
 
 
-def _job(row: tuple[str, bytes | None, int, float, str | None, int | None, int]) -> Job:
-    rid, body, attempts, received, scores, feedback, posted = row
+def _statement(outcome: Outcome, now: float) -> tuple[str, tuple[Any, ...]]:
+    """The statement that applies ``outcome``, with its parameters."""
+    fence = (outcome.lease.request_id, outcome.lease.token)
+    match outcome:
+        case Scored(scores=scores, feedback=feedback, finished=finished):
+            state = "done" if finished else "pending"
+            rating = None if feedback is None else int(feedback)
+            params = (orjson.dumps(scores).decode(), rating, state, now)
+            return SCORED, (*params, now if finished else None, finished, *fence)
+        case Delivered(status=status, posted=calls):
+            return DELIVERED, (status, now, bits(calls), *fence)
+        case Retry(delay=delay, status=status, error=error, posted=calls):
+            return RETRY, (now + delay, status, error, bits(calls), *fence)
+        case Dead(status=status, error=error, posted=calls):
+            return DEAD, (status, error, bits(calls), now, *fence)
+        case Released(posted=calls, delay=delay):
+            return RELEASED, (now + delay, bits(calls), *fence)
+    raise TypeError(f"not an outcome: {outcome!r}")
+
+
+def _wakes(outcome: Outcome, to_score: bool) -> Stage | None:
+    """The stage an applied outcome made work due for, now."""
+    if isinstance(outcome, Scored) and not outcome.finished:
+        return "post"
+    if isinstance(outcome, Released) and outcome.delay <= 0:
+        return "score" if to_score else "post"
+    return None
+
+
+Row = tuple[str, bytes | None, int, float, str | None, int | None, int]
+
+
+def _job(token: str, row: Row) -> Job:
+    rid, body, attempts, received, scores, feedback, calls = row
     return Job(
-        rid,
+        Lease(rid, token),
         None if body is None else bytes(body),
         attempts,
         received,
         None if scores is None else orjson.loads(scores),
         None if feedback is None else bool(feedback),
-        posted,
+        posted(calls),
     )
 
 
 class SQLiteStore:
     def __init__(self, path: str, busy_timeout_ms: int = 10_000) -> None:
+        self.path = path
         self._writer = Writer(path, busy_timeout_ms)
         self._lock = None if path == ":memory:" else ServerLock(path)
+        self._reader: SQLiteReader | None = None
+        self._subscribers: list[Callable[[Stage], None]] = []
         self._adds: list[tuple[str, bytes, float, asyncio.Future[bool]]] = []
         self._flusher: asyncio.Task[None] | None = None
         self._failure: WriteFailure | None = None
         self._probe: asyncio.Task[None] | None = None
 
     async def open(self, *, serving: bool = False) -> None:
+        try:
+            await self._open(serving)
+        except StoreError:
+            raise
+        except Exception as exc:
+            raise StoreError(str(exc) or type(exc).__name__) from exc
+
+    async def _open(self, serving: bool) -> None:
         self._writer.start()
-        await self._writer.run(_create_schema)
-        if serving and self._lock is not None:
-            try:
-                if self._lock.acquire():
-                    recovered = await self._writer.run(_recover_orphans)
-                    if recovered:
-                        event(log, f"took back {recovered} webhook(s) a stopped server had claimed")
-                    self._lock.share()
-            except BaseException:
-                self._lock.release()
-                await self._writer.stop()
-                raise
+        try:
+            await self._writer.run(create_or_migrate)
+            self._reader = SQLiteReader(await asyncio.to_thread(connect, self.path))
+            if serving and self._lock is not None:
+                try:
+                    if self._lock.acquire():
+                        recovered = await self._writer.run(_recover_orphans)
+                        if recovered:
+                            event(
+                                log,
+                                f"took back {recovered} webhook(s) a stopped server had claimed",
+                            )
+                        self._lock.share()
+                except BaseException:
+                    self._lock.release()
+                    raise
+        except BaseException:
+            await self._close_reader()
+            await self._writer.stop()
+            raise
 
     async def close(self) -> None:
         if self._probe is not None:
             self._probe.cancel()
+        await self._close_reader()
         await self._writer.stop()
         if self._lock is not None:
             self._lock.release()
+
+    async def _close_reader(self) -> None:
+        if self._reader is not None:
+            await self._reader.close()
+            self._reader = None
+
+    @property
+    def reader(self) -> SQLiteReader:
+        if self._reader is None:
+            raise StoreError("the store is not open")
+        return self._reader
+
+    def budget(self, limit: int, window: float) -> SQLiteBudget:
+        return SQLiteBudget(self._writer.run, self._query, limit, window)
+
+    async def _query(self, query: Callable[[sqlite3.Connection], T]) -> T:
+        return await self.reader.query(query)
+
+    def subscribe(self, wake: Callable[[Stage], None]) -> None:
+        self._subscribers.append(wake)
+
+    def _wake(self, stage: Stage) -> None:
+        for wake in self._subscribers:
+            try:
+                wake(stage)
+            except Exception:
+                log.exception("a wake-up subscriber failed")
 
     def _failed(self, exc: BaseException, size: int) -> None:
         reason = str(exc) or type(exc).__name__
@@ -184,58 +297,49 @@ class SQLiteStore:
                 for (*_, fut), new in zip(batch, inserted, strict=True):
                     if not fut.done():
                         fut.set_result(new)
+                if any(inserted):
+                    self._wake("score")
         finally:
             self._flusher = None
 
     async def claim(self, stage: Stage, limit: int, lease_seconds: float) -> list[Job]:
+        token = secrets.token_hex(8)  # one per claim: a lease is (request_id, token)
+
         def op(conn: sqlite3.Connection) -> list[Job]:
             now = time.time()
-            rows = conn.execute(CLAIM[stage] + RETURNING[stage], (now + lease_seconds, now, limit))
-            return sorted(map(_job, rows), key=lambda j: j.received_at)
+            params = (now + lease_seconds, token, now, limit)
+            rows = conn.execute(CLAIM[stage] + RETURNING[stage], params).fetchall()
+            return sorted((_job(token, row) for row in rows), key=lambda j: j.received_at)
 
         return await self._writer.run(op)
 
-    async def scored(
-        self, request_id: str, scores: dict[str, int], feedback: bool | None, finished: bool
-    ) -> None:
-        now = time.time()
-        await self._execute(
-            "UPDATE webhooks SET scores = ?, feedback = ?, state = ?, available_at = ?,"
-            " attempts = 0, finished_at = ?, body = CASE WHEN ? THEN NULL ELSE body END"
-            " WHERE request_id = ?",
-            (
-                orjson.dumps(scores).decode(),
-                None if feedback is None else int(feedback),
-                "done" if finished else "pending",
-                now,
-                now if finished else None,
-                finished,
-                request_id,
-            ),
-        )
+    async def extend(self, leases: Sequence[Lease], lease_seconds: float) -> list[bool]:
+        def op(conn: sqlite3.Connection) -> list[bool]:
+            until = time.time() + lease_seconds
+            sql = "UPDATE webhooks SET available_at = ? WHERE request_id = ? AND lease = ?"
+            return [
+                conn.execute(sql, (until, lease.request_id, lease.token)).rowcount == 1
+                for lease in leases
+            ]
 
-    async def complete(self, request_id: str, status: int | None) -> None:
-        await self._execute(
-            "UPDATE webhooks SET state = 'done', body = NULL, last_status = ?, last_error = NULL,"
-            " finished_at = ?, posted = 3 WHERE request_id = ?",
-            (status, time.time(), request_id),
-        )
+        return await self._writer.run(op) if leases else []
 
-    async def retry(
-        self, request_id: str, delay: float, status: int | None, error: str, posted: int
-    ) -> None:
-        await self._execute(
-            "UPDATE webhooks SET state = 'pending', available_at = ?, last_status = ?,"
-            " last_error = ?, posted = ? WHERE request_id = ?",
-            (time.time() + delay, status, error, posted, request_id),
-        )
+    async def record(self, outcomes: Sequence[Outcome]) -> list[bool]:
+        def op(conn: sqlite3.Connection) -> list[tuple[bool, bool]]:
+            now = time.time()
+            applied = []
+            for outcome in outcomes:
+                rows = conn.execute(*_statement(outcome, now)).fetchall()
+                applied.append((bool(rows), bool(rows and rows[0][0])))
+            return applied
 
-    async def bury(self, request_id: str, status: int | None, error: str, posted: int) -> None:
-        await self._execute(
-            "UPDATE webhooks SET state = 'dead', last_status = ?, last_error = ?, posted = ?,"
-            " finished_at = ? WHERE request_id = ?",
-            (status, error, posted, time.time(), request_id),
-        )
+        if not outcomes:
+            return []
+        results = await self._writer.run(op)
+        for outcome, (held, to_score) in zip(outcomes, results, strict=True):
+            if held and (stage := _wakes(outcome, to_score)) is not None:
+                self._wake(stage)
+        return [held for held, _ in results]
 
     async def enqueue_scores(self, request_id: str, scores: dict[str, int]) -> bool:
         def op(conn: sqlite3.Connection) -> bool:
@@ -250,49 +354,24 @@ class SQLiteStore:
                     (request_id, now, now, orjson.dumps(scores).decode()),
                 )
                 return True
-            state, stored, posted = row
+            state, stored, calls = row
             if state in ("pending", "leased"):
                 return False
-            if state == "done" and posted & SCORES_POSTED and orjson.loads(stored) == scores:
+            if state == "done" and "scores" in posted(calls) and orjson.loads(stored) == scores:
                 return False
             conn.execute(
                 "UPDATE webhooks SET state = 'pending', scores = ?, feedback = NULL, posted = 0,"
-                " backfill = 1,"
-                " received_at = ?, available_at = ?, attempts = 0, last_status = NULL,"
-                " last_error = NULL, finished_at = NULL WHERE request_id = ?",
+                " backfill = 1, received_at = ?, available_at = ?, attempts = 0,"
+                " last_status = NULL, last_error = NULL, finished_at = NULL, lease = NULL"
+                " WHERE request_id = ?",
                 (orjson.dumps(scores).decode(), now, now, request_id),
             )
             return True
 
-        return await self._writer.run(op)
-
-    async def release(self, posted: Mapping[str, int], delay: float = 0.0) -> None:
-        def op(conn: sqlite3.Connection) -> None:
-            # A claim counted an attempt; giving the lease back undoes that.
-            conn.executemany(
-                "UPDATE webhooks SET state = 'pending', available_at = ?,"
-                " attempts = MAX(attempts - 1, 0), posted = posted | ?"
-                " WHERE request_id = ? AND state = 'leased'",
-                [(time.time() + delay, bits, rid) for rid, bits in posted.items()],
-            )
-
-        if posted:
-            await self._writer.run(op)
-
-    async def log_posts(self, ended_at: list[float]) -> None:
-        def op(conn: sqlite3.Connection) -> None:
-            conn.executemany("INSERT INTO post_log (ended_at) VALUES (?)", [(t,) for t in ended_at])
-            conn.execute("DELETE FROM post_log WHERE ended_at < ?", (time.time() - 3600,))
-
-        if ended_at:
-            await self._writer.run(op)
-
-    async def recent_posts(self, since: float) -> list[float]:
-        def op(conn: sqlite3.Connection) -> list[float]:
-            rows = conn.execute("SELECT ended_at FROM post_log WHERE ended_at >= ?", (since,))
-            return sorted(t for (t,) in rows)
-
-        return await self._writer.run(op)
+        queued = await self._writer.run(op)
+        if queued:
+            self._wake("post")
+        return queued
 
     async def ping(self) -> None:
         failure = self._failure
@@ -317,30 +396,7 @@ class SQLiteStore:
             return  # still failing; the next ping probes again
         self._succeeded(failure)
 
-    async def stats(self) -> QueueStats:
-        def op(conn: sqlite3.Connection) -> QueueStats:
-            counts = dict.fromkeys(("pending", "leased", "done", "dead"), 0)
-            for state, n in conn.execute("SELECT state, COUNT(*) FROM webhooks GROUP BY state"):
-                counts[state] = n
-            (oldest,) = conn.execute(
-                "SELECT MIN(received_at) FROM webhooks WHERE state IN ('pending', 'leased')"
-            ).fetchone()
-            return QueueStats(counts, oldest)
-
-        return await self._writer.run(op)
-
-    async def dead_letters(self, limit: int) -> list[DeadLetter]:
-        def op(conn: sqlite3.Connection) -> list[DeadLetter]:
-            rows = conn.execute(
-                "SELECT request_id, attempts, last_status, last_error, received_at FROM webhooks"
-                " WHERE state = 'dead' ORDER BY finished_at LIMIT ?",
-                (limit,),
-            )
-            return [DeadLetter(*row) for row in rows]
-
-        return await self._writer.run(op)
-
-    async def requeue_dead(self, request_ids: list[str] | None) -> int:
+    async def requeue_dead(self, request_ids: Sequence[str] | None) -> int:
         sql = (
             "UPDATE webhooks SET state = 'pending', available_at = ?, attempts = 0,"
             " finished_at = NULL WHERE state = 'dead'"
@@ -352,10 +408,14 @@ class SQLiteStore:
                 return conn.execute(sql, (now,)).rowcount
             return sum(
                 conn.execute(sql + " AND request_id = ?", (now, rid)).rowcount
-                for rid in request_ids
+                for rid in dict.fromkeys(request_ids)
             )
 
-        return await self._writer.run(op)
+        count: int = await self._writer.run(op)
+        if count:
+            self._wake("score")
+            self._wake("post")
+        return count
 
     async def purge_dead(self) -> int:
         def op(conn: sqlite3.Connection) -> int:
@@ -369,23 +429,6 @@ class SQLiteStore:
             return conn.execute(sql, (before,)).rowcount
 
         return await self._writer.run(op)
-
-    async def _execute(self, sql: str, params: tuple[object, ...]) -> None:
-        await self._writer.run(lambda conn: conn.execute(sql, params))
-
-
-SCHEMA_VERSION = 1  # PRAGMA user_version; a change of schema needs a migration and a bump
-
-
-def _create_schema(conn: sqlite3.Connection) -> None:
-    (version,) = conn.execute("PRAGMA user_version").fetchone()
-    if version not in (0, SCHEMA_VERSION):
-        raise RuntimeError(
-            f"the database has schema version {version}; this build knows version {SCHEMA_VERSION}"
-        )
-    for statement in filter(str.strip, SCHEMA.split(";")):
-        conn.execute(statement)
-    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
 
 def _insert_all(
@@ -411,9 +454,10 @@ def _heartbeat(writer: Writer, size: int, conn: sqlite3.Connection) -> None:
 
 
 def _recover_orphans(conn: sqlite3.Connection) -> int:
-    """Make every lease pending, due now, its attempt not counted (no server holds one)."""
+    """Make every lease pending, due now, its attempt not counted (no server holds one), and
+    end its token."""
     return conn.execute(
-        "UPDATE webhooks SET state = 'pending', available_at = ?,"
+        "UPDATE webhooks SET state = 'pending', available_at = ?, lease = NULL,"
         " attempts = MAX(attempts - 1, 0) WHERE state = 'leased'",
         (time.time(),),
     ).rowcount

@@ -9,6 +9,10 @@ not committed.
 The writer also remembers which file it opened (device and inode): :meth:`Writer.check_file`
 tells whether the path still names it, since SQLite keeps writing into a deleted or replaced
 file without a word, and nothing written there survives a restart.
+
+A failed operation raises :class:`webhook.store.StoreError` with the driver's message (a database
+locked, a disk full), so no caller needs to know SQLite's exception types; other exceptions (a
+bug in an operation) are raised as they are.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from webhook.store import StoreError
+
 __all__ = ["FileGone", "Writer"]
 
 T = TypeVar("T")
@@ -32,7 +38,7 @@ Item = tuple[Op, asyncio.Future[Any], asyncio.AbstractEventLoop]
 MAX_BATCH = 1024
 
 
-class FileGone(Exception):
+class FileGone(StoreError):
     """The database path no longer names the file the writer has open."""
 
 
@@ -124,12 +130,20 @@ class Writer:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             if len(batch) == 1:
-                _settle(batch, [exc], failed=True)
+                _settle(batch, [_one_line(exc)], failed=True)
             else:
                 for item in batch:
                     self._apply(conn, [item])
             return
         _settle(batch, results, failed=False)
+
+
+def _one_line(exc: Exception) -> Exception:
+    if isinstance(exc, sqlite3.Error | OSError):
+        error = StoreError(str(exc) or type(exc).__name__)
+        error.__cause__ = exc
+        return error
+    return exc
 
 
 def _settle(batch: list[Item], results: list[Any], *, failed: bool) -> None:

@@ -1,0 +1,164 @@
+"""What only the SQLite store does: its migration from schema version 1, a read path that never
+waits for the writer, and a posting budget kept in the file. (What every store promises is the
+contract suite's.)"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3  # to build a version 1 file, and to hold the write lock as another process would
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from webhook.store import Delivered, Store, open_reader, open_store
+
+# The schema of version 1, as the first release created it.
+SCHEMA_V1 = """
+CREATE TABLE webhooks (
+    request_id   TEXT PRIMARY KEY,
+    body         BLOB,
+    state        TEXT NOT NULL DEFAULT 'pending',
+    received_at  REAL NOT NULL,
+    available_at REAL NOT NULL,
+    attempts     INTEGER NOT NULL DEFAULT 0,
+    scores       TEXT,
+    feedback     INTEGER,
+    posted       INTEGER NOT NULL DEFAULT 0,
+    backfill     INTEGER NOT NULL DEFAULT 0,
+    last_status  INTEGER,
+    last_error   TEXT,
+    finished_at  REAL
+) WITHOUT ROWID;
+CREATE INDEX webhooks_to_score ON webhooks (available_at)
+    WHERE state IN ('pending', 'leased') AND scores IS NULL;
+CREATE INDEX webhooks_to_post ON webhooks (backfill, available_at)
+    WHERE state IN ('pending', 'leased') AND scores IS NOT NULL;
+CREATE INDEX webhooks_state ON webhooks (state, finished_at);
+CREATE TABLE post_log (ended_at REAL NOT NULL);
+CREATE INDEX post_log_ended ON post_log (ended_at);
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT) WITHOUT ROWID;
+PRAGMA user_version = 1;
+"""
+
+
+def run(db: Path, work: Callable[[Store], Awaitable[None]]) -> None:
+    async def go() -> None:
+        store = open_store(f"sqlite:///{db}")
+        await store.open()
+        try:
+            await work(store)
+        finally:
+            await store.close()
+
+    asyncio.run(go())
+
+
+def test_a_version_1_database_is_migrated_and_keeps_its_rows(tmp_path: Path) -> None:
+    db = tmp_path / "v1.db"
+    with sqlite3.connect(db) as conn:
+        conn.executescript(SCHEMA_V1)
+        conn.executemany(
+            "INSERT INTO webhooks (request_id, body, state, received_at, available_at, attempts,"
+            " scores, feedback, posted, last_status, finished_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            [
+                ("unscored", b'{"request_id":"unscored"}', "pending", 1.0, 1.0, 0, None, None,
+                 0, None, None),
+                # Its scores were posted, its feedback not yet: only the feedback is left to post.
+                ("half", None, "pending", 2.0, 2.0, 1, '{"a":1}', 1, 1, None, None),
+                ("done", None, "done", 3.0, 3.0, 1, '{"a":2}', 0, 3, 201, 4.0),
+            ],
+        )  # fmt: skip
+
+    async def read_v1() -> dict[str, frozenset[str]]:
+        reader = await open_reader(f"sqlite:///{db}")  # reads version 1 without migrating it
+        try:
+            return {rid: e.posted for rid, e in (await reader.entries()).items()}
+        finally:
+            await reader.close()
+
+    expected = {
+        "unscored": frozenset(),
+        "half": frozenset({"scores"}),
+        "done": frozenset({"scores", "feedback"}),
+    }
+    assert asyncio.run(read_v1()) == expected
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone() == (1,)
+
+    async def work(store: Store) -> None:
+        entries = await store.reader.entries()
+        assert {rid: e.posted for rid, e in entries.items()} == expected
+        assert (entries["done"].state, entries["done"].scores) == ("done", {"a": 2})
+        assert entries["unscored"].has_body
+        (job,) = await store.claim("post", 10, 60)
+        assert (job.request_id, job.posted, job.feedback, job.attempts) == (
+            "half", frozenset({"scores"}), True, 2,
+        )  # fmt: skip
+        assert await store.record([Delivered(job.lease, 201, frozenset({"feedback"}))]) == [True]
+        (job,) = await store.claim("score", 10, 60)
+        assert (job.request_id, job.body) == ("unscored", b'{"request_id":"unscored"}')
+        half = (await store.reader.entries(["half"]))["half"]
+        assert (half.state, half.posted) == ("done", frozenset({"scores", "feedback"}))
+
+    run(db, work)
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone() == (2,)
+
+
+def test_the_read_path_never_waits_for_the_writer(tmp_path: Path) -> None:
+    db = tmp_path / "q.db"
+
+    async def work(store: Store) -> None:
+        assert await store.add("first", b"{}")
+        # Another connection holds the write lock with a write of its own: the store's writer
+        # waits for it (up to its busy timeout), and the reader must not.
+        lock = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+        lock.execute("BEGIN EXCLUSIVE")
+        lock.execute("DELETE FROM webhooks")
+        try:
+            adding = asyncio.create_task(store.add("second", b"{}"))
+            stats = await asyncio.wait_for(store.reader.stats(), 30)
+            entries = await asyncio.wait_for(store.reader.entries(), 30)
+            assert not adding.done()  # the writer is still waiting: the reads did not
+        finally:
+            lock.execute("ROLLBACK")
+            lock.close()
+        assert stats.counts["pending"] == 1  # the last commit, not the uncommitted delete
+        assert list(entries) == ["first"]
+        assert await adding
+        assert set(await store.reader.entries()) == {"first", "second"}
+
+    run(db, work)
+
+
+def test_the_posting_budget_is_kept_in_the_file(tmp_path: Path) -> None:
+    db = tmp_path / "q.db"
+
+    async def spend(store: Store) -> None:
+        budget = store.budget(3, 60.0)
+        first = await budget.take()
+        assert first is not None
+        await budget.spent(first)
+        assert await budget.take() is not None  # never spent: its process "died"
+        # Another server on the same file shares the budget: one place is left, for one of them.
+        other = open_store(f"sqlite:///{db}")
+        await other.open()
+        try:
+            assert await other.budget(3, 60.0).room() == 1
+            assert await other.budget(3, 60.0).take() is not None
+            assert (await budget.room(), await budget.take()) == (0, None)
+        finally:
+            await other.close()
+
+    async def pause(store: Store) -> None:
+        budget = store.budget(10, 60.0)
+        assert await budget.room() == 7
+        await budget.pause(600.0)
+
+    async def paused(store: Store) -> None:
+        budget = store.budget(10, 60.0)
+        assert (await budget.room(), await budget.take()) == (0, None)
+        assert await budget.wait_time() > 60  # the pause, not the window
+
+    run(db, spend)
+    run(db, pause)  # after a restart: the three places are still held
+    run(db, paused)  # and so is the 429's pause

@@ -1,0 +1,144 @@
+"""The posting budget of a SQLite store, kept in its file so every process on it shares it.
+
+Each place is a row of ``post_log``, written by :meth:`SQLiteBudget.take` with the time it was
+taken and moved to the call's end by :meth:`SQLiteBudget.spent`; so a call whose process died
+before its end counts as ended when taken, and frees on its own. A 429's pause is kept in
+``meta``. The arithmetic is :class:`webhook.limit.SlidingWindow`'s, over those rows.
+
+- ``take`` decides in the writer's transaction (``BEGIN IMMEDIATE``), so two processes never
+  both take the last place.
+- ``room`` and ``wait_time`` read on the read path, never waiting for the writer.
+- This process's places in flight are also counted in memory from the moment ``take`` is asked
+  until ``spent``, so a place is never missed while its row is being written, nor counted twice
+  once it is there.
+- A record of a call's end or of a pause that fails is logged and the budget goes on: the call
+  was made, and its outcome matters more than the record of its time (the place then frees a
+  window after it was taken; a pause still holds in this process).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import sqlite3
+import time
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import Protocol, TypeVar
+
+from webhook.limit import SlidingWindow
+from webhook.store import Slot
+
+__all__ = ["SQLiteBudget"]
+
+log = logging.getLogger("webhook.store")
+
+T = TypeVar("T")
+
+
+class Run(Protocol):
+    """Runs a function of a connection: the writer's, or the read path's."""
+
+    def __call__(self, op: Callable[[sqlite3.Connection], T], /) -> Awaitable[T]: ...
+
+
+KEEP = 3600.0  # seconds of post_log kept: far more than any window
+PAUSE_KEY = "paused_until"
+
+Places = tuple[list[tuple[int, float]], float]  # (rowid, end time) of recent places; pause end
+
+
+def _places(window: float, now: float, conn: sqlite3.Connection) -> Places:
+    rows = conn.execute(
+        "SELECT rowid, ended_at FROM post_log WHERE ended_at > ?", (now - window,)
+    ).fetchall()
+    pause = conn.execute("SELECT value FROM meta WHERE key = ?", (PAUSE_KEY,)).fetchone()
+    return rows, float(pause[0]) if pause is not None and pause[0] is not None else 0.0
+
+
+class SQLiteBudget:
+    """:class:`webhook.store.PostBudget` over one SQLite file."""
+
+    def __init__(self, write: Run, read: Run, limit: int, window: float) -> None:
+        self.limit, self.window = limit, window
+        self._write, self._read = write, read
+        self._held: dict[str, int | None] = {}  # places in flight here: token -> post_log row
+        self._paused_until = 0.0  # this process's latest pause, in case it could not be stored
+
+    def _window(self, places: Places, now: float, held: dict[str, int | None]) -> SlidingWindow:
+        """The window as ``places`` (read at ``now``) and this process's places ``held`` say."""
+        rows, paused_until = places
+        mine = {row for row in held.values() if row is not None}
+        window = SlidingWindow(self.limit, self.window, clock=lambda: now)
+        window.seed(ended for row, ended in rows if row not in mine)
+        window.hold(len(held))
+        window.pause(max(paused_until, self._paused_until) - now)
+        return window
+
+    async def _now(self) -> SlidingWindow:
+        now = time.time()
+        places = await self._read(partial(_places, self.window, now))
+        return self._window(places, now, dict(self._held))
+
+    async def room(self) -> int:
+        return (await self._now()).free()
+
+    async def wait_time(self) -> float:
+        return (await self._now()).wait_time()
+
+    async def take(self) -> Slot | None:
+        token = secrets.token_hex(8)
+        others = dict(self._held)  # this process's other places, as the transaction must see them
+        self._held[token] = None
+
+        def op(conn: sqlite3.Connection) -> int | None:
+            now = time.time()
+            if self._window(_places(self.window, now, conn), now, others).free() <= 0:
+                return None
+            conn.execute("DELETE FROM post_log WHERE ended_at < ?", (now - KEEP,))
+            return conn.execute("INSERT INTO post_log (ended_at) VALUES (?)", (now,)).lastrowid
+
+        try:
+            row = await self._write(op)
+        except BaseException:
+            del self._held[token]
+            raise
+        if row is None:
+            del self._held[token]
+            return None
+        self._held[token] = row
+        return Slot(token)
+
+    async def spent(self, slot: Slot) -> None:
+        if slot.token not in self._held:
+            return
+        row = self._held.pop(slot.token)
+        ended = time.time()
+        try:
+            await self._write(partial(_log_end, row, ended))
+        except Exception as exc:
+            log.warning("could not record the time of an API call: %s", exc)
+
+    async def pause(self, seconds: float) -> None:
+        until = time.time() + seconds
+        self._paused_until = max(self._paused_until, until)
+        try:
+            await self._write(partial(_log_pause, until))
+        except Exception as exc:
+            log.warning("could not record a pause of the API calls: %s", exc)
+
+
+def _log_end(row: int | None, at: float, conn: sqlite3.Connection) -> None:
+    if row is None:
+        conn.execute("INSERT INTO post_log (ended_at) VALUES (?)", (at,))
+    else:
+        conn.execute("UPDATE post_log SET ended_at = ? WHERE rowid = ?", (at, row))
+
+
+def _log_pause(until: float, conn: sqlite3.Connection) -> None:
+    conn.execute(
+        "INSERT INTO meta (key, value) VALUES (?, ?)"
+        " ON CONFLICT (key) DO UPDATE"
+        " SET value = MAX(CAST(value AS REAL), CAST(excluded.value AS REAL))",
+        (PAUSE_KEY, str(until)),
+    )

@@ -1,0 +1,167 @@
+"""The SQLite read path: its own read-only connection, run in a worker thread.
+
+In WAL mode a reader sees the last commit and never waits for a writer, nor a writer for it; the
+queries run in a thread (:func:`asyncio.to_thread`), so neither the event loop nor the writer
+thread ever waits on a read. The connection is opened read-only (``mode=ro``): the read path
+never creates a store, never migrates one, and a missing file is :class:`NoStore`, not a new
+empty database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import orjson
+
+from webhook.store import STATES, DeadLetter, Entry, NoStore, QueueStats, StoreError
+from webhook.store.sqlite_schema import READABLE, posted, version_problem
+
+__all__ = ["SQLiteReader"]
+
+T = TypeVar("T")
+
+ENTRY = (
+    "SELECT request_id, state, attempts, received_at, available_at, scores, feedback, posted,"
+    " backfill, last_status, last_error, finished_at, body IS NOT NULL FROM webhooks"
+)
+CHUNK = 500  # ids per query, well under SQLite's limit of bound parameters
+
+
+def _entry(row: tuple[Any, ...]) -> Entry:
+    rid, state, attempts, received, available, scores, feedback, bits, backfill, *rest = row
+    last_status, last_error, finished_at, has_body = rest
+    return Entry(
+        request_id=rid,
+        state=state,
+        attempts=attempts,
+        received_at=received,
+        available_at=available,
+        scores=None if scores is None else orjson.loads(scores),
+        feedback=None if feedback is None else bool(feedback),
+        posted=posted(bits),
+        backfill=bool(backfill),
+        last_status=last_status,
+        last_error=last_error,
+        finished_at=finished_at,
+        has_body=bool(has_body),
+    )
+
+
+def connect(path: str, busy_timeout_ms: int = 5_000) -> sqlite3.Connection:
+    """A read-only connection to the store at ``path``, checked to be one.
+
+    :class:`NoStore` when there is no file, or a database with no store in it;
+    :class:`StoreError` when it is a directory, not a database, or of a schema this build does
+    not know. Messages are the reason only: the caller says where.
+    """
+    file = Path(path)
+    if file.is_dir():
+        raise StoreError("it is a directory")
+    if not file.is_file():
+        raise NoStore(f"no store at {file.resolve()}")
+    try:
+        conn = sqlite3.connect(
+            f"{file.resolve().as_uri()}?mode=ro",
+            uri=True,
+            isolation_level=None,
+            check_same_thread=False,
+        )
+    except sqlite3.Error as exc:
+        raise StoreError(str(exc)) from exc
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+        (version,) = conn.execute("PRAGMA user_version").fetchone()
+        tables = conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'webhooks'").fetchone()
+    except sqlite3.Error as exc:
+        conn.close()
+        raise StoreError(str(exc)) from exc
+    if version == 0 and tables is None:
+        conn.close()
+        raise NoStore(f"no store in {file.resolve()}")
+    if (problem := version_problem(version, READABLE)) is not None:
+        conn.close()
+        raise StoreError(problem)
+    return conn
+
+
+class SQLiteReader:
+    """:class:`webhook.store.Reader` over one read-only connection, used by one thread at a
+    time."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn: sqlite3.Connection | None = conn
+        self._lock = threading.Lock()
+
+    @classmethod
+    async def open(cls, path: str) -> SQLiteReader:
+        return cls(await asyncio.to_thread(connect, path))
+
+    async def query(self, query: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``query`` on the read-only connection, in a thread (this backend's own reads)."""
+
+        def run() -> T:
+            with self._lock:
+                if self._conn is None:
+                    raise StoreError("the store is closed")
+                try:
+                    return query(self._conn)
+                except sqlite3.Error as exc:
+                    raise StoreError(str(exc)) from exc
+
+        return await asyncio.to_thread(run)
+
+    async def stats(self) -> QueueStats:
+        def query(conn: sqlite3.Connection) -> QueueStats:
+            counts = dict.fromkeys(STATES, 0)
+            conn.execute("BEGIN")  # one snapshot for both figures
+            try:
+                for state, n in conn.execute("SELECT state, COUNT(*) FROM webhooks GROUP BY state"):
+                    counts[state] = n
+                (oldest,) = conn.execute(
+                    "SELECT MIN(received_at) FROM webhooks WHERE state IN ('pending', 'leased')"
+                ).fetchone()
+            finally:
+                conn.execute("COMMIT")
+            return QueueStats(counts, oldest)
+
+        return await self.query(query)
+
+    async def dead_letters(self, limit: int) -> list[DeadLetter]:
+        def query(conn: sqlite3.Connection) -> list[DeadLetter]:
+            rows = conn.execute(
+                "SELECT request_id, attempts, last_status, last_error, received_at FROM webhooks"
+                " WHERE state = 'dead' ORDER BY finished_at LIMIT ?",
+                (limit,),
+            )
+            return [DeadLetter(*row) for row in rows]
+
+        return await self.query(query)
+
+    async def entries(self, request_ids: Sequence[str] | None = None) -> dict[str, Entry]:
+        def query(conn: sqlite3.Connection) -> dict[str, Entry]:
+            if request_ids is None:
+                return {row[0]: _entry(row) for row in conn.execute(ENTRY)}
+            found: dict[str, Entry] = {}
+            ids = list(dict.fromkeys(request_ids))
+            for start in range(0, len(ids), CHUNK):
+                chunk = ids[start : start + CHUNK]
+                marks = ", ".join("?" * len(chunk))
+                for row in conn.execute(f"{ENTRY} WHERE request_id IN ({marks})", chunk):
+                    found[row[0]] = _entry(row)
+            return found
+
+        return await self.query(query)
+
+    async def close(self) -> None:
+        def close() -> None:
+            with self._lock:
+                if self._conn is not None:
+                    self._conn.close()
+                    self._conn = None
+
+        await asyncio.to_thread(close)

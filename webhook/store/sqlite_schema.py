@@ -1,0 +1,85 @@
+"""The SQLite schema, its version and its migrations, and how a :data:`Posted` set is stored.
+
+``PRAGMA user_version`` holds the schema version. A database of an older version is migrated
+in place when a store opens it (in the writer's transaction, so a failed migration changes
+nothing); a newer one stops the start, since this build cannot know what it means. The read
+path (:mod:`.sqlite_reader`) opens any version it can read without migrating it.
+
+Versions:
+
+1. The first: ``webhooks``, ``post_log`` and ``meta``.
+2. ``webhooks.lease``: the token of the current lease, NULL when none (fencing).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+from webhook.store import CALLS, Posted, StoreError
+
+__all__ = ["READABLE", "SCHEMA_VERSION", "bits", "create_or_migrate", "posted", "version_problem"]
+
+SCHEMA_VERSION = 2
+READABLE = (1, 2)  # versions the read path understands (it reads no column v2 added)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS webhooks (
+    request_id   TEXT PRIMARY KEY,
+    body         BLOB,
+    state        TEXT NOT NULL DEFAULT 'pending',
+    received_at  REAL NOT NULL,
+    available_at REAL NOT NULL,
+    attempts     INTEGER NOT NULL DEFAULT 0,
+    scores       TEXT,
+    feedback     INTEGER,
+    posted       INTEGER NOT NULL DEFAULT 0,
+    backfill     INTEGER NOT NULL DEFAULT 0,
+    last_status  INTEGER,
+    last_error   TEXT,
+    finished_at  REAL,
+    lease        TEXT
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS webhooks_to_score ON webhooks (available_at)
+    WHERE state IN ('pending', 'leased') AND scores IS NULL;
+CREATE INDEX IF NOT EXISTS webhooks_to_post ON webhooks (backfill, available_at)
+    WHERE state IN ('pending', 'leased') AND scores IS NOT NULL;
+CREATE INDEX IF NOT EXISTS webhooks_state ON webhooks (state, finished_at);
+CREATE TABLE IF NOT EXISTS post_log (ended_at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS post_log_ended ON post_log (ended_at);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT) WITHOUT ROWID;
+"""
+
+MIGRATIONS = {
+    1: ("ALTER TABLE webhooks ADD COLUMN lease TEXT",),  # from version 1 to 2
+}
+
+# ``posted`` is an integer of bits, one per call, so a merge is ``posted | ?`` in one statement.
+_BIT = {call: 1 << i for i, call in enumerate(CALLS)}  # scores: 1, feedback: 2 (as in version 1)
+
+
+def bits(calls: Posted) -> int:
+    return sum(_BIT[c] for c in calls)
+
+
+def posted(value: int) -> Posted:
+    return frozenset(c for c, bit in _BIT.items() if value & bit)
+
+
+def version_problem(version: int, known: tuple[int, ...]) -> str | None:
+    if version in known:
+        return None
+    return f"the database has schema version {version}; this build knows version {SCHEMA_VERSION}"
+
+
+def create_or_migrate(conn: sqlite3.Connection) -> None:
+    """Create the schema in an empty database, or bring an older one to this version."""
+    (version,) = conn.execute("PRAGMA user_version").fetchone()
+    if (problem := version_problem(version, (0, *MIGRATIONS, SCHEMA_VERSION))) is not None:
+        raise StoreError(problem)
+    if version:
+        for step in range(version, SCHEMA_VERSION):
+            for statement in MIGRATIONS[step]:
+                conn.execute(statement)
+    for statement in filter(str.strip, SCHEMA.split(";")):
+        conn.execute(statement)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
