@@ -7,8 +7,8 @@ from pathlib import Path
 import orjson
 import pytest
 
+from tests import FIXTURES
 from tests.cli import run
-from tests.test_extract import FIXTURES
 
 
 def test_score_prints_a_table(tmp_path: Path) -> None:

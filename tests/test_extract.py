@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -21,8 +20,7 @@ from scorers.extract import (
     refused,
     sse_events,
 )
-
-FIXTURES = Path(__file__).parent / "fixtures"
+from tests import FIXTURES
 
 # fixture -> (assistant texts, one per choice; last user message)
 EXPECTED: dict[str, tuple[tuple[str, ...], str | None]] = {

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from tests import FIXTURES
 from tests.cli import Completed, one_line_error, run
 from tests.conftest import ServerFactory
 from tests.server import SECRET, Server
-from tests.test_extract import FIXTURES
 
 README = Path(__file__).parent.parent / "README.md"
 

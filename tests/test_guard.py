@@ -21,9 +21,9 @@ import pytest
 from tests.cli import run
 from tests.conftest import ServerFactory
 from tests.eventually import eventually
+from tests.metrics import metric
 from tests.rawhttp import connect, memory, read_until_closed
 from tests.server import Server, payload
-from tests.test_operate import metric
 from webhook.guard import limits_from
 from webhook.settings import load_settings
 from webhook.verify import sign

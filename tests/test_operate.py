@@ -12,6 +12,7 @@ import pytest
 from tests.cli import Completed, run
 from tests.conftest import ServerFactory
 from tests.eventually import eventually
+from tests.metrics import metric
 from tests.server import SECRET, Server, payload
 from tests.standin import API_KEY, Injected, StandIn
 
@@ -80,14 +81,6 @@ def test_queue_shows_the_backlog_age(make_server: ServerFactory) -> None:
         what="a pending age of a second or more",
         show=lambda: queue_cli(server).stdout,
     )
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    label = ",".join(f'{k}="{v}"' for k, v in labels.items())
-    pattern = rf"^{re.escape(name)}{re.escape('{' + label + '}') if label else ''} (\S+)$"
-    found = re.search(pattern, text, re.M)
-    assert found, f"{name} {labels} not in metrics"
-    return float(found.group(1))
 
 
 def test_metrics_count_outcomes_posts_and_queue(

@@ -9,8 +9,8 @@ import orjson
 import pytest
 
 from scorers.extract import stream_finish_reasons, stream_usage
+from tests import FIXTURES
 from tests.cli import run
-from tests.test_extract import FIXTURES
 
 
 @pytest.mark.parametrize(
