@@ -1,0 +1,147 @@
+"""On SIGTERM, stop accepting at once without resetting what the kernel already accepted.
+
+uvicorn closes its listening sockets when it shuts down. On Linux, closing a listening socket
+resets every connection still in its accept queue (the listen backlog: handshake complete, not
+yet ``accept()``-ed). Its client saw the connection succeed and sent its webhook, then reads a
+reset, which a proxy that retries only *refused* connections (as Fly's does) passes on as a
+failure; Helicone never retries, so the webhook is lost.
+
+:class:`DrainingServer` stops accepting at once and empties the backlog before closing:
+
+1. When SIGTERM (or SIGINT) arrives, a socket filter on each listening socket makes the kernel
+   drop every new SYN (Linux), so no new connection joins the backlog. Such a client retransmits
+   its SYN a second later and, the socket closed by then, is refused: the proxy tries another
+   instance. Handshakes already under way still complete (the filter drops SYNs only, not their
+   final ACK), and the event loop goes on accepting what is queued.
+2. At shutdown, ``SETTLE`` seconds later (a round trip is far shorter), whatever is still queued
+   is accepted with non-blocking ``accept()`` until EAGAIN and handed to the HTTP protocol as the
+   loop's own accept would; the socket is closed right after, with nothing left to reset.
+3. uvicorn's shutdown then waits until every connection is answered and closed (the policy for
+   open connections is the protocol's ``shutdown``, in :mod:`webhook.guard`), and the lifespan
+   stops the relay, which hands its leases back.
+
+Without the filter (another OS, or the kernel refuses it) the backlog is still drained, and new
+connections are accepted and answered until the close; only a handshake completing in the
+instant between the last ``accept()`` and the close could be reset.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import logging
+import os
+import socket
+import struct
+import sys
+from types import FrameType
+
+import uvicorn
+
+__all__ = ["DrainingServer"]
+
+log = logging.getLogger("webhook")
+
+# Seconds between the filter and the drain, for handshakes whose SYN came before the filter.
+SETTLE = 0.1
+# SO_ATTACH_FILTER from <asm-generic/socket.h> (Python has no constant for it).
+SO_ATTACH_FILTER = 26
+# A classic BPF socket filter: on a listening TCP socket the packet starts at the TCP header, so
+# byte 13 holds the flags. Drop (keep 0 bytes) when SYN is set; keep everything else.
+DROP_SYN = (
+    (0x30, 0, 0, 13),  # ldb [13]
+    (0x45, 0, 1, 0x02),  # jset #SYN: next, else skip one
+    (0x06, 0, 0, 0),  # ret #0
+    (0x06, 0, 0, 0xFFFFFFFF),  # ret #-1
+)
+
+
+def refuse_new_handshakes(sock: socket.socket) -> bool:
+    """Make the kernel drop new SYNs to the listening ``sock``; False if it cannot (not Linux).
+
+    ``sock`` may be any object with ``setsockopt`` (asyncio's and uvloop's server sockets are).
+    """
+    if sys.platform != "linux":
+        return False
+    program = ctypes.create_string_buffer(b"".join(struct.pack("HBBI", *i) for i in DROP_SYN))
+    fprog = struct.pack("HP", len(DROP_SYN), ctypes.addressof(program))
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)  # the kernel copies it
+    except OSError as exc:
+        log.warning("cannot filter new connections during shutdown: %s", exc)
+        return False
+    return True
+
+
+def take_backlog(listener: socket.socket) -> list[socket.socket]:
+    """Every connection waiting in ``listener``'s accept queue, without blocking."""
+    accepted: list[socket.socket] = []
+    # A duplicate descriptor of the same socket: asyncio keeps (and later closes) the original.
+    with socket.socket(fileno=os.dup(listener.fileno())) as sock:
+        sock.setblocking(False)
+        while True:
+            try:
+                conn, _ = sock.accept()
+            except BlockingIOError:
+                return accepted
+            except OSError as exc:  # out of file descriptors: the rest cannot be saved
+                log.error("cannot accept from the listen backlog during shutdown: %s", exc)
+                return accepted
+            conn.setblocking(False)
+            accepted.append(conn)
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn's server, stopping at a signal as the module says: nothing accepted is dropped."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._refusing = False
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().startup(sockets)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        # Python runs this handler between two bytecodes of the main thread, maybe inside the
+        # event loop's own code: the loop attaches the filter, first thing in its next iteration.
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._refuse_new)
+
+    def _refuse_new(self) -> None:
+        if self._refusing or not self.started:
+            return  # done, or the servers are not made yet (shutdown calls this again)
+        self._refusing = True
+        for server in self.servers:
+            for sock in server.sockets:
+                refuse_new_handshakes(sock)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self._refuse_new()
+        await asyncio.sleep(SETTLE)
+        # The loop may still be accepting from the backlog (uvloop's libuv does it its own way,
+        # with no pause): whatever it has not taken yet is taken here, and the socket closed
+        # right after its last accept(), before the loop runs again.
+        backlog: list[socket.socket] = []
+        for server in self.servers:
+            for sock in server.sockets:
+                backlog += take_backlog(sock)
+            server.close()
+        assert self._loop is not None
+        made = await asyncio.gather(
+            *(self._loop.connect_accepted_socket(self._protocol, conn) for conn in backlog),
+            return_exceptions=True,
+        )
+        for outcome in made:
+            if isinstance(outcome, BaseException):  # reset by its client meanwhile, say
+                log.warning("a connection from the listen backlog failed: %s", outcome)
+        log.info("stopped accepting; %d connection(s) taken from the listen backlog", len(backlog))
+        await super().shutdown(sockets)
+
+    def _protocol(self) -> asyncio.Protocol:
+        """A connection's protocol, made as uvicorn's startup makes it for accepted ones."""
+        return self.config.http_protocol_class(  # type: ignore[call-arg]
+            config=self.config, server_state=self.server_state, app_state=self.lifespan.state
+        )
