@@ -65,7 +65,10 @@ class Server:
         self.env = base
         self.proc: subprocess.Popen[bytes] | None = None
         self._log: BinaryIO | None = None
-        self.client = httpx2.Client(base_url=self.url, timeout=30)
+        self.client = self._client()
+
+    def _client(self) -> httpx2.Client:
+        return httpx2.Client(base_url=self.url, timeout=30)
 
     def start(self, wait: bool = True) -> Server:
         if self._log is None:
@@ -114,8 +117,14 @@ class Server:
         return self.client.post(path, content=body, headers=hdrs)
 
     def terminate(self, timeout: float = 30.0) -> bool:
-        """SIGTERM; True when the process finished its graceful shutdown."""
+        """SIGTERM; True when the process finished its graceful shutdown.
+
+        The client's idle keep-alive connection is closed first: the server would give it its
+        last call (uvicorn's keep-alive timeout) before it stops.
+        """
         assert self.proc is not None
+        self.client.close()
+        self.client = self._client()
         self.proc.send_signal(signal.SIGTERM)
         code = self.proc.wait(timeout)
         # uvicorn re-raises the signal after a clean shutdown, so -SIGTERM is a clean exit too.

@@ -13,7 +13,7 @@ failure; Helicone never retries, so the webhook is lost.
    its SYN a second later and, the socket closed by then, is refused: the proxy tries another
    instance. Handshakes already under way still complete (the filter drops SYNs only, not their
    final ACK), and the event loop goes on accepting what is queued.
-2. At shutdown, ``SETTLE`` seconds later (a round trip is far shorter), whatever is still queued
+2. ``SETTLE`` seconds later (a round trip is far shorter), whatever is still queued
    is accepted with non-blocking ``accept()`` until EAGAIN and handed to the HTTP protocol as the
    loop's own accept would; the socket is closed right after, with nothing left to reset.
 3. uvicorn's shutdown then waits until every connection is answered and closed (the policy for
@@ -42,8 +42,10 @@ __all__ = ["DrainingServer"]
 
 log = logging.getLogger("webhook")
 
-# Seconds between the filter and the drain, for handshakes whose SYN came before the filter.
-SETTLE = 0.1
+# Seconds between the filter and the close, for handshakes whose SYN came before the filter to
+# complete (one round trip: microseconds on loopback, well under a millisecond to a local proxy).
+# New SYNs meanwhile wait for their retransmission, a second later, and are refused then.
+SETTLE = 0.05
 # SO_ATTACH_FILTER from <asm-generic/socket.h> (Python has no constant for it).
 SO_ATTACH_FILTER = 26
 # A classic BPF socket filter: on a listening TCP socket the packet starts at the TCP header, so
@@ -97,7 +99,7 @@ class DrainingServer(uvicorn.Server):
     def __init__(self, config: uvicorn.Config) -> None:
         super().__init__(config)
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._refusing = False
+        self._closing: asyncio.Task[None] | None = None
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         self._loop = asyncio.get_running_loop()
@@ -106,23 +108,23 @@ class DrainingServer(uvicorn.Server):
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         super().handle_exit(sig, frame)
         # Python runs this handler between two bytecodes of the main thread, maybe inside the
-        # event loop's own code: the loop attaches the filter, first thing in its next iteration.
+        # event loop's own code: the loop begins closing, first thing in its next iteration
+        # (uvicorn's shutdown would begin only at its next tick, up to 0.1 s later).
         if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._refuse_new)
+            self._loop.call_soon_threadsafe(self._begin_closing)
 
-    def _refuse_new(self) -> None:
-        if self._refusing or not self.started:
-            return  # done, or the servers are not made yet (shutdown calls this again)
-        self._refusing = True
+    def _begin_closing(self) -> None:
+        if self._closing is not None or not self.started:
+            return  # begun, or the servers are not made yet (shutdown calls this again)
         for server in self.servers:
             for sock in server.sockets:
                 refuse_new_handshakes(sock)
+        self._closing = asyncio.create_task(self._close_listeners())
 
-    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        self._refuse_new()
+    async def _close_listeners(self) -> None:
         await asyncio.sleep(SETTLE)
         # The loop may still be accepting from the backlog (uvloop's libuv does it its own way,
-        # with no pause): whatever it has not taken yet is taken here, and the socket closed
+        # with no pause): whatever it has not taken yet is taken here, and each socket closed
         # right after its last accept(), before the loop runs again.
         backlog: list[socket.socket] = []
         for server in self.servers:
@@ -138,6 +140,11 @@ class DrainingServer(uvicorn.Server):
             if isinstance(outcome, BaseException):  # reset by its client meanwhile, say
                 log.warning("a connection from the listen backlog failed: %s", outcome)
         log.info("stopped accepting; %d connection(s) taken from the listen backlog", len(backlog))
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self._begin_closing()
+        assert self._closing is not None
+        await self._closing
         await super().shutdown(sockets)
 
     def _protocol(self) -> asyncio.Protocol:
