@@ -38,7 +38,7 @@ from types import FrameType
 
 import uvicorn
 
-__all__ = ["DrainingServer"]
+__all__ = ["DrainingServer", "answer_timeout", "longest_shutdown"]
 
 log = logging.getLogger("webhook")
 
@@ -46,6 +46,24 @@ log = logging.getLogger("webhook")
 # complete (one round trip: microseconds on loopback, well under a millisecond to a local proxy).
 # New SYNs meanwhile wait for their retransmission, a second later, and are refused then.
 SETTLE = 0.05
+# Seconds beyond SCORER_SHUTDOWN_GRACE that open connections get to be answered.
+ANSWER_EXTRA = 5
+
+
+def answer_timeout(shutdown_grace: float) -> int:
+    """Seconds uvicorn waits for open connections to be answered and closed before it cancels
+    what is left: a request in flight may itself wait for the store, so the grace plus a margin.
+    """
+    return int(shutdown_grace) + ANSWER_EXTRA
+
+
+def longest_shutdown(shutdown_grace: float) -> float:
+    """Seconds from SIGTERM to exit at worst: the settling, the answering, then the relay's grace
+    (deliveries in flight finish or are released). A platform's kill timeout must be longer.
+    """
+    return SETTLE + answer_timeout(shutdown_grace) + shutdown_grace
+
+
 # SO_ATTACH_FILTER from <asm-generic/socket.h> (Python has no constant for it).
 SO_ATTACH_FILTER = 26
 # A classic BPF socket filter: on a listening TCP socket the packet starts at the TCP header, so

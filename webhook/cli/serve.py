@@ -41,7 +41,7 @@ def serve(
 
     from webhook.app import create_app
     from webhook.budget import keep_large_buffers_mapped
-    from webhook.drain import DrainingServer
+    from webhook.drain import DrainingServer, answer_timeout
     from webhook.guard import limits_from, protocol, raise_file_limit
 
     settings = settings_or_exit()
@@ -64,7 +64,7 @@ def serve(
         log_config=None,
         http=protocol(limits),
         access_log=False,
-        timeout_graceful_shutdown=int(settings.shutdown_grace) + 5,
+        timeout_graceful_shutdown=answer_timeout(settings.shutdown_grace),
         server_header=False,
     )
     # What uvicorn.run does with one process, with a server that drains its backlog on SIGTERM.
