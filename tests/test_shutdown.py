@@ -39,10 +39,8 @@ def test_request_in_flight_at_sigterm_is_answered_and_delivered_after_restart(
 ) -> None:
     # A stalled score post keeps the relay from finishing within the grace period, so the
     # webhook is still undelivered when the process exits, and only the restart can deliver it.
-    # The stall outlasts the whole shutdown: the HTTP side may wait up to uvicorn's keep-alive
-    # timeout (5 s) for an idle connection's next request before the relay is stopped.
     server = make_server(SCORER_SHUTDOWN_GRACE="0.5", SCORER_LEASE_SECONDS="600")
-    standin.fail_next(Injected(201, stall=60.0))
+    standin.fail_next(Injected(201, stall=5.0))
     rid = str(uuid.uuid4())
     body = payload(rid)
     head = (

@@ -16,9 +16,10 @@ failure; Helicone never retries, so the webhook is lost.
 2. ``SETTLE`` seconds later (a round trip is far shorter), whatever is still queued
    is accepted with non-blocking ``accept()`` until EAGAIN and handed to the HTTP protocol as the
    loop's own accept would; the socket is closed right after, with nothing left to reset.
-3. uvicorn's shutdown then waits until every connection is answered and closed (the policy for
-   open connections is the protocol's ``shutdown``, in :mod:`webhook.guard`), and the lifespan
-   stops the relay, which hands its leases back.
+3. Every open connection is shut down from the signal on, and each one made from the backlog as
+   it is made: requests are answered with ``Connection: close`` (the policy is the protocol's
+   ``shutdown``, in :mod:`webhook.guard`). uvicorn's shutdown then waits until every connection
+   is answered and closed, and the lifespan stops the relay, which hands its leases back.
 
 Without the filter (another OS, or the kernel refuses it) the backlog is still drained, and new
 connections are accepted and answered until the close; only a handshake completing in the
@@ -137,7 +138,15 @@ class DrainingServer(uvicorn.Server):
         for server in self.servers:
             for sock in server.sockets:
                 refuse_new_handshakes(sock)
+        self._shut_connections_down()
         self._closing = asyncio.create_task(self._close_listeners())
+
+    def _shut_connections_down(self) -> None:
+        """From the signal on, the open connections drain: their protocol's ``shutdown`` (which
+        uvicorn calls again later, so it must count once) answers what they send, then closes.
+        """
+        for connection in list(self.server_state.connections):
+            connection.shutdown()
 
     async def _close_listeners(self) -> None:
         await asyncio.sleep(SETTLE)
@@ -157,6 +166,7 @@ class DrainingServer(uvicorn.Server):
         for outcome in made:
             if isinstance(outcome, BaseException):  # reset by its client meanwhile, say
                 log.warning("a connection from the listen backlog failed: %s", outcome)
+        self._shut_connections_down()  # the ones just made, and any the loop accepted meanwhile
         log.info("stopped accepting; %d connection(s) taken from the listen backlog", len(backlog))
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:

@@ -133,6 +133,7 @@ def protocol(limits: Limits) -> type[HttpToolsProtocol]:
             self._phase = 0  # bumped when a head completes or a message ends
             self._timer: asyncio.TimerHandle | None = None
             self._last_call = False  # shut down while idle: closed unless a request begins
+            self._shut = False
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             full = len(self.connections) >= limits.max_connections
@@ -195,10 +196,12 @@ def protocol(limits: Limits) -> type[HttpToolsProtocol]:
                 idle[self] = None  # now the newest idle connection
 
         def shutdown(self) -> None:
-            """Called by the server as it shuts down: the policy is in the module docstring."""
+            """Called by the server as it shuts down (maybe more than once, only the first call
+            counts): the policy is in the module docstring."""
             GuardedProtocol.draining = True
-            if self.transport.is_closing():
+            if self._shut or self.transport.is_closing():
                 return
+            self._shut = True
             cycle = self.cycle
             if cycle is not None and not cycle.response_complete:
                 cycle.keep_alive = False  # the newest request, pipelined ones before it first
