@@ -16,8 +16,8 @@ failure; Helicone never retries, so the webhook is lost.
 2. ``SETTLE`` seconds later (a round trip is far shorter), whatever is still queued
    is accepted with non-blocking ``accept()`` until EAGAIN and handed to the HTTP protocol as the
    loop's own accept would; the socket is closed right after, with nothing left to reset.
-3. Every open connection is shut down from the signal on, and each one made from the backlog as
-   it is made: requests are answered with ``Connection: close`` (the policy is the protocol's
+3. Every open connection is shut down at the signal, and every one taken from the backlog once
+   made: requests are answered with ``Connection: close`` (the policy is the protocol's
    ``shutdown``, in :mod:`webhook.guard`). uvicorn's shutdown then waits until every connection
    is answered and closed, and the lifespan stops the relay, which hands its leases back.
 
@@ -129,7 +129,7 @@ class DrainingServer(uvicorn.Server):
         # Python runs this handler between two bytecodes of the main thread, maybe inside the
         # event loop's own code: the loop begins closing, first thing in its next iteration
         # (uvicorn's shutdown would begin only at its next tick, up to 0.1 s later).
-        if self._loop is not None:
+        if self._loop is not None and not self._loop.is_closed():  # closed: it has all stopped
             self._loop.call_soon_threadsafe(self._begin_closing)
 
     def _begin_closing(self) -> None:
