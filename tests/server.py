@@ -81,7 +81,11 @@ class Server:
         self.env = base
         self.proc: subprocess.Popen[bytes] | None = None
         self._log: BinaryIO | None = None
-        self.client = httpx2.Client(base_url=self.url, timeout=30)
+        # A connection per request, as a webhook sender opens: an idle kept-alive one would hold
+        # a shutdown for its last call (see webhook/guard.py), which the tests of SIGTERM time.
+        self.client = httpx2.Client(
+            base_url=self.url, timeout=30, limits=httpx2.Limits(max_keepalive_connections=0)
+        )
 
     def start(self, wait: bool = True) -> Server:
         if self._log is None:

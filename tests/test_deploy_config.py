@@ -1,4 +1,6 @@
-"""fly.toml, the Dockerfile and the settings must agree: ports, paths, signals and timeouts.
+"""fly.toml, fly.postgres.toml, the Dockerfile and the settings must agree: ports, paths, signals
+and timeouts; and the two Fly setups are what the README says (one machine on SQLite, two on
+PostgreSQL with a rolling deploy).
 
 These are static cross-checks that run everywhere; ``scripts/container-test`` builds and runs the
 image for real.
@@ -17,13 +19,12 @@ from typing import Any
 import pytest
 
 from webhook.app import create_app
+from webhook.drain import longest_shutdown
 from webhook.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 SECRET_NAMES = {"HELICONE_API_KEY", "HELICONE_AUTH", "HELICONE_WEBHOOK_SECRET"}
-# webhook/cli/serve.py gives uvicorn SCORER_SHUTDOWN_GRACE + 5 s to finish requests in flight;
-# then the app's lifespan gives the relay SCORER_SHUTDOWN_GRACE more. Fly must wait for both.
-HTTP_DRAIN_EXTRA = 5
+FLY_FILES = ["fly.toml", "fly.postgres.toml"]
 
 
 @dataclass
@@ -88,10 +89,25 @@ def dockerfile() -> Dockerfile:
     return parse_dockerfile((ROOT / "Dockerfile").read_text())
 
 
-@pytest.fixture(scope="module")
-def fly() -> dict[str, Any]:
-    with (ROOT / "fly.toml").open("rb") as f:
+def load_fly(name: str) -> dict[str, Any]:
+    with (ROOT / name).open("rb") as f:
         return tomllib.load(f)
+
+
+@pytest.fixture(scope="module", params=FLY_FILES)
+def fly(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """Each Fly setup in turn, for what both must get right."""
+    return load_fly(request.param)
+
+
+@pytest.fixture(scope="module")
+def fly_sqlite() -> dict[str, Any]:
+    return load_fly("fly.toml")
+
+
+@pytest.fixture(scope="module")
+def fly_postgres() -> dict[str, Any]:
+    return load_fly("fly.postgres.toml")
 
 
 def seconds(value: object) -> float:
@@ -188,12 +204,14 @@ def test_checks_probe_the_healthcheck_route(fly: dict[str, Any], dockerfile: Doc
     assert "/healthz" in {getattr(route, "path", None) for route in app.routes}
 
 
-def test_database_lives_on_the_mounted_volume(fly: dict[str, Any], dockerfile: Dockerfile) -> None:
-    mounts = fly["mounts"]
+def test_database_lives_on_the_mounted_volume(
+    fly_sqlite: dict[str, Any], dockerfile: Dockerfile
+) -> None:
+    mounts = fly_sqlite["mounts"]
     mount = mounts[0] if isinstance(mounts, list) else mounts
     destination = PurePosixPath(mount["destination"])
     assert json.loads(dockerfile.final.args("VOLUME")[-1]) == [str(destination)]
-    fly_db = sqlite_path(fly["env"]["SCORER_DATABASE_URL"])
+    fly_db = sqlite_path(fly_sqlite["env"]["SCORER_DATABASE_URL"])
     image_db = sqlite_path(dockerfile.final.env()["SCORER_DATABASE_URL"])
     assert fly_db == image_db
     assert fly_db.is_absolute()
@@ -209,16 +227,16 @@ def test_env_names_are_settings_and_values_are_valid(fly: dict[str, Any]) -> Non
     assert set(env) <= known, set(env) - known
     assert not set(env) & SECRET_NAMES
     settings = load_settings(**{name: str(value) for name, value in env.items()})
-    assert settings.database_url == env["SCORER_DATABASE_URL"]
+    assert settings.database_url == env.get("SCORER_DATABASE_URL", settings.database_url)
 
 
 def test_sigterm_and_a_grace_period_longer_than_the_shutdown(fly: dict[str, Any]) -> None:
+    # SIGTERM is the signal the server drains on (SIGINT would too, but a second one forces).
     assert fly["kill_signal"] == "SIGTERM"
     default = Settings.model_fields["shutdown_grace"].default
     grace = float(fly["env"].get("SCORER_SHUTDOWN_GRACE", default))
-    worst_case = (grace + HTTP_DRAIN_EXTRA) + grace
     kill_timeout = seconds(fly["kill_timeout"])
-    assert worst_case < kill_timeout <= 300  # Fly's maximum
+    assert longest_shutdown(grace) < kill_timeout <= 300  # Fly's maximum
 
 
 def test_machines_never_all_auto_stop(fly: dict[str, Any]) -> None:
@@ -237,3 +255,42 @@ def test_machines_never_all_auto_stop(fly: dict[str, Any]) -> None:
 def test_readme_shows_the_secrets() -> None:
     readme = (ROOT / "README.md").read_text()
     assert re.search(r"fly secrets set HELICONE_API_KEY=\S+ HELICONE_WEBHOOK_SECRET=", readme)
+
+
+# -- the two setups ----------------------------------------------------------------------------
+
+
+def test_one_machine_on_sqlite_is_the_default(fly_sqlite: dict[str, Any]) -> None:
+    assert fly_sqlite["http_service"]["min_machines_running"] == 1
+    assert fly_sqlite["env"]["SCORER_DATABASE_URL"].startswith("sqlite:///")
+    assert "mounts" in fly_sqlite
+
+
+def test_two_machines_on_postgres_deploy_one_at_a_time(fly_postgres: dict[str, Any]) -> None:
+    assert fly_postgres["http_service"]["min_machines_running"] == 2
+    deploy = fly_postgres["deploy"]
+    assert deploy["strategy"] == "rolling"
+    assert deploy["max_unavailable"] == 1
+    # The queue is in PostgreSQL, shared: no volume, and its URL (with a password) is a secret.
+    assert "mounts" not in fly_postgres
+    assert "SCORER_DATABASE_URL" not in fly_postgres["env"]
+
+
+def test_the_setups_differ_only_where_they_must(
+    fly_sqlite: dict[str, Any], fly_postgres: dict[str, Any]
+) -> None:
+    for key in ("kill_signal", "kill_timeout", "build", "primary_region"):
+        assert fly_sqlite[key] == fly_postgres[key], key
+    service = {k: v for k, v in fly_sqlite["http_service"].items() if k != "min_machines_running"}
+    assert service == {
+        k: v for k, v in fly_postgres["http_service"].items() if k != "min_machines_running"
+    }
+    env = {k: v for k, v in fly_sqlite["env"].items() if k != "SCORER_DATABASE_URL"}
+    assert env == fly_postgres["env"]
+
+
+def test_readme_shows_both_setups_and_the_database_secret() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert "fly deploy --config fly.postgres.toml" in readme
+    assert re.search(r"fly secrets set [^`]*SCORER_DATABASE_URL=postgresql://\S+", readme)
+    assert (ROOT / ".dockerignore").read_text().split().count("fly.postgres.toml") == 1

@@ -21,6 +21,14 @@ webhook (sent once, never retried) is lost. uvicorn's httptools protocol bounds 
   progress is the new one refused with 503 and ``Retry-After``. Refusing the newest instead (a
   plain accept cap) would let a few thousand silent sockets turn every real webhook away until
   they time out.
+
+At shutdown (see :mod:`webhook.drain`) every open connection, and every one taken from the listen
+backlog after, is shut down without losing what its client sent or is about to send: a request
+in progress, or one that begins later, is answered with ``Connection: close``; a connection with
+no request begun gets a last call of uvicorn's keep-alive timeout (5 s) to begin one, then is
+closed quietly, as an idle keep-alive is in normal running. Closing an idle connection at once,
+as uvicorn does, resets one whose request is already on its way (or in the socket, unread from a
+connection just accepted), and a proxy retrying only refused connections would not retry it.
 """
 
 from __future__ import annotations
@@ -112,6 +120,9 @@ def protocol(limits: Limits) -> type[HttpToolsProtocol]:
     idle: dict[GuardedProtocol, None] = {}
 
     class GuardedProtocol(HttpToolsProtocol):
+        # Set by the first shutdown: from then on every connection is shut down as it is made.
+        draining = False
+
         def __init__(
             self, config: Config, server_state: ServerState, app_state: dict[str, Any], **kw: Any
         ) -> None:
@@ -121,6 +132,8 @@ def protocol(limits: Limits) -> type[HttpToolsProtocol]:
             self._head_bytes = 0
             self._phase = 0  # bumped when a head completes or a message ends
             self._timer: asyncio.TimerHandle | None = None
+            self._last_call = False  # shut down while idle: closed unless a request begins
+            self._shut = False
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             full = len(self.connections) >= limits.max_connections
@@ -132,6 +145,8 @@ def protocol(limits: Limits) -> type[HttpToolsProtocol]:
                 return
             idle[self] = None
             self._arm(limits.header_timeout, HEADERS_TIMEOUT)
+            if GuardedProtocol.draining:
+                self.shutdown()
 
         def connection_lost(self, exc: Exception | None) -> None:
             idle.pop(self, None)
@@ -152,7 +167,9 @@ def protocol(limits: Limits) -> type[HttpToolsProtocol]:
         def on_message_begin(self) -> None:
             super().on_message_begin()
             self._begun = True
-            if self._timer is None:  # a new request on a kept-alive connection
+            # A new request on a kept-alive connection, or one that came at the last call.
+            if self._timer is None or self._last_call:
+                self._last_call = False
                 self._arm(limits.header_timeout, HEADERS_TIMEOUT)
 
         def on_headers_complete(self) -> None:
@@ -162,6 +179,8 @@ def protocol(limits: Limits) -> type[HttpToolsProtocol]:
             idle.pop(self, None)
             self._arm(limits.body_timeout, BODY_TIMEOUT)
             super().on_headers_complete()
+            if GuardedProtocol.draining and self.cycle is not None:
+                self.cycle.keep_alive = False  # answered with Connection: close
 
         def on_message_complete(self) -> None:
             self._in_head = True
@@ -175,6 +194,21 @@ def protocol(limits: Limits) -> type[HttpToolsProtocol]:
             if not self.transport.is_closing() and self._in_head and not self.pipeline:
                 idle.pop(self, None)
                 idle[self] = None  # now the newest idle connection
+
+        def shutdown(self) -> None:
+            """Called by the server as it shuts down (maybe more than once, only the first call
+            counts): the policy is in the module docstring."""
+            GuardedProtocol.draining = True
+            if self._shut or self.transport.is_closing():
+                return
+            self._shut = True
+            cycle = self.cycle
+            if cycle is not None and not cycle.response_complete:
+                cycle.keep_alive = False  # the newest request, pipelined ones before it first
+            elif not self._begun:
+                self._last_call = True
+                self._arm(self.timeout_keep_alive, b"")
+            # else a head is arriving: on_headers_complete answers it with Connection: close.
 
         def _evict_one(self) -> bool:
             victim = next(iter(idle), None)

@@ -7,6 +7,7 @@ commands, ``--help`` and ``--version`` start without it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 import uuid
 from pathlib import Path
@@ -36,9 +37,11 @@ def serve(
 ) -> None:
     """Run the webhook server, with its background relay to Helicone."""
     import uvicorn
+    from uvicorn.config import STARTUP_FAILURE
 
     from webhook.app import create_app
     from webhook.budget import keep_large_buffers_mapped
+    from webhook.drain import DrainingServer, answer_timeout
     from webhook.guard import limits_from, protocol, raise_file_limit
 
     settings = settings_or_exit()
@@ -53,7 +56,7 @@ def serve(
     except Exception as exc:
         fail(f"invalid setting SCORER_DATABASE_URL: cannot open the store: {exc}")
     keep_large_buffers_mapped()
-    uvicorn.run(
+    config = uvicorn.Config(
         application,
         host=host,
         port=port or settings.port,
@@ -61,9 +64,15 @@ def serve(
         log_config=None,
         http=protocol(limits),
         access_log=False,
-        timeout_graceful_shutdown=int(settings.shutdown_grace) + 5,
+        timeout_graceful_shutdown=answer_timeout(settings.shutdown_grace),
         server_header=False,
     )
+    # What uvicorn.run does with one process, with a server that drains its backlog on SIGTERM.
+    server = DrainingServer(config)
+    with contextlib.suppress(KeyboardInterrupt):  # SIGINT, raised again once shut down
+        server.run()
+    if not server.started:
+        raise typer.Exit(STARTUP_FAILURE)
 
 
 async def _open_and_close(store: Store) -> None:
