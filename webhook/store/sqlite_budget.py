@@ -8,9 +8,10 @@ before its end counts as ended when taken, and frees on its own. A 429's pause i
 - ``take`` decides in the writer's transaction (``BEGIN IMMEDIATE``), so two processes never
   both take the last place.
 - ``room`` and ``wait_time`` read on the read path, never waiting for the writer.
-- This process's places in flight are also counted in memory from the moment ``take`` is asked
-  until ``spent``, so a place is never missed while its row is being written, nor counted twice
-  once it is there.
+- For ``room`` and ``wait_time``, this process's places in flight are also counted in memory from
+  the moment ``take`` is asked until ``spent``, so a place is never missed while its row is being
+  written, nor counted twice once it is there. ``take`` itself counts the rows only: in the
+  writer's transaction every place already taken is one.
 - A record of a call's end or of a pause that fails is logged and the budget goes on: the call
   was made, and its outcome matters more than the record of its time (the place then frees a
   window after it was taken; a pause still holds in this process).
@@ -88,12 +89,13 @@ class SQLiteBudget:
 
     async def take(self) -> Slot | None:
         token = secrets.token_hex(8)
-        others = dict(self._held)  # this process's other places, as the transaction must see them
         self._held[token] = None
 
         def op(conn: sqlite3.Connection) -> int | None:
             now = time.time()
-            if self._window(_places(self.window, now, conn), now, others).free() <= 0:
+            # Every place taken, here or elsewhere, is a row by now: the writer took them in
+            # turn, so none is counted from memory (that would count this process's twice).
+            if self._window(_places(self.window, now, conn), now, {}).free() <= 0:
                 return None
             conn.execute("DELETE FROM post_log WHERE ended_at < ?", (now - KEEP,))
             return conn.execute("INSERT INTO post_log (ended_at) VALUES (?)", (now,)).lastrowid
