@@ -1,0 +1,727 @@
+"""The PostgreSQL store: several instances, on one machine or many, share one database.
+
+- ``add`` acknowledges after commit (``synchronous_commit = on``). Adds are gathered while a
+  commit is in flight and inserted in one multi-row ``INSERT ... ON CONFLICT DO NOTHING``
+  round trip (group commit); a request id stored by any instance is a duplicate.
+- ``claim`` picks due rows ``FOR UPDATE SKIP LOCKED``, so instances claiming at once never
+  share a webhook, and sets a new lease token; each outcome is one
+  ``UPDATE ... WHERE request_id = $1 AND lease = $2`` (fencing), and ``record`` applies a batch
+  in one transaction. An outcome ends the lease (its token is cleared).
+- A serving instance is a row in ``instances`` with a heartbeat every ``heartbeat`` seconds
+  and is recorded as the holder of its leases. A claim takes over the leases of a holder whose
+  heartbeat is older than ``takeover`` seconds, or which closed, so the work of a SIGKILLed
+  instance is picked up within about ``takeover + heartbeat`` seconds; a serving open with no
+  other live instance takes back every lease at once.
+- Wake-ups: ``NOTIFY`` in the transaction that made work due (add, scored, released,
+  re-queued), heard by every other instance on a dedicated ``LISTEN`` connection, plus an
+  in-process wake for this instance's own work (its own notifications are ignored).
+- Health: a failed write of webhooks is kept and makes ``ping`` fail at once (so readiness
+  agrees with the 503s), until a write succeeds again; each such ``ping`` probes in the
+  background. The pool replaces broken connections by itself (checked at checkout).
+
+URL options (query string, taken off before connecting; the rest goes to libpq):
+``pool_min`` (1), ``pool_max`` (10), ``connect_timeout`` (5 s: connecting, and waiting for a
+pooled connection), ``heartbeat`` (3 s), ``takeover`` (10 s).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, LiteralString
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import psycopg
+from psycopg import AsyncConnection, errors
+from psycopg.rows import TupleRow
+from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool
+
+from webhook.logs import event
+from webhook.store import (
+    STATES,
+    Call,
+    Dead,
+    DeadLetter,
+    Delivered,
+    Entry,
+    Job,
+    Lease,
+    NoStore,
+    Outcome,
+    Posted,
+    QueueStats,
+    Released,
+    Retry,
+    Scored,
+    Stage,
+    StoreError,
+)
+from webhook.store.postgres_budget import PostgresBudget
+from webhook.store.postgres_schema import check_version, migrate, stored_version
+
+__all__ = ["Options", "PostgresReader", "PostgresStore"]
+
+log = logging.getLogger("webhook.store")
+
+CHANNEL = "scorer_wake"
+Conn = AsyncConnection[TupleRow]
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    conninfo: str
+    pool_min: int = 1
+    pool_max: int = 10
+    connect_timeout: float = 5.0
+    heartbeat: float = 3.0
+    takeover: float = 10.0
+
+    @classmethod
+    def parse(cls, url: str) -> Options:
+        parts = urlsplit(url)
+        query = dict(parse_qsl(parts.query))
+        ours = {
+            k: query.pop(k) for k in ("pool_min", "pool_max", "heartbeat", "takeover") if k in query
+        }
+        timeout = float(query.get("connect_timeout", 5))
+        query["connect_timeout"] = str(max(1, round(timeout)))
+        conninfo = urlunsplit(parts._replace(query=urlencode(query)))
+        try:
+            return cls(
+                conninfo,
+                pool_min=int(ours.get("pool_min", 1)),
+                pool_max=int(ours.get("pool_max", 10)),
+                connect_timeout=timeout,
+                heartbeat=float(ours.get("heartbeat", 3.0)),
+                takeover=float(ours.get("takeover", 10.0)),
+            )
+        except ValueError as exc:
+            raise StoreError(f"bad option in the database URL: {exc}") from None
+
+
+def one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+@contextlib.contextmanager
+def reported() -> Any:
+    """Driver failures become :class:`StoreError` with one line."""
+    try:
+        yield
+    except psycopg.Error as exc:
+        raise StoreError(one_line(exc)) from exc
+
+
+class Database:
+    """A pool of autocommit connections with ``synchronous_commit`` on."""
+
+    def __init__(self, options: Options, max_size: int | None = None) -> None:
+        self.options = options
+        self.pool: AsyncConnectionPool[Conn] = AsyncConnectionPool(
+            options.conninfo,
+            min_size=min(options.pool_min, max_size or options.pool_min),
+            max_size=max_size or options.pool_max,
+            open=False,
+            timeout=options.connect_timeout,
+            kwargs={"autocommit": True},
+            configure=_configure,
+            check=AsyncConnectionPool.check_connection,
+            name="helicone-scorer",
+        )
+
+    async def open(self) -> None:
+        """Connect once first, so a failure says why (the pool would only time out)."""
+        conn = await AsyncConnection.connect(self.options.conninfo, autocommit=True)
+        await conn.close()
+        try:
+            await self.pool.open(wait=True, timeout=self.options.connect_timeout)
+        except BaseException:
+            await self.pool.close()
+            raise
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+    @contextlib.asynccontextmanager
+    async def connection(self) -> AsyncIterator[Conn]:
+        with reported():
+            async with self.pool.connection() as conn:
+                yield conn
+
+    async def execute(self, sql: LiteralString, params: Sequence[Any] | dict[str, Any]) -> int:
+        """Run one statement; its row count."""
+        async with self.connection() as conn:
+            cur = await conn.execute(sql, params)
+            return cur.rowcount
+
+    async def fetch(
+        self, sql: LiteralString, params: Sequence[Any] | dict[str, Any] = ()
+    ) -> list[TupleRow]:
+        async with self.connection() as conn:
+            cur = await conn.execute(sql, params)
+            return await cur.fetchall()
+
+
+async def _configure(conn: Conn) -> None:
+    await conn.execute("SET synchronous_commit = on")
+
+
+def _posted(scores: bool, feedback: bool) -> Posted:
+    calls: list[Call] = []
+    if scores:
+        calls.append("scores")
+    if feedback:
+        calls.append("feedback")
+    return frozenset(calls)
+
+
+def _claim_sql(which: LiteralString, order: LiteralString, body: LiteralString) -> LiteralString:
+    """Due for a stage: pending and due, leased past its lease, or leased by an instance that
+    stopped (its heartbeat is older than the takeover time, or it closed)."""
+    return (
+        "WITH due AS ("
+        " SELECT request_id FROM webhooks w"
+        " WHERE w.state IN ('pending', 'leased') AND " + which + " AND ("
+        "  w.available_at <= scorer_now() OR (w.state = 'leased' AND w.holder IS NOT NULL"
+        "   AND NOT EXISTS (SELECT 1 FROM instances i WHERE i.id = w.holder"
+        "    AND i.heartbeat_at > scorer_now() - %(takeover)s)))"
+        " ORDER BY " + order + " LIMIT %(limit)s FOR UPDATE SKIP LOCKED)"
+        " UPDATE webhooks w SET state = 'leased', available_at = scorer_now() + %(lease)s,"
+        " attempts = w.attempts + 1, lease = gen_random_uuid()::text, holder = %(holder)s"
+        " FROM due WHERE w.request_id = due.request_id"
+        " RETURNING w.request_id, w.lease, " + body + ", w.attempts, w.received_at, w.scores,"
+        " w.feedback, w.posted_scores, w.posted_feedback"
+    )
+
+
+# Live webhooks are posted before backfilled ones; the post stage never reads a body back.
+CLAIM: dict[Stage, LiteralString] = {
+    "score": _claim_sql("w.scores IS NULL", "w.available_at, w.seq", "w.body"),
+    "post": _claim_sql("w.scores IS NOT NULL", "w.backfill, w.available_at, w.seq", "NULL"),
+}
+
+# Each outcome: one UPDATE that applies only while the lease holds, ends it, and returns the
+# stage its webhook is due for next (NULL: nothing to wake).
+FENCE = " WHERE request_id = %(rid)s AND lease = %(token)s AND state = 'leased'"
+ENDS = "lease = NULL, holder = NULL"
+POSTED = "posted_scores = posted_scores OR %(ps)s, posted_feedback = posted_feedback OR %(pf)s"
+OUTCOME: dict[type[Outcome], LiteralString] = {
+    Scored: (
+        "UPDATE webhooks SET scores = %(scores)s, feedback = %(feedback)s,"
+        " state = CASE WHEN %(finished)s THEN 'done' ELSE 'pending' END,"
+        " available_at = scorer_now(), attempts = 0,"
+        " finished_at = CASE WHEN %(finished)s THEN scorer_now() END,"
+        " body = CASE WHEN %(finished)s THEN NULL ELSE body END, "
+        + ENDS
+        + FENCE
+        + " RETURNING CASE WHEN %(finished)s THEN NULL ELSE 'post' END"
+    ),
+    Delivered: (
+        "UPDATE webhooks SET state = 'done', body = NULL, last_status = %(status)s,"
+        " last_error = NULL, finished_at = scorer_now(), "
+        + POSTED
+        + ", "
+        + ENDS
+        + FENCE
+        + " RETURNING NULL"
+    ),
+    Retry: (
+        "UPDATE webhooks SET state = 'pending', available_at = scorer_now() + %(delay)s,"
+        " last_status = %(status)s, last_error = %(error)s, "
+        + POSTED
+        + ", "
+        + ENDS
+        + FENCE
+        + " RETURNING NULL"
+    ),
+    Dead: (
+        "UPDATE webhooks SET state = 'dead', last_status = %(status)s, last_error = %(error)s,"
+        " finished_at = scorer_now(), " + POSTED + ", " + ENDS + FENCE + " RETURNING NULL"
+    ),
+    Released: (
+        "UPDATE webhooks SET state = 'pending', available_at = scorer_now() + %(delay)s,"
+        " attempts = greatest(attempts - 1, 0), "
+        + POSTED
+        + ", "
+        + ENDS
+        + FENCE
+        + " RETURNING CASE WHEN scores IS NULL THEN 'score' ELSE 'post' END"
+    ),
+}
+
+
+def _params(outcome: Outcome) -> dict[str, Any]:
+    params: dict[str, Any] = {"rid": outcome.lease.request_id, "token": outcome.lease.token}
+    match outcome:
+        case Scored():
+            params |= {
+                "scores": Jsonb(outcome.scores),
+                "feedback": outcome.feedback,
+                "finished": outcome.finished,
+            }
+            return params
+        case Delivered():
+            params["status"] = outcome.status
+        case Retry():
+            params |= {"delay": outcome.delay, "status": outcome.status, "error": outcome.error}
+        case Dead():
+            params |= {"status": outcome.status, "error": outcome.error}
+        case Released():
+            params["delay"] = outcome.delay
+    params |= {"ps": "scores" in outcome.posted, "pf": "feedback" in outcome.posted}
+    return params
+
+
+def _job(row: TupleRow) -> Job:
+    rid, token, body, attempts, received, scores, feedback, ps, pf = row
+    return Job(
+        Lease(rid, token),
+        None if body is None else bytes(body),
+        attempts,
+        received,
+        scores,
+        feedback,
+        _posted(ps, pf),
+    )
+
+
+@dataclass(slots=True)
+class _Failure:
+    at: float
+    reason: str
+
+
+class PostgresReader:
+    """The read path: plain SELECTs on a pool of their own (or the store's), never the batcher."""
+
+    def __init__(self, db: Database, owned: bool) -> None:
+        self._db = db
+        self._owned = owned
+
+    @classmethod
+    async def open(cls, url: str) -> PostgresReader:
+        db = Database(Options.parse(url), max_size=2)
+        try:
+            await db.open()
+        except psycopg.Error as exc:
+            # A connection refused for a missing database carries no SQLSTATE: its message says.
+            if isinstance(exc, errors.InvalidCatalogName) or (
+                "database" in str(exc) and "does not exist" in str(exc)
+            ):
+                where = url_without_password(url)
+                raise NoStore(f"no store: the database does not exist ({where})") from None
+            raise StoreError(one_line(exc)) from None
+        try:
+            async with db.connection() as conn:
+                version = await stored_version(conn)
+            if version is None:
+                raise NoStore(f"no store in the database ({url_without_password(url)})")
+            check_version(version)
+        except BaseException:
+            await db.close()
+            raise
+        return cls(db, owned=True)
+
+    async def stats(self) -> QueueStats:
+        rows = await self._db.fetch("SELECT state, count(*) FROM webhooks GROUP BY state")
+        counts = dict.fromkeys(STATES, 0)
+        counts.update(dict(rows))
+        ((oldest,),) = await self._db.fetch(
+            "SELECT min(received_at) FROM webhooks WHERE state IN ('pending', 'leased')"
+        )
+        return QueueStats(counts, oldest)
+
+    async def dead_letters(self, limit: int) -> list[DeadLetter]:
+        rows = await self._db.fetch(
+            "SELECT request_id, attempts, last_status, last_error, received_at FROM webhooks"
+            " WHERE state = 'dead' ORDER BY finished_at, seq LIMIT %s",
+            (limit,),
+        )
+        return [DeadLetter(*row) for row in rows]
+
+    async def entries(self, request_ids: Sequence[str] | None = None) -> dict[str, Entry]:
+        sql: LiteralString = (
+            "SELECT request_id, state, attempts, received_at, available_at, scores, feedback,"
+            " posted_scores, posted_feedback, backfill, last_status, last_error, finished_at,"
+            " body IS NOT NULL FROM webhooks"
+        )
+        if request_ids is None:
+            rows = await self._db.fetch(sql + " ORDER BY seq")
+        else:
+            rows = await self._db.fetch(sql + " WHERE request_id = ANY(%s)", (list(request_ids),))
+        return {
+            rid: Entry(
+                rid,
+                state,
+                attempts,
+                received_at,
+                available_at,
+                scores,
+                feedback,
+                _posted(ps, pf),
+                backfill,
+                last_status,
+                last_error,
+                finished_at,
+                has_body,
+            )
+            for (
+                rid,
+                state,
+                attempts,
+                received_at,
+                available_at,
+                scores,
+                feedback,
+                ps,
+                pf,
+                backfill,
+                last_status,
+                last_error,
+                finished_at,
+                has_body,
+            ) in rows
+        }
+
+    async def close(self) -> None:
+        if self._owned:
+            await self._db.close()
+
+
+def url_without_password(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+class PostgresStore:
+    def __init__(self, url: str) -> None:
+        self._options = Options.parse(url)
+        self._db = Database(self._options)
+        self._reader = PostgresReader(self._db, owned=False)
+        self._instance = uuid.uuid4().hex
+        self._serving = False
+        self._adds: list[tuple[str, bytes, asyncio.Future[bool]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self._failure: _Failure | None = None
+        self._probe: asyncio.Task[None] | None = None
+        self._subscribers: list[Callable[[Stage], None]] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._opened = False
+
+    # Opening and closing
+
+    async def open(self, *, serving: bool = False) -> None:
+        try:
+            await self._db.open()
+            async with self._db.connection() as conn:
+                await migrate(conn)
+                if serving:
+                    await self._register(conn)
+        except psycopg.Error as exc:
+            await self._db.close()
+            raise StoreError(one_line(exc)) from None
+        except BaseException:
+            await self._db.close()
+            raise
+        self._opened = True
+        self._serving = serving
+        if serving:
+            self._tasks.append(asyncio.create_task(self._heartbeats()))
+        if self._subscribers:
+            self._listen()
+
+    async def _register(self, conn: Conn) -> None:
+        """Join the live instances; with none alive, every lease is orphaned: take it back."""
+        takeover = self._options.takeover
+        async with conn.transaction():
+            await conn.execute("LOCK TABLE instances IN EXCLUSIVE MODE")
+            await conn.execute(
+                "DELETE FROM instances WHERE heartbeat_at <= scorer_now() - %s", (takeover,)
+            )
+            cur = await conn.execute("SELECT count(*) FROM instances")
+            row = await cur.fetchone()
+            if row is not None and row[0] == 0:
+                cur = await conn.execute(
+                    "UPDATE webhooks SET state = 'pending', available_at = scorer_now(),"
+                    " attempts = greatest(attempts - 1, 0), lease = NULL, holder = NULL"
+                    " WHERE state = 'leased'"
+                )
+                if cur.rowcount:
+                    event(log, f"took back {cur.rowcount} webhook(s) a stopped server had claimed")
+            await conn.execute(
+                "INSERT INTO instances (id, started_at, heartbeat_at, host, pid)"
+                " VALUES (%s, scorer_now(), scorer_now(), %s, %s)",
+                (self._instance, socket.gethostname(), os.getpid()),
+            )
+
+    async def _heartbeats(self) -> None:
+        """Keep this instance alive in ``instances`` (back in it, if another took it over)."""
+        while True:
+            await asyncio.sleep(self._options.heartbeat)
+            try:
+                await self._db.execute(
+                    "INSERT INTO instances (id, started_at, heartbeat_at, host, pid)"
+                    " VALUES (%s, scorer_now(), scorer_now(), %s, %s)"
+                    " ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at",
+                    (self._instance, socket.gethostname(), os.getpid()),
+                )
+            except StoreError as exc:
+                log.warning("store: heartbeat failed: %s", exc)
+
+    async def close(self) -> None:
+        for task in [*self._tasks, self._probe]:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._tasks.clear()
+        if self._flusher is not None:
+            with contextlib.suppress(Exception):
+                await self._flusher
+        if self._serving:
+            with contextlib.suppress(StoreError):
+                await self._db.execute("DELETE FROM instances WHERE id = %s", (self._instance,))
+        await self._db.close()
+        self._opened = False
+
+    @property
+    def reader(self) -> PostgresReader:
+        return self._reader
+
+    def budget(self, limit: int, window: float) -> PostgresBudget:
+        return PostgresBudget(self._db, limit, window)
+
+    # Wake-ups
+
+    def subscribe(self, wake: Callable[[Stage], None]) -> None:
+        self._subscribers.append(wake)
+        if self._opened and len(self._subscribers) == 1:
+            self._listen()
+
+    def _listen(self) -> None:
+        self._tasks.append(asyncio.create_task(self._listener()))
+
+    def _wake(self, stages: set[Stage]) -> None:
+        for stage in sorted(stages):
+            for wake in self._subscribers:
+                wake(stage)
+
+    async def _listener(self) -> None:
+        """Hear other instances' NOTIFYs; after a reconnect, wake both stages (some may have
+        been missed)."""
+        delay = 0.1
+        while True:
+            try:
+                conn = await AsyncConnection.connect(self._options.conninfo, autocommit=True)
+                async with conn:
+                    await conn.execute("LISTEN " + CHANNEL)
+                    self._wake({"score", "post"})
+                    delay = 0.1
+                    async for note in conn.notifies():
+                        stage, _, sender = note.payload.partition(":")
+                        if sender != self._instance and stage in ("score", "post"):
+                            self._wake({"score" if stage == "score" else "post"})
+            except psycopg.Error as exc:
+                log.warning("store: listening for wake-ups failed: %s", one_line(exc))
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    async def _notify(self, conn: Conn, stages: set[Stage]) -> None:
+        """NOTIFY the other instances, in the caller's transaction."""
+        for stage in sorted(stages):
+            await conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, f"{stage}:{self._instance}"))
+
+    # Adding webhooks
+
+    async def add(self, request_id: str, body: bytes) -> bool:
+        # Adds are gathered on the event loop: while one INSERT is in flight, every webhook
+        # that arrives joins the next one.
+        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._adds.append((request_id, body, fut))
+        if self._flusher is None:
+            self._flusher = asyncio.create_task(self._flush_adds())
+        return await fut
+
+    async def _flush_adds(self) -> None:
+        try:
+            while self._adds:
+                batch, self._adds = self._adds, []
+                failure = self._failure
+                try:
+                    inserted = await self._insert([(rid, body) for rid, body, _ in batch])
+                except Exception as exc:
+                    self._failed(exc)
+                    for *_, fut in batch:
+                        if not fut.done():
+                            fut.set_exception(StoreError(one_line(exc)))
+                    continue
+                self._succeeded(failure)
+                for rid, _, fut in batch:
+                    new = rid in inserted
+                    inserted.discard(rid)  # a second add of one id in one batch is a duplicate
+                    if not fut.done():
+                        fut.set_result(new)
+        finally:
+            self._flusher = None
+
+    async def _insert(self, rows: list[tuple[str, bytes]]) -> set[str]:
+        ids = [rid for rid, _ in rows]
+        bodies = [body for _, body in rows]
+        async with self._db.connection() as conn, conn.transaction():
+            cur = await conn.execute(
+                "INSERT INTO webhooks (request_id, body, received_at, available_at)"
+                " SELECT rid, body, scorer_now(), scorer_now()"
+                " FROM unnest(%s::text[], %s::bytea[]) WITH ORDINALITY AS t(rid, body, n)"
+                " ORDER BY n ON CONFLICT (request_id) DO NOTHING RETURNING request_id",
+                (ids, bodies),
+            )
+            inserted = {str(rid) for (rid,) in await cur.fetchall()}
+            if inserted:
+                await self._notify(conn, {"score"})
+        if inserted:
+            self._wake({"score"})
+        return inserted
+
+    def _failed(self, exc: BaseException) -> None:
+        reason = one_line(exc)
+        if self._failure is None or self._failure.reason != reason:
+            log.error("store: a write failed: %s; webhooks get 503 until one succeeds", reason)
+        self._failure = _Failure(time.time(), reason)
+
+    def _succeeded(self, failure: _Failure | None) -> None:
+        if failure is not None and self._failure is failure:
+            self._failure = None
+            log.info("store: writes succeed again")
+
+    async def ping(self) -> None:
+        failure = self._failure
+        if failure is not None:
+            if self._probe is None or self._probe.done():
+                self._probe = asyncio.create_task(self._probe_write(failure))
+            ago = time.time() - failure.at
+            raise StoreError(f"the last write failed {ago:.1f}s ago: {failure.reason}")
+        try:
+            await self._heartbeat_write()
+        except StoreError as exc:
+            self._failed(exc)
+            raise
+
+    async def _heartbeat_write(self) -> None:
+        await self._db.execute(
+            "INSERT INTO scorer_meta (key, value) VALUES ('ping', scorer_now()::text)"
+            " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (),
+        )
+
+    async def _probe_write(self, failure: _Failure) -> None:
+        with contextlib.suppress(StoreError):
+            await self._heartbeat_write()
+            self._succeeded(failure)
+
+    # Leases and outcomes
+
+    async def claim(self, stage: Stage, limit: int, lease_seconds: float) -> list[Job]:
+        rows = await self._db.fetch(
+            CLAIM[stage],
+            {
+                "limit": limit,
+                "lease": lease_seconds,
+                "takeover": self._options.takeover,
+                "holder": self._instance if self._serving else None,
+            },
+        )
+        return sorted(map(_job, rows), key=lambda j: j.received_at)
+
+    async def extend(self, leases: Sequence[Lease], lease_seconds: float) -> list[bool]:
+        if not leases:
+            return []
+        rows = await self._db.fetch(
+            "UPDATE webhooks w SET available_at = scorer_now() + %s"
+            " FROM unnest(%s::text[], %s::text[]) AS l(rid, token)"
+            " WHERE w.request_id = l.rid AND w.lease = l.token AND w.state = 'leased'"
+            " RETURNING w.request_id, w.lease",
+            (lease_seconds, [x.request_id for x in leases], [x.token for x in leases]),
+        )
+        held = {(rid, token) for rid, token in rows}
+        return [(x.request_id, x.token) in held for x in leases]
+
+    async def record(self, outcomes: Sequence[Outcome]) -> list[bool]:
+        applied: list[bool] = []
+        wake: set[Stage] = set()
+        async with self._db.connection() as conn, conn.transaction():
+            for outcome in outcomes:
+                cur = await conn.execute(OUTCOME[type(outcome)], _params(outcome))
+                row = await cur.fetchone()
+                applied.append(row is not None)
+                if row is not None and row[0] is not None:
+                    wake.add("score" if row[0] == "score" else "post")
+            await self._notify(conn, wake)
+        self._wake(wake)
+        return applied
+
+    # Backfill and dead letters
+
+    async def enqueue_scores(self, request_id: str, scores: dict[str, int]) -> bool:
+        params = {"rid": request_id, "scores": Jsonb(scores)}
+        async with self._db.connection() as conn, conn.transaction():
+            cur = await conn.execute(
+                "INSERT INTO webhooks (request_id, received_at, available_at, scores, backfill)"
+                " VALUES (%(rid)s, scorer_now(), scorer_now(), %(scores)s, true)"
+                " ON CONFLICT (request_id) DO NOTHING",
+                params,
+            )
+            if cur.rowcount == 0:
+                cur = await conn.execute(
+                    "UPDATE webhooks SET state = 'pending', scores = %(scores)s, feedback = NULL,"
+                    " posted_scores = false, posted_feedback = false, backfill = true,"
+                    " received_at = scorer_now(), available_at = scorer_now(), attempts = 0,"
+                    " last_status = NULL, last_error = NULL, finished_at = NULL, "
+                    + ENDS
+                    + " WHERE request_id = %(rid)s AND state IN ('done', 'dead')"
+                    " AND NOT (state = 'done' AND posted_scores AND scores = %(scores)s)",
+                    params,
+                )
+            if cur.rowcount == 0:
+                return False
+            await self._notify(conn, {"post"})
+        self._wake({"post"})
+        return True
+
+    async def requeue_dead(self, request_ids: Sequence[str] | None) -> int:
+        sql: LiteralString = (
+            "UPDATE webhooks SET state = 'pending', available_at = scorer_now(), attempts = 0,"
+            " finished_at = NULL, " + ENDS + " WHERE state = 'dead'"
+        )
+        ret: LiteralString = " RETURNING CASE WHEN scores IS NULL THEN 'score' ELSE 'post' END"
+        async with self._db.connection() as conn, conn.transaction():
+            if request_ids is None:
+                cur = await conn.execute(sql + ret)
+            else:
+                cur = await conn.execute(
+                    sql + " AND request_id = ANY(%s)" + ret, (list(request_ids),)
+                )
+            rows = await cur.fetchall()
+            wake: set[Stage] = {"score" if s == "score" else "post" for (s,) in rows}
+            await self._notify(conn, wake)
+        self._wake(wake)
+        return len(rows)
+
+    async def purge_dead(self) -> int:
+        return await self._db.execute("DELETE FROM webhooks WHERE state = 'dead'", ())
+
+    async def prune_done(self, before: float) -> int:
+        return await self._db.execute(
+            "DELETE FROM webhooks WHERE state = 'done' AND finished_at < %s", (before,)
+        )
