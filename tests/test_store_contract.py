@@ -429,7 +429,8 @@ async def test_a_requeued_scored_letter_goes_back_to_the_post_stage(store: Store
     assert await store.record([Dead(job.lease, 500, "x", frozenset({"scores"}))]) == [True]
     assert await store.requeue_dead(["a"]) == 1
     job = await claim_one(store, "post")
-    assert (job.scores, job.posted) == (SCORES, {"scores"})
+    assert job.scores == SCORES
+    assert job.posted == {"scores"}
 
 
 async def test_purge_deletes_dead_letters_only(store: Store) -> None:
