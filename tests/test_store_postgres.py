@@ -102,6 +102,31 @@ async def test_a_live_instance_keeps_its_leases(postgres_url: str) -> None:
         assert await eventually_async(two_seconds_later, 15) == ["clock"]
 
 
+async def test_a_call_in_flight_holds_its_place_while_its_instance_lives(
+    postgres_url: str,
+) -> None:
+    url = with_query(postgres_url, **FAST)
+    async with opened(url, serving=True) as watcher:
+        async with opened(url, serving=True) as caller:
+            assert await caller.budget(1, 0.5).take() is not None  # in flight, not spent
+            budget = watcher.budget(1, 0.5)
+            assert await watcher.add("clock", b"{}")
+            assert len(await watcher.claim("score", 1, 2)) == 1
+
+            async def two_seconds_later() -> list[str]:
+                return [j.request_id for j in await watcher.claim("score", 1, 60)]
+
+            assert await eventually_async(two_seconds_later, 15) == ["clock"]
+            assert await budget.room() == 0  # four windows on, its caller still lives
+            assert await budget.wait_time() >= 0.5
+        # The caller closed with its call unspent: the place counts as ended when taken.
+
+        async def taken() -> object:
+            return await budget.take()
+
+        await eventually_async(taken, 10)
+
+
 async def test_wakes_reach_other_instances(postgres_url: str) -> None:
     async with opened(postgres_url) as adder, opened(postgres_url) as listener:
         woken: list[Stage] = []

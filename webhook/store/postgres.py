@@ -501,7 +501,8 @@ class PostgresStore:
         return self._reader
 
     def budget(self, limit: int, window: float) -> PostgresBudget:
-        return PostgresBudget(self._db, limit, window)
+        holder = self._instance if self._serving else None
+        return PostgresBudget(self._db, limit, window, holder, self._options.takeover)
 
     # Wake-ups
 

@@ -1,8 +1,10 @@
 """The posting budget kept in PostgreSQL, shared by every instance on the database.
 
-A ``post_slots`` row is a place: taken at ``taken_at``, ended at ``ended_at``. It is held while
-``coalesce(ended_at, taken_at)`` is less than ``window`` seconds ago, so a place never spent
-(its process died) counts as ended when taken and frees on its own. The ``budget`` row holds
+A ``post_slots`` row is a place: taken at ``taken_at`` by ``holder`` (a serving instance, or
+None), ended at ``ended_at``. It is held until ``window`` seconds after its call ended. A call
+still in flight ends no earlier than now while its holder is alive (its heartbeat is fresh); a
+place whose holder is gone (killed, or closed before the call ended), or that no serving
+instance holds, counts as ended when taken, so it frees on its own. The ``budget`` row holds
 the 429 pause, and is the lock that makes ``take`` atomic across instances: a taker locks it,
 then counts (a fresh snapshot, after the lock), then inserts.
 """
@@ -18,26 +20,36 @@ if TYPE_CHECKING:
 
 __all__ = ["PostgresBudget"]
 
-HELD = "coalesce(ended_at, taken_at) > scorer_now() - %(window)s"
+# When a place's call ended, as far as is known now.
+ENDED = (
+    "coalesce(ended_at, CASE WHEN EXISTS (SELECT 1 FROM instances i WHERE i.id = holder"
+    " AND i.heartbeat_at > scorer_now() - %(takeover)s) THEN scorer_now() ELSE taken_at END)"
+)
+HELD = ENDED + " > scorer_now() - %(window)s"
 
 
 class PostgresBudget:
-    def __init__(self, db: Database, limit: int, window: float) -> None:
+    def __init__(
+        self, db: Database, limit: int, window: float, holder: str | None, takeover: float
+    ) -> None:
         self.limit = limit
         self.window = window
         self._db = db
+        self._holder = holder
+        self._params = {"window": window, "limit": limit, "takeover": takeover}
 
     async def _state(self) -> tuple[float, list[float]]:
         """Seconds the pause still runs (<= 0: none), and when each held place ended, oldest
         first, as seconds ago."""
         async with self._db.connection() as conn:
             cur = await conn.execute(
-                "SELECT paused_until - scorer_now(), ARRAY(SELECT scorer_now()"
-                " - coalesce(ended_at, taken_at) FROM post_slots WHERE "
+                "SELECT paused_until - scorer_now(), ARRAY(SELECT scorer_now() - "
+                + ENDED
+                + " FROM post_slots WHERE "
                 + HELD
                 + " ORDER BY 1 DESC)"
                 " FROM budget WHERE id = 1",
-                {"window": self.window},
+                self._params,
             )
             row = await cur.fetchone()
         assert row is not None
@@ -56,11 +68,11 @@ class PostgresBudget:
             row = await cur.fetchone()
             if row is None or row[0]:
                 return None
-            params = {"window": self.window, "limit": self.limit}
+            params = self._params | {"holder": self._holder}
             await conn.execute("DELETE FROM post_slots WHERE NOT (" + HELD + ")", params)
             cur = await conn.execute(
-                "INSERT INTO post_slots (token, taken_at)"
-                " SELECT gen_random_uuid()::text, scorer_now()"
+                "INSERT INTO post_slots (token, taken_at, holder)"
+                " SELECT gen_random_uuid()::text, scorer_now(), %(holder)s"
                 " WHERE (SELECT count(*) FROM post_slots WHERE " + HELD + ") < %(limit)s"
                 " RETURNING token",
                 params,

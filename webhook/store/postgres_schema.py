@@ -66,9 +66,9 @@ INSERT INTO budget (id) VALUES (1);
 CREATE TABLE post_slots (
     token    text PRIMARY KEY,
     taken_at double precision NOT NULL,
-    ended_at double precision
+    ended_at double precision,
+    holder   text
 );
-CREATE INDEX post_slots_held ON post_slots ((coalesce(ended_at, taken_at)));
 """,
 }
 
