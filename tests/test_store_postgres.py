@@ -55,6 +55,17 @@ asyncio.run(main())
 """
 
 
+async def test_concurrent_adds_are_committed_together(postgres_url: str) -> None:
+    async with opened(postgres_url) as store:
+        ids = [f"id-{i}" for i in range(50)]
+        assert await asyncio.gather(*(store.add(rid, b"{}") for rid in ids)) == [True] * 50
+        async with await psycopg.AsyncConnection.connect(postgres_url) as conn:
+            cur = await conn.execute("SELECT count(DISTINCT xmin::text) FROM webhooks")
+            row = await cur.fetchone()
+        assert row is not None
+        assert row[0] < 5  # a handful of transactions (group commit), not one per webhook
+
+
 async def test_a_killed_instances_leases_are_taken_over(postgres_url: str) -> None:
     url = with_query(postgres_url, **FAST)
     async with opened(url, serving=True) as survivor:
