@@ -1,8 +1,7 @@
 """The durable queue of webhooks: what the store promises, whatever the database.
 
 This package holds the contract (here) and one module per backend: :mod:`.sqlite`, with its
-writer thread (:mod:`.sqlite_writer`) and its server lock (:mod:`.sqlite_lock`) beside it, and
-:mod:`.postgres`, with its schema (:mod:`.postgres_schema`) and budget (:mod:`.postgres_budget`).
+writer thread (:mod:`.sqlite_writer`) and its server lock (:mod:`.sqlite_lock`) beside it.
 :func:`open_store` and :func:`open_reader` pick the backend from the URL and import only that one.
 The contract is written for several processes, on one machine or many, sharing one database.
 

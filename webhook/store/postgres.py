@@ -1,5 +1,7 @@
 """The PostgreSQL store: several instances, on one machine or many, share one database.
 
+Its schema is in :mod:`.postgres_schema`, its posting budget in :mod:`.postgres_budget`.
+
 - ``add`` acknowledges after commit (``synchronous_commit = on``). Adds are gathered while a
   commit is in flight and inserted in one multi-row ``INSERT ... ON CONFLICT DO NOTHING``
   round trip (group commit); a request id stored by any instance is a duplicate.
