@@ -35,8 +35,8 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from typing import Any, LiteralString
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -90,15 +90,11 @@ class Options:
     def parse(cls, url: str) -> Options:
         parts = urlsplit(url)
         query = dict(parse_qsl(parts.query))
-        ours = {
-            k: query.pop(k) for k in ("pool_min", "pool_max", "heartbeat", "takeover") if k in query
-        }
-        timeout = float(query.get("connect_timeout", 5))
-        query["connect_timeout"] = str(max(1, round(timeout)))
-        conninfo = urlunsplit(parts._replace(query=urlencode(query)))
+        ours = {k: query.pop(k) for k in OURS if k in query}
         try:
-            return cls(
-                conninfo,
+            timeout = float(query.get("connect_timeout", 5))
+            options = cls(
+                "",
                 pool_min=int(ours.get("pool_min", 1)),
                 pool_max=int(ours.get("pool_max", 10)),
                 connect_timeout=timeout,
@@ -107,6 +103,11 @@ class Options:
             )
         except ValueError as exc:
             raise StoreError(f"bad option in the database URL: {exc}") from None
+        query["connect_timeout"] = str(max(1, round(timeout)))  # libpq takes whole seconds
+        return replace(options, conninfo=urlunsplit(parts._replace(query=urlencode(query))))
+
+
+OURS = ("pool_min", "pool_max", "heartbeat", "takeover")  # the rest of the query is libpq's
 
 
 def one_line(exc: BaseException) -> str:
@@ -115,7 +116,7 @@ def one_line(exc: BaseException) -> str:
 
 
 @contextlib.contextmanager
-def reported() -> Any:
+def reported() -> Iterator[None]:
     """Driver failures become :class:`StoreError` with one line."""
     try:
         yield
@@ -419,7 +420,9 @@ class PostgresStore:
         self._failure: _Failure | None = None
         self._probe: asyncio.Task[None] | None = None
         self._subscribers: list[Callable[[Stage], None]] = []
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: list[asyncio.Task[None]] = []  # the listener
+        self._heartbeat: asyncio.Task[None] | None = None
+        self._closing = asyncio.Event()
         self._opened = False
 
     # Opening and closing
@@ -440,7 +443,7 @@ class PostgresStore:
         self._opened = True
         self._serving = serving
         if serving:
-            self._tasks.append(asyncio.create_task(self._heartbeats()))
+            self._heartbeat = asyncio.create_task(self._heartbeats())
         if self._subscribers:
             self._listen()
 
@@ -469,9 +472,10 @@ class PostgresStore:
             )
 
     async def _heartbeats(self) -> None:
-        """Keep this instance alive in ``instances`` (back in it, if another took it over)."""
-        while True:
-            await asyncio.sleep(self._options.heartbeat)
+        """Keep this instance alive in ``instances`` (back in it, if another took it over).
+
+        It ends between beats when the store closes, never cancelled inside a statement."""
+        while not await self._closing_within(self._options.heartbeat):
             try:
                 await self._db.execute(
                     "INSERT INTO instances (id, started_at, heartbeat_at, host, pid)"
@@ -482,7 +486,15 @@ class PostgresStore:
             except StoreError as exc:
                 log.warning("store: heartbeat failed: %s", exc)
 
+    async def _closing_within(self, seconds: float) -> bool:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._closing.wait(), seconds)
+        return self._closing.is_set()
+
     async def close(self) -> None:
+        self._closing.set()
+        if self._heartbeat is not None:
+            await self._heartbeat
         for task in [*self._tasks, self._probe]:
             if task is not None:
                 task.cancel()
