@@ -71,14 +71,28 @@ def postgres_server(request: pytest.FixtureRequest) -> str:
     url = os.environ.get("SCORER_TEST_POSTGRES_URL", DEFAULT_POSTGRES)
     if _answers(url):
         return url
-    if shutil.which("pg_ctl") and shutil.which("initdb"):
-        proc = request.getfixturevalue("throwaway_postgres")
-        return f"postgresql://{proc.user}@{proc.host}:{proc.port}/{proc.dbname}"
-    pytest.fail(
-        f"no PostgreSQL answers at {url} and pg_ctl/initdb are not on PATH: start one, or set"
-        " SCORER_TEST_POSTGRES_URL to a server where this user may create databases",
-        pytrace=False,
+    how = (
+        "start one, or set SCORER_TEST_POSTGRES_URL to a server where this user may create"
+        " databases"
     )
+    if not (shutil.which("pg_ctl") and shutil.which("initdb")):
+        pytest.fail(
+            f"no PostgreSQL answers at {url} and pg_ctl/initdb are not on PATH: {how}",
+            pytrace=False,
+        )
+    if os.geteuid() == 0:
+        pytest.fail(
+            f"no PostgreSQL answers at {url}, and initdb refuses to run as root: {how}",
+            pytrace=False,
+        )
+    try:
+        proc = request.getfixturevalue("throwaway_postgres")
+    except Exception as exc:
+        pytest.fail(
+            f"no PostgreSQL answers at {url}, and a throwaway one failed ({exc}): {how}",
+            pytrace=False,
+        )
+    return f"postgresql://{proc.user}@{proc.host}:{proc.port}/{proc.dbname}"
 
 
 @pytest.fixture(scope="session")
