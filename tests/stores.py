@@ -92,7 +92,7 @@ def postgres_server(request: pytest.FixtureRequest) -> str:
             f"no PostgreSQL answers at {url}, and a throwaway one failed ({exc}): {how}",
             pytrace=False,
         )
-    return f"postgresql://{proc.user}@{proc.host}:{proc.port}/{proc.dbname}"
+    return f"postgresql://{proc.user}@{proc.host}:{proc.port}/postgres"  # its maintenance db
 
 
 @pytest.fixture(scope="session")
