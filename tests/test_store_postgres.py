@@ -241,7 +241,10 @@ async def test_a_database_that_goes_away_and_comes_back(postgres_url: str) -> No
     await proxy.start()
     url = postgres_url.replace(f":{info.get('port', 5432)}/", f":{proxy.port}/", 1)
     url = with_query(url, connect_timeout="1")
-    async with opened(url) as store:
+    async with opened(url) as store, opened(postgres_url) as direct:
+        woken: list[Stage] = []
+        store.subscribe(woken.append)
+        await eventually_async(lambda: _settled(woken), 10, what="listening")
         assert await store.add("before", b"{}")
         await store.ping()
         await proxy.cut()
@@ -249,6 +252,7 @@ async def test_a_database_that_goes_away_and_comes_back(postgres_url: str) -> No
             await store.add("during", b"{}")
         with pytest.raises(StoreError, match=r"^the last write failed "):
             await store.ping()  # at once, while the last write of webhooks failed
+        woken.clear()
         await proxy.start()
 
         async def ready() -> bool:
@@ -261,4 +265,9 @@ async def test_a_database_that_goes_away_and_comes_back(postgres_url: str) -> No
         await eventually_async(ready, 20, what="ping succeeds once the database is back")
         assert await store.add("during", b"{}")  # it was never stored
         assert set(await store.reader.entries()) == {"before", "during"}
+        # Listening again, it woke both stages (it may have missed a NOTIFY), and hears others.
+        await eventually_async(lambda: _settled(woken), 20, what="listening again")
+        woken.clear()
+        assert await direct.add("from-another", b"{}")
+        await eventually_async(lambda: _has(woken, "score"), 10, what="woken by another's add")
     await proxy.cut()
