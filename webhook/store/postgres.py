@@ -1,6 +1,7 @@
 """The PostgreSQL store: several instances, on one machine or many, share one database.
 
-Its schema is in :mod:`.postgres_schema`, its posting budget in :mod:`.postgres_budget`.
+Beside it: its schema (:mod:`.postgres_schema`), connections (:mod:`.postgres_db`), read path
+(:mod:`.postgres_reader`) and posting budget (:mod:`.postgres_budget`).
 
 - ``add`` acknowledges after commit (``synchronous_commit = on``). Adds are gathered while a
   commit is in flight and inserted in one multi-row ``INSERT ... ON CONFLICT DO NOTHING``
@@ -20,10 +21,6 @@ Its schema is in :mod:`.postgres_schema`, its posting budget in :mod:`.postgres_
 - Health: a failed write of webhooks is kept and makes ``ping`` fail at once (so readiness
   agrees with the 503s), until a write succeeds again; each such ``ping`` probes in the
   background. The pool replaces broken connections by itself (checked at checkout).
-
-URL options (query string, taken off before connecting; the rest goes to libpq):
-``pool_min`` (1), ``pool_max`` (10), ``connect_timeout`` (5 s: connecting, and waiting for a
-pooled connection), ``heartbeat`` (3 s), ``takeover`` (10 s).
 """
 
 from __future__ import annotations
@@ -35,31 +32,22 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, LiteralString
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
-from psycopg import AsyncConnection, errors
+from psycopg import AsyncConnection
 from psycopg.rows import TupleRow
 from psycopg.types.json import Jsonb
-from psycopg_pool import AsyncConnectionPool
 
 from webhook.logs import event
 from webhook.store import (
-    STATES,
-    Call,
     Dead,
-    DeadLetter,
     Delivered,
-    Entry,
     Job,
     Lease,
-    NoStore,
     Outcome,
-    Posted,
-    QueueStats,
     Released,
     Retry,
     Scored,
@@ -67,124 +55,15 @@ from webhook.store import (
     StoreError,
 )
 from webhook.store.postgres_budget import PostgresBudget
-from webhook.store.postgres_schema import check_version, migrate, stored_version
+from webhook.store.postgres_db import Conn, Database, Options, one_line
+from webhook.store.postgres_reader import PostgresReader, posted_set
+from webhook.store.postgres_schema import migrate
 
 __all__ = ["Options", "PostgresReader", "PostgresStore"]
 
 log = logging.getLogger("webhook.store")
 
 CHANNEL = "scorer_wake"
-Conn = AsyncConnection[TupleRow]
-
-
-@dataclass(frozen=True, slots=True)
-class Options:
-    conninfo: str
-    pool_min: int = 1
-    pool_max: int = 10
-    connect_timeout: float = 5.0
-    heartbeat: float = 3.0
-    takeover: float = 10.0
-
-    @classmethod
-    def parse(cls, url: str) -> Options:
-        parts = urlsplit(url)
-        query = dict(parse_qsl(parts.query))
-        ours = {k: query.pop(k) for k in OURS if k in query}
-        try:
-            timeout = float(query.get("connect_timeout", 5))
-            options = cls(
-                "",
-                pool_min=int(ours.get("pool_min", 1)),
-                pool_max=int(ours.get("pool_max", 10)),
-                connect_timeout=timeout,
-                heartbeat=float(ours.get("heartbeat", 3.0)),
-                takeover=float(ours.get("takeover", 10.0)),
-            )
-        except ValueError as exc:
-            raise StoreError(f"bad option in the database URL: {exc}") from None
-        query["connect_timeout"] = str(max(1, round(timeout)))  # libpq takes whole seconds
-        return replace(options, conninfo=urlunsplit(parts._replace(query=urlencode(query))))
-
-
-OURS = ("pool_min", "pool_max", "heartbeat", "takeover")  # the rest of the query is libpq's
-
-
-def one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
-
-
-@contextlib.contextmanager
-def reported() -> Iterator[None]:
-    """Driver failures become :class:`StoreError` with one line."""
-    try:
-        yield
-    except psycopg.Error as exc:
-        raise StoreError(one_line(exc)) from exc
-
-
-class Database:
-    """A pool of autocommit connections with ``synchronous_commit`` on."""
-
-    def __init__(self, options: Options, max_size: int | None = None) -> None:
-        self.options = options
-        self.pool: AsyncConnectionPool[Conn] = AsyncConnectionPool(
-            options.conninfo,
-            min_size=min(options.pool_min, max_size or options.pool_min),
-            max_size=max_size or options.pool_max,
-            open=False,
-            timeout=options.connect_timeout,
-            kwargs={"autocommit": True},
-            configure=_configure,
-            check=AsyncConnectionPool.check_connection,
-            name="helicone-scorer",
-        )
-
-    async def open(self) -> None:
-        """Connect once first, so a failure says why (the pool would only time out)."""
-        conn = await AsyncConnection.connect(self.options.conninfo, autocommit=True)
-        await conn.close()
-        try:
-            await self.pool.open(wait=True, timeout=self.options.connect_timeout)
-        except BaseException:
-            await self.pool.close()
-            raise
-
-    async def close(self) -> None:
-        await self.pool.close()
-
-    @contextlib.asynccontextmanager
-    async def connection(self) -> AsyncIterator[Conn]:
-        with reported():
-            async with self.pool.connection() as conn:
-                yield conn
-
-    async def execute(self, sql: LiteralString, params: Sequence[Any] | dict[str, Any]) -> int:
-        """Run one statement; its row count."""
-        async with self.connection() as conn:
-            cur = await conn.execute(sql, params)
-            return cur.rowcount
-
-    async def fetch(
-        self, sql: LiteralString, params: Sequence[Any] | dict[str, Any] = ()
-    ) -> list[TupleRow]:
-        async with self.connection() as conn:
-            cur = await conn.execute(sql, params)
-            return await cur.fetchall()
-
-
-async def _configure(conn: Conn) -> None:
-    await conn.execute("SET synchronous_commit = on")
-
-
-def _posted(scores: bool, feedback: bool) -> Posted:
-    calls: list[Call] = []
-    if scores:
-        calls.append("scores")
-    if feedback:
-        calls.append("feedback")
-    return frozenset(calls)
 
 
 def _claim_sql(which: LiteralString, order: LiteralString, body: LiteralString) -> LiteralString:
@@ -293,7 +172,7 @@ def _job(row: TupleRow) -> Job:
         received,
         scores,
         feedback,
-        _posted(ps, pf),
+        posted_set(ps, pf),
     )
 
 
@@ -301,111 +180,6 @@ def _job(row: TupleRow) -> Job:
 class _Failure:
     at: float
     reason: str
-
-
-class PostgresReader:
-    """The read path: plain SELECTs on a pool of their own (or the store's), never the batcher."""
-
-    def __init__(self, db: Database, owned: bool) -> None:
-        self._db = db
-        self._owned = owned
-
-    @classmethod
-    async def open(cls, url: str) -> PostgresReader:
-        db = Database(Options.parse(url), max_size=2)
-        try:
-            await db.open()
-        except psycopg.Error as exc:
-            # A connection refused for a missing database carries no SQLSTATE: its message says.
-            if isinstance(exc, errors.InvalidCatalogName) or (
-                "database" in str(exc) and "does not exist" in str(exc)
-            ):
-                where = url_without_password(url)
-                raise NoStore(f"no store: the database does not exist ({where})") from None
-            raise StoreError(one_line(exc)) from None
-        try:
-            async with db.connection() as conn:
-                version = await stored_version(conn)
-            if version is None:
-                raise NoStore(f"no store in the database ({url_without_password(url)})")
-            check_version(version)
-        except BaseException:
-            await db.close()
-            raise
-        return cls(db, owned=True)
-
-    async def stats(self) -> QueueStats:
-        rows = await self._db.fetch("SELECT state, count(*) FROM webhooks GROUP BY state")
-        counts = dict.fromkeys(STATES, 0)
-        counts.update(dict(rows))
-        ((oldest,),) = await self._db.fetch(
-            "SELECT min(received_at) FROM webhooks WHERE state IN ('pending', 'leased')"
-        )
-        return QueueStats(counts, oldest)
-
-    async def dead_letters(self, limit: int) -> list[DeadLetter]:
-        rows = await self._db.fetch(
-            "SELECT request_id, attempts, last_status, last_error, received_at FROM webhooks"
-            " WHERE state = 'dead' ORDER BY finished_at, seq LIMIT %s",
-            (limit,),
-        )
-        return [DeadLetter(*row) for row in rows]
-
-    async def entries(self, request_ids: Sequence[str] | None = None) -> dict[str, Entry]:
-        sql: LiteralString = (
-            "SELECT request_id, state, attempts, received_at, available_at, scores, feedback,"
-            " posted_scores, posted_feedback, backfill, last_status, last_error, finished_at,"
-            " body IS NOT NULL FROM webhooks"
-        )
-        if request_ids is None:
-            rows = await self._db.fetch(sql + " ORDER BY seq")
-        else:
-            rows = await self._db.fetch(sql + " WHERE request_id = ANY(%s)", (list(request_ids),))
-        return {
-            rid: Entry(
-                rid,
-                state,
-                attempts,
-                received_at,
-                available_at,
-                scores,
-                feedback,
-                _posted(ps, pf),
-                backfill,
-                last_status,
-                last_error,
-                finished_at,
-                has_body,
-            )
-            for (
-                rid,
-                state,
-                attempts,
-                received_at,
-                available_at,
-                scores,
-                feedback,
-                ps,
-                pf,
-                backfill,
-                last_status,
-                last_error,
-                finished_at,
-                has_body,
-            ) in rows
-        }
-
-    async def close(self) -> None:
-        if self._owned:
-            await self._db.close()
-
-
-def url_without_password(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 class PostgresStore:

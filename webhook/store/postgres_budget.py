@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from webhook.store import Slot
 
 if TYPE_CHECKING:
-    from webhook.store.postgres import Database
+    from webhook.store.postgres_db import Database
 
 __all__ = ["PostgresBudget"]
 
