@@ -125,7 +125,11 @@ class Database:
 
 
 async def _configure(conn: Conn) -> None:
+    """Acknowledge only what is durable; and a process frozen inside one of our (short)
+    transactions does not hold its row locks, which other instances' outcomes wait on, for
+    more than a minute."""
     await conn.execute("SET synchronous_commit = on")
+    await conn.execute("SET idle_in_transaction_session_timeout = '60s'")
 
 
 def url_without_password(url: str) -> str:
