@@ -199,9 +199,10 @@ async def test_a_bad_url_option_is_one_line(postgres_url: str) -> None:
         open_store(with_query(postgres_url, pool_max="many"))
 
 
-class Proxy:
-    """A TCP hop to the database that the test can cut (every connection, and new ones
-    refused) and restore: the database going away and coming back."""
+class Link:
+    """A TCP hop to the database, on one port, that the test can cut (every connection, and
+    new ones refused) and restore: the database going away and coming back. (Not
+    ``tests.proxy``, which stands for Fly's proxy: it retries refusals, on a new port a start.)"""
 
     def __init__(self, upstream: tuple[str, int]) -> None:
         self.upstream = upstream
@@ -237,9 +238,9 @@ class Proxy:
 
 async def test_a_database_that_goes_away_and_comes_back(postgres_url: str) -> None:
     info = psycopg.conninfo.conninfo_to_dict(postgres_url)
-    proxy = Proxy((str(info.get("host", "127.0.0.1")), int(str(info.get("port", 5432)))))
-    await proxy.start()
-    url = postgres_url.replace(f":{info.get('port', 5432)}/", f":{proxy.port}/", 1)
+    link = Link((str(info.get("host", "127.0.0.1")), int(str(info.get("port", 5432)))))
+    await link.start()
+    url = postgres_url.replace(f":{info.get('port', 5432)}/", f":{link.port}/", 1)
     url = with_query(url, connect_timeout="1")
     async with opened(url) as store, opened(postgres_url) as direct:
         woken: list[Stage] = []
@@ -247,13 +248,13 @@ async def test_a_database_that_goes_away_and_comes_back(postgres_url: str) -> No
         await eventually_async(lambda: _settled(woken), 10, what="listening")
         assert await store.add("before", b"{}")
         await store.ping()
-        await proxy.cut()
+        await link.cut()
         with pytest.raises(StoreError):
             await store.add("during", b"{}")
         with pytest.raises(StoreError, match=r"^the last write failed "):
             await store.ping()  # at once, while the last write of webhooks failed
         woken.clear()
-        await proxy.start()
+        await link.start()
 
         async def ready() -> bool:
             try:
@@ -270,4 +271,4 @@ async def test_a_database_that_goes_away_and_comes_back(postgres_url: str) -> No
         woken.clear()
         assert await direct.add("from-another", b"{}")
         await eventually_async(lambda: _has(woken, "score"), 10, what="woken by another's add")
-    await proxy.cut()
+    await link.cut()
