@@ -7,6 +7,13 @@ import pytest
 
 from tests.server import Server, with_api
 from tests.standin import StandIn
+from tests.stores import (  # noqa: F401 (fixtures, made known to every test here)
+    backend,
+    postgres_database,
+    postgres_server,
+    postgres_url,
+    throwaway_postgres,
+)
 
 ServerFactory = Callable[..., Server]
 

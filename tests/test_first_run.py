@@ -35,8 +35,8 @@ def score(tmp_path: Path, **env: str) -> Completed:
             "invalid setting SCORER_JUDGE_CRITERIA: criterion 'accuracy!':",
         ),
         (
-            {"SCORER_DATABASE_URL": "postgres://db"},
-            "invalid setting SCORER_DATABASE_URL: must be sqlite:///PATH",
+            {"SCORER_DATABASE_URL": "mysql://db"},
+            "invalid setting SCORER_DATABASE_URL: must be sqlite:///PATH or postgresql://",
         ),
         (
             {"SCORER_BODY_URL_ALLOW": "ftp://x"},

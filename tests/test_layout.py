@@ -1,8 +1,9 @@
 """The layout's promises: light commands load no server, and the packages import one way only.
 
-- ``--version``, ``--help`` and ``queue`` start without Starlette, uvicorn, Pillow or
-  prometheus-client, and so do ``scorers`` and ``score``, which run the server's scoring stage
-  but not the server: each runs for real in a child process, which then lists ``sys.modules``.
+- ``--version``, ``--help`` and ``queue`` start without Starlette, uvicorn, Pillow,
+  prometheus-client or psycopg (loaded for a PostgreSQL store only), and so do ``scorers`` and
+  ``score``, which run the server's scoring stage but not the server: each runs for real in a
+  child process, which then lists ``sys.modules``.
 - ``scorers`` never imports ``webhook``; the server never imports the command line or the
   offline tools; these reach the store only through its contract (``webhook.store``), never a
   backend nor a database driver. Checked on the source's import statements, lazy ones
@@ -24,7 +25,7 @@ from tests.server import payload
 from webhook.store import open_store
 
 ROOT = Path(__file__).resolve().parents[1]
-HEAVY = ("starlette", "uvicorn", "PIL", "prometheus_client")
+HEAVY = ("starlette", "uvicorn", "PIL", "prometheus_client", "psycopg", "psycopg_pool")
 
 # Runs the command line as ``python -m webhook`` does, then writes the loaded modules to a file
 # (stdout is the command's own).

@@ -14,6 +14,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from scorers import DEFAULT_TIMEOUT, Origin, parse_origins
 from scorers.fetch import HELICONE_BODY_HOSTS
 from scorers.settings import first_error
+from webhook.store import is_postgres, sqlite_path
 
 __all__ = ["Settings", "SettingsError", "load_settings"]
 
@@ -136,8 +137,8 @@ class Settings(BaseSettings):
     @field_validator("database_url")
     @classmethod
     def _check_database_url(cls, value: str) -> str:
-        if not value.startswith("sqlite:///"):
-            raise ValueError("must be sqlite:///PATH (PostgreSQL support is planned)")
+        if sqlite_path(value) is None and not is_postgres(value):
+            raise ValueError("must be sqlite:///PATH or postgresql://USER@HOST:PORT/DATABASE")
         return value
 
     @property

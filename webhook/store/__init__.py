@@ -71,6 +71,7 @@ __all__ = [
     "Stage",
     "Store",
     "StoreError",
+    "is_postgres",
     "open_reader",
     "open_store",
     "sqlite_path",
@@ -336,6 +337,12 @@ def sqlite_path(url: str) -> str | None:
     return url.removeprefix("sqlite:///").partition("?")[0]
 
 
+def is_postgres(url: str) -> bool:
+    """A PostgreSQL URL: ``postgresql://`` or ``postgres://`` (libpq's, with the store's own
+    options in the query string; see :mod:`.postgres`)."""
+    return url.startswith(("postgresql://", "postgres://"))
+
+
 def open_store(url: str) -> Store:
     """Pick the store from the URL's scheme (not opened yet)."""
     path = sqlite_path(url)
@@ -344,6 +351,10 @@ def open_store(url: str) -> Store:
 
         options = dict(parse_qsl(url.partition("?")[2]))
         return SQLiteStore(path, busy_timeout_ms=int(options.get("busy_timeout_ms", 10_000)))
+    if is_postgres(url):
+        from webhook.store.postgres import PostgresStore
+
+        return PostgresStore(url)
     raise ValueError(f"unsupported database URL scheme: {url.split(':', 1)[0]!r}")
 
 
@@ -355,4 +366,8 @@ async def open_reader(url: str) -> Reader:
         from webhook.store.sqlite_reader import SQLiteReader
 
         return await SQLiteReader.open(path)
+    if is_postgres(url):
+        from webhook.store.postgres import PostgresReader
+
+        return await PostgresReader.open(url)
     raise ValueError(f"unsupported database URL scheme: {url.split(':', 1)[0]!r}")

@@ -1,0 +1,153 @@
+"""The one place that knows how to make each store backend for the tests.
+
+``backend`` (parametrized: sqlite, postgres) gives a test a fresh, empty place for a store, a
+URL where there is none, and a way to hold the database's write lock from outside (to show that
+reads never wait for a writer). The contract suite uses only that and :mod:`webhook.store`.
+
+PostgreSQL: ``SCORER_TEST_POSTGRES_URL`` names a server (default
+``postgresql://root@127.0.0.1:5432/test``, trust auth). Each run creates a database of its own,
+with a unique name, and drops it at the end; each test gets a schema of its own in it (the URL's
+``search_path``), so tests never see each other's rows. Where no server answers but PostgreSQL's
+programs are installed (``pg_ctl`` on PATH), a throwaway cluster is started in a temp dir
+(pytest-postgresql); otherwise the run fails with one line saying how to provide one, never a
+silent skip.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import sqlite3
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import psycopg
+import pytest
+from psycopg import sql
+from pytest_postgresql import factories
+
+BACKENDS = ["sqlite", "postgres"]
+DEFAULT_POSTGRES = "postgresql://root@127.0.0.1:5432/test"
+
+# Started only when no server answers (requested by name below); not as root: initdb refuses.
+throwaway_postgres = factories.postgresql_proc(executable=shutil.which("pg_ctl") or "pg_ctl")
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    url: str  # a fresh, empty place: the store is created on first open
+    missing_url: str  # where there is no store, and none may be created
+    hold_writes: Callable[[], AbstractAsyncContextManager[None]]
+    """Hold the database's write lock from another connection while the block runs."""
+
+
+def with_database(url: str, dbname: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path="/" + dbname))
+
+
+def with_query(url: str, **options: str) -> str:
+    query = "&".join(f"{k}={quote(v, safe='')}" for k, v in options.items())
+    return url + ("&" if "?" in url else "?") + query
+
+
+def _answers(url: str) -> bool:
+    try:
+        with psycopg.connect(url, connect_timeout=3):
+            return True
+    except psycopg.OperationalError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def postgres_server(request: pytest.FixtureRequest) -> str:
+    """A URL of a PostgreSQL server's maintenance database, where databases can be created."""
+    url = os.environ.get("SCORER_TEST_POSTGRES_URL", DEFAULT_POSTGRES)
+    if _answers(url):
+        return url
+    how = (
+        "start one, or set SCORER_TEST_POSTGRES_URL to a server where this user may create"
+        " databases"
+    )
+    if not (shutil.which("pg_ctl") and shutil.which("initdb")):
+        pytest.fail(
+            f"no PostgreSQL answers at {url} and pg_ctl/initdb are not on PATH: {how}",
+            pytrace=False,
+        )
+    if os.geteuid() == 0:
+        pytest.fail(
+            f"no PostgreSQL answers at {url}, and initdb refuses to run as root: {how}",
+            pytrace=False,
+        )
+    try:
+        proc = request.getfixturevalue("throwaway_postgres")
+    except Exception as exc:
+        pytest.fail(
+            f"no PostgreSQL answers at {url}, and a throwaway one failed ({exc}): {how}",
+            pytrace=False,
+        )
+    return f"postgresql://{proc.user}@{proc.host}:{proc.port}/postgres"  # its maintenance db
+
+
+@pytest.fixture(scope="session")
+def postgres_database(postgres_server: str) -> Iterator[str]:
+    """A database of this run's own, dropped at its end."""
+    name = f"scorer_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(postgres_server, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    yield with_database(postgres_server, name)
+    with psycopg.connect(postgres_server, autocommit=True) as admin:
+        admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def postgres_url(postgres_database: str) -> Iterator[str]:
+    """A schema of this test's own in the run's database, as a store URL."""
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres_database, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+    yield with_query(postgres_database, options=f"-csearch_path={schema}")
+    with psycopg.connect(postgres_database, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
+
+
+def _sqlite_backend(tmp_path: Path) -> Backend:
+    path = tmp_path / "store.db"
+
+    @contextlib.asynccontextmanager
+    async def hold_writes() -> AsyncIterator[None]:
+        conn = sqlite3.connect(path, isolation_level=None)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            yield
+            conn.execute("ROLLBACK")
+        finally:
+            conn.close()
+
+    return Backend("sqlite", f"sqlite:///{path}", f"sqlite:///{tmp_path / 'none.db'}", hold_writes)
+
+
+def _postgres_backend(url: str) -> Backend:
+    @contextlib.asynccontextmanager
+    async def hold_writes() -> AsyncIterator[None]:
+        # EXCLUSIVE blocks every writer of the table and no reader.
+        async with await psycopg.AsyncConnection.connect(url) as conn:
+            await conn.execute("LOCK TABLE webhooks IN EXCLUSIVE MODE")
+            yield
+            await conn.rollback()
+
+    missing = with_database(url.partition("?")[0], f"scorer_none_{uuid.uuid4().hex[:8]}")
+    return Backend("postgres", url, missing, hold_writes)
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    if request.param == "sqlite":
+        return _sqlite_backend(tmp_path)
+    return _postgres_backend(request.getfixturevalue("postgres_url"))

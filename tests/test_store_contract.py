@@ -1,0 +1,698 @@
+"""The store contract (:mod:`webhook.store`), run unchanged on every backend.
+
+Written only against the contract: ``open_store``, ``open_reader`` and the types of
+:mod:`webhook.store`; :mod:`tests.stores` is the one place that knows how each backend is made.
+Leases, delays and windows are short (0.2-1 s), and every wait is an ``eventually``; a "not due
+yet" is a claim right away that returns nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import pytest
+
+from tests.eventually import eventually_async
+from tests.stores import Backend
+from webhook.store import (
+    STATES,
+    Dead,
+    Delivered,
+    Entry,
+    Job,
+    Lease,
+    NoStore,
+    Posted,
+    Released,
+    Retry,
+    Scored,
+    Stage,
+    Store,
+    open_reader,
+    open_store,
+)
+
+pytestmark = pytest.mark.anyio
+
+SCORES = {"vocabulary_diversity": 73, "length": 12}
+LONG = 60.0  # a lease that does not run out during a test
+SHORT = 0.2  # one that does, soon
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@asynccontextmanager
+async def opened(url: str, *, serving: bool = False) -> AsyncIterator[Store]:
+    store = open_store(url)
+    await store.open(serving=serving)
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+@pytest.fixture
+async def store(backend: Backend) -> AsyncIterator[Store]:
+    async with opened(backend.url) as s:
+        yield s
+
+
+@pytest.fixture
+async def other(backend: Backend, store: Store) -> AsyncIterator[Store]:
+    """A second instance on the same database (another process, in real life)."""
+    async with opened(backend.url) as s:
+        yield s
+
+
+def body(request_id: str) -> bytes:
+    return b'{"request_id":"' + request_id.encode() + b'"}'
+
+
+async def add(store: Store, *request_ids: str) -> None:
+    """Add in this order, one after the other (so their age is this order)."""
+    for rid in request_ids:
+        assert await store.add(rid, body(rid))
+
+
+async def claim_ids(store: Store, stage: Stage, limit: int = 10, lease: float = LONG) -> list[str]:
+    return [job.request_id for job in await store.claim(stage, limit, lease)]
+
+
+async def claim_one(store: Store, stage: Stage = "score", lease: float = LONG) -> Job:
+    jobs = await store.claim(stage, 1, lease)
+    assert len(jobs) == 1, jobs
+    return jobs[0]
+
+
+async def entry(store: Store, request_id: str) -> Entry:
+    return (await store.reader.entries([request_id]))[request_id]
+
+
+async def to_post(store: Store, request_id: str, feedback: bool | None = None) -> None:
+    """Add and score a webhook, leaving it due in the post stage."""
+    await add(store, request_id)
+    job = await claim_one(store)
+    assert await store.record([Scored(job.lease, SCORES, feedback, finished=False)]) == [True]
+
+
+async def reclaimed(store: Store, stage: Stage, request_id: str) -> Job:
+    """Wait until ``request_id`` is due again, and claim it."""
+
+    async def due() -> Job | None:
+        jobs = await store.claim(stage, 10, LONG)
+        assert [j.request_id for j in jobs] in ([], [request_id]), jobs
+        return jobs[0] if jobs else None
+
+    return await eventually_async(due, 10, what=f"{request_id} due again for {stage}")
+
+
+# Adding: durable, deduplicated
+
+
+async def test_add_is_new_once_and_a_duplicate_after(store: Store) -> None:
+    assert await store.add("a", body("a")) is True
+    assert await store.add("a", b"another body") is False
+    e = await entry(store, "a")
+    assert (e.state, e.attempts, e.has_body, e.scores, e.posted) == (
+        "pending", 0, True, None, frozenset()
+    )  # fmt: skip
+    job = await claim_one(store)
+    assert job.body == body("a")  # the first body, not the duplicate's
+
+
+async def test_concurrent_adds_of_one_id_store_it_once(store: Store, other: Store) -> None:
+    results = await asyncio.gather(
+        *(s.add("same", body("same")) for _ in range(10) for s in (store, other))
+    )
+    assert sorted(results) == [False] * 19 + [True]
+    assert (await store.reader.stats()).counts["pending"] == 1
+
+
+async def test_many_concurrent_adds_each_answer_for_its_own_id(store: Store) -> None:
+    ids = [f"id-{i}" for i in range(50)]
+    assert await asyncio.gather(*(store.add(rid, body(rid)) for rid in ids)) == [True] * 50
+    assert await asyncio.gather(*(store.add(rid, body(rid)) for rid in ids)) == [False] * 50
+    assert set(await store.reader.entries()) == set(ids)
+
+
+# Claiming: order, priorities, stages
+
+
+async def test_claims_the_oldest_first(store: Store) -> None:
+    await add(store, "a", "b", "c")
+    assert sorted(await claim_ids(store, "score", limit=2)) == ["a", "b"]
+    assert await claim_ids(store, "score") == ["c"]
+    assert await claim_ids(store, "score") == []
+
+
+async def test_the_stages_are_independent(store: Store) -> None:
+    await add(store, "to-score")
+    assert await store.enqueue_scores("to-post", SCORES)
+    [scoring] = await store.claim("score", 10, LONG)
+    assert (scoring.request_id, scoring.body, scoring.scores) == (
+        "to-score",
+        body("to-score"),
+        None,
+    )
+    [posting] = await store.claim("post", 10, LONG)
+    assert (posting.request_id, posting.body, posting.scores) == ("to-post", None, SCORES)
+    assert await claim_ids(store, "score") == []
+    assert await claim_ids(store, "post") == []
+
+
+async def test_live_webhooks_are_posted_before_backfilled_ones(store: Store) -> None:
+    assert await store.enqueue_scores("backfilled", SCORES)  # older, but backfilled
+    await to_post(store, "live-1")
+    await to_post(store, "live-2")
+    assert await claim_ids(store, "post", limit=1) == ["live-1"]
+    assert await claim_ids(store, "post", limit=1) == ["live-2"]
+    assert await claim_ids(store, "post", limit=1) == ["backfilled"]
+
+
+async def test_a_job_carries_what_the_post_stage_needs(store: Store) -> None:
+    await to_post(store, "a", feedback=True)
+    job = await claim_one(store, "post")
+    assert (job.body, job.scores, job.feedback, job.attempts, job.posted) == (
+        None, SCORES, True, 1, frozenset()
+    )  # fmt: skip
+    e = await entry(store, "a")
+    assert job.received_at == e.received_at
+    assert e.state == "leased"
+
+
+# Leases: expiry, fencing, extension
+
+
+async def test_an_expired_lease_is_claimable_again_and_counts_an_attempt(store: Store) -> None:
+    await add(store, "a")
+    first = await claim_one(store, lease=SHORT)
+    assert first.attempts == 1
+    assert await claim_ids(store, "score") == []  # still leased
+    second = await reclaimed(store, "score", "a")
+    assert second.attempts == 2
+    assert second.lease.token != first.lease.token
+
+
+async def test_a_stale_holder_is_fenced_off(store: Store, other: Store) -> None:
+    await add(store, "a")
+    stale = await claim_one(store, lease=SHORT)
+    fresh = await reclaimed(other, "score", "a")
+    # The first holder's outcomes and extension change nothing: someone else owns it now.
+    assert await store.extend([stale.lease], LONG) == [False]
+    assert await store.record([Scored(stale.lease, {"stale": 1}, None, finished=True)]) == [False]
+    assert await store.record([Dead(stale.lease, 500, "stale", frozenset())]) == [False]
+    e = await entry(store, "a")
+    assert (e.state, e.attempts, e.scores) == ("leased", 2, None)
+    assert await other.record([Scored(fresh.lease, SCORES, None, finished=True)]) == [True]
+    e = await entry(store, "a")
+    assert (e.state, e.scores) == ("done", SCORES)
+
+
+async def test_an_expired_lease_not_yet_reclaimed_still_holds(store: Store) -> None:
+    await add(store, "a")
+    job = await claim_one(store, lease=0.01)
+    assert await store.record([Scored(job.lease, SCORES, None, finished=True)]) == [True]
+
+
+async def test_an_outcome_ends_its_lease(store: Store) -> None:
+    await to_post(store, "a")
+    job = await claim_one(store, "post")
+    assert await store.record([Delivered(job.lease, 201, frozenset({"scores"}))]) == [True]
+    assert await store.record([Retry(job.lease, 0, 500, "late", frozenset())]) == [False]
+    assert await store.extend([job.lease], LONG) == [False]
+    assert (await entry(store, "a")).state == "done"
+
+
+async def test_a_made_up_lease_holds_nothing(store: Store) -> None:
+    await add(store, "a")
+    await claim_one(store)
+    made_up = Lease("a", "not-the-token")
+    assert await store.record([Dead(made_up, None, "x", frozenset())]) == [False]
+    assert await store.extend([made_up, Lease("nobody", "x")], LONG) == [False, False]
+    assert (await entry(store, "a")).state == "leased"
+
+
+async def test_extend_keeps_a_lease_past_its_end(store: Store) -> None:
+    await add(store, "kept", "let-go")
+    jobs = await store.claim("score", 10, SHORT)
+    kept = next(j for j in jobs if j.request_id == "kept")
+    assert await store.extend([kept.lease], LONG) == [True]
+    # Both leases would run out together; only the one not extended comes back.
+    again = await reclaimed(store, "score", "let-go")
+    assert again.attempts == 2
+    assert await store.record([Scored(kept.lease, SCORES, None, finished=True)]) == [True]
+
+
+# Outcomes
+
+
+async def test_scored_and_finished_is_done(store: Store) -> None:
+    await add(store, "a")
+    job = await claim_one(store)
+    assert await store.record([Scored(job.lease, SCORES, False, finished=True)]) == [True]
+    e = await entry(store, "a")
+    assert (e.state, e.scores, e.feedback, e.has_body) == ("done", SCORES, False, False)
+    assert e.finished_at is not None
+    assert await claim_ids(store, "post") == []
+    assert await claim_ids(store, "score") == []
+
+
+async def test_scored_not_finished_waits_for_the_post_stage_with_fresh_attempts(
+    store: Store,
+) -> None:
+    await add(store, "a")
+    await claim_one(store, lease=SHORT)
+    job = await reclaimed(store, "score", "a")
+    assert job.attempts == 2
+    assert await store.record([Scored(job.lease, SCORES, None, finished=False)]) == [True]
+    e = await entry(store, "a")
+    assert (e.state, e.attempts, e.scores, e.finished_at) == ("pending", 0, SCORES, None)
+    assert await claim_ids(store, "score") == []
+    posting = await claim_one(store, "post")
+    assert (posting.attempts, posting.scores) == (1, SCORES)
+
+
+async def test_delivered_is_done_with_its_calls(store: Store) -> None:
+    await to_post(store, "a", feedback=True)
+    job = await claim_one(store, "post")
+    both: Posted = frozenset({"scores", "feedback"})
+    assert await store.record([Delivered(job.lease, 201, both)]) == [True]
+    e = await entry(store, "a")
+    assert (e.state, e.last_status, e.posted, e.has_body) == ("done", 201, both, False)
+    assert e.finished_at is not None
+    assert await claim_ids(store, "post") == []
+
+
+async def test_retry_is_not_due_until_its_delay_has_passed(store: Store) -> None:
+    await to_post(store, "a")
+    job = await claim_one(store, "post")
+    assert await store.record([Retry(job.lease, 0.5, 503, "busy", frozenset())]) == [True]
+    e = await entry(store, "a")
+    assert (e.state, e.last_status, e.last_error) == ("pending", 503, "busy")
+    assert await claim_ids(store, "post") == []
+    again = await reclaimed(store, "post", "a")
+    assert again.attempts == 2
+
+
+async def test_dead_is_a_dead_letter(store: Store) -> None:
+    await to_post(store, "a")
+    job = await claim_one(store, "post")
+    assert await store.record([Dead(job.lease, 400, "bad request", frozenset())]) == [True]
+    e = await entry(store, "a")
+    assert (e.state, e.last_status, e.last_error) == ("dead", 400, "bad request")
+    [letter] = await store.reader.dead_letters(10)
+    assert (letter.request_id, letter.attempts, letter.last_status, letter.last_error) == (
+        "a", 1, 400, "bad request"
+    )  # fmt: skip
+    assert letter.received_at == e.received_at
+    assert await claim_ids(store, "post") == []
+
+
+async def test_released_does_not_count_the_attempt_and_keeps_the_calls(store: Store) -> None:
+    await to_post(store, "a", feedback=True)
+    job = await claim_one(store, "post")
+    scores_only: Posted = frozenset({"scores"})
+    assert await store.record([Released(job.lease, scores_only)]) == [True]
+    e = await entry(store, "a")
+    assert (e.state, e.attempts, e.posted) == ("pending", 0, scores_only)
+    again = await claim_one(store, "post")
+    assert (again.attempts, again.posted) == (1, scores_only)
+
+
+async def test_released_with_a_delay_is_not_due_until_then(store: Store) -> None:
+    await add(store, "a")
+    job = await claim_one(store)
+    assert await store.record([Released(job.lease, delay=0.5)]) == [True]
+    assert await claim_ids(store, "score") == []
+    assert (await reclaimed(store, "score", "a")).attempts == 1
+
+
+async def test_the_calls_made_are_kept_across_retries(store: Store) -> None:
+    await to_post(store, "a", feedback=True)
+    job = await claim_one(store, "post")
+    assert await store.record([Retry(job.lease, 0, 500, "x", frozenset({"scores"}))]) == [True]
+    job = await claim_one(store, "post")
+    assert job.posted == {"scores"}
+    # A later attempt reports only its own calls; the earlier ones stay made.
+    assert await store.record([Retry(job.lease, 0, 500, "x", frozenset({"feedback"}))]) == [True]
+    job = await claim_one(store, "post")
+    assert job.posted == {"scores", "feedback"}
+    assert await store.record([Dead(job.lease, 500, "x", frozenset())]) == [True]
+    assert (await entry(store, "a")).posted == {"scores", "feedback"}
+
+
+# Batches
+
+
+async def test_record_says_per_outcome_whether_it_applied(store: Store) -> None:
+    await add(store, "a", "b", "c")
+    a = await claim_one(store)
+    stale = await claim_one(store, lease=SHORT)
+    c = await claim_one(store)
+    fresh = await reclaimed(store, "score", "b")
+    results = await store.record(
+        [
+            Scored(a.lease, SCORES, None, finished=True),
+            Dead(stale.lease, None, "stale", frozenset()),
+            Released(c.lease),
+        ]
+    )
+    assert results == [True, False, True]
+    entries = await store.reader.entries(["a", "b", "c"])
+    assert {k: e.state for k, e in entries.items()} == {"a": "done", "b": "leased", "c": "pending"}
+    assert await store.record([Dead(fresh.lease, None, "x", frozenset())]) == [True]
+    assert await store.record([]) == []
+
+
+async def test_a_batch_that_fails_applies_nothing(store: Store) -> None:
+    await add(store, "a", "b")
+    a, b = await store.claim("score", 2, LONG)
+    too_large = 2**70  # no status column holds it: the second statement fails
+    with pytest.raises(Exception):  # noqa: B017, PT011 (each backend fails in its own words)
+        await store.record(
+            [
+                Scored(a.lease, SCORES, None, finished=True),
+                Dead(b.lease, too_large, "x", frozenset()),
+            ]
+        )
+    entries = await store.reader.entries(["a", "b"])
+    assert [(e.state, e.scores) for e in entries.values()] == [("leased", None)] * 2
+    # The leases still hold: the batch changed nothing.
+    assert await store.record([Scored(a.lease, SCORES, None, finished=True)]) == [True]
+
+
+# Dead letters
+
+
+async def make_dead(store: Store, *request_ids: str) -> None:
+    """Dead letters, dead in this order."""
+    for rid in request_ids:
+        await add(store, rid)
+        job = await claim_one(store)
+        assert await store.record([Dead(job.lease, 500, f"{rid} failed", frozenset())]) == [True]
+
+
+async def test_dead_letters_longest_dead_first(store: Store) -> None:
+    await make_dead(store, "c", "a", "b")
+    assert [d.request_id for d in await store.reader.dead_letters(10)] == ["c", "a", "b"]
+    assert [d.request_id for d in await store.reader.dead_letters(2)] == ["c", "a"]
+
+
+async def test_requeue_named_dead_letters(store: Store) -> None:
+    await make_dead(store, "a", "b")
+    assert await store.requeue_dead(["a", "never-stored"]) == 1
+    e = await entry(store, "a")
+    assert (e.state, e.attempts, e.finished_at) == ("pending", 0, None)
+    assert (await entry(store, "b")).state == "dead"
+    job = await claim_one(store)
+    assert (job.request_id, job.attempts) == ("a", 1)
+    assert await store.requeue_dead(["a"]) == 0  # leased, not dead
+
+
+async def test_requeue_every_dead_letter(store: Store) -> None:
+    await make_dead(store, "a", "b")
+    await add(store, "live")
+    assert await store.requeue_dead(None) == 2
+    assert await store.reader.dead_letters(10) == []
+    assert sorted(await claim_ids(store, "score")) == ["a", "b", "live"]
+
+
+async def test_a_requeued_scored_letter_goes_back_to_the_post_stage(store: Store) -> None:
+    await to_post(store, "a")
+    job = await claim_one(store, "post")
+    assert await store.record([Dead(job.lease, 500, "x", frozenset({"scores"}))]) == [True]
+    assert await store.requeue_dead(["a"]) == 1
+    job = await claim_one(store, "post")
+    assert job.scores == SCORES
+    assert job.posted == {"scores"}
+
+
+async def test_purge_deletes_dead_letters_only(store: Store) -> None:
+    await make_dead(store, "a", "b")
+    await add(store, "live")
+    assert await store.purge_dead() == 2
+    assert await store.purge_dead() == 0
+    assert set(await store.reader.entries()) == {"live"}
+    assert await store.add("a", body("a")) is True  # gone for good: new again
+
+
+# Retention
+
+
+async def test_prune_done_forgets_delivered_webhooks_only(store: Store) -> None:
+    await add(store, "done")
+    job = await claim_one(store)
+    assert await store.record([Scored(job.lease, SCORES, None, finished=True)]) == [True]
+    await make_dead(store, "dead")
+    await add(store, "pending", "leased")
+    await claim_one(store)  # "pending" is older: it is the one leased
+    assert await store.prune_done(before=0) == 0
+    assert await store.prune_done(before=time.time() + 3600) == 1
+    assert set(await store.reader.entries()) == {"dead", "pending", "leased"}
+    assert await store.add("done", body("done")) is True  # pruned: new again
+    assert await store.add("dead", body("dead")) is False
+
+
+# Backfill
+
+
+async def test_enqueue_scores_inserts_a_new_id_for_the_post_stage(store: Store) -> None:
+    assert await store.enqueue_scores("a", SCORES) is True
+    e = await entry(store, "a")
+    assert (e.state, e.scores, e.backfill, e.has_body, e.attempts) == (
+        "pending", SCORES, True, False, 0
+    )  # fmt: skip
+    assert await claim_ids(store, "score") == []
+    assert await claim_ids(store, "post") == ["a"]
+
+
+async def test_enqueue_scores_leaves_unfinished_work_alone(store: Store) -> None:
+    await add(store, "pending")
+    assert await store.enqueue_scores("pending", SCORES) is False
+    await add(store, "leased")
+    await claim_ids(store, "score")
+    assert await store.enqueue_scores("leased", SCORES) is False
+    entries = await store.reader.entries(["pending", "leased"])
+    assert [(e.scores, e.backfill) for e in entries.values()] == [(None, False)] * 2
+
+
+async def test_enqueue_scores_skips_the_same_scores_already_posted(store: Store) -> None:
+    await to_post(store, "a")
+    job = await claim_one(store, "post")
+    assert await store.record([Delivered(job.lease, 201, frozenset({"scores"}))]) == [True]
+    before = await entry(store, "a")
+    assert await store.enqueue_scores("a", dict(SCORES)) is False
+    assert await entry(store, "a") == before
+
+
+async def test_enqueue_scores_reopens_finished_work(store: Store) -> None:
+    # Delivered with other scores, done without posting (same scores), and dead.
+    await to_post(store, "delivered")
+    job = await claim_one(store, "post")
+    assert await store.record([Delivered(job.lease, 201, frozenset({"scores"}))]) == [True]
+    await add(store, "finished")
+    job = await claim_one(store)
+    assert await store.record([Scored(job.lease, SCORES, None, finished=True)]) == [True]
+    await make_dead(store, "dead")
+    new = {"vocabulary_diversity": 10}
+    assert await store.enqueue_scores("delivered", new) is True
+    assert await store.enqueue_scores("finished", SCORES) is True
+    assert await store.enqueue_scores("dead", new) is True
+    for rid, scores in (("delivered", new), ("finished", SCORES), ("dead", new)):
+        e = await entry(store, rid)
+        assert (e.state, e.scores, e.attempts, e.posted, e.backfill, e.finished_at) == (
+            "pending", scores, 0, frozenset(), True, None
+        ), rid  # fmt: skip
+    assert sorted(await claim_ids(store, "post")) == ["dead", "delivered", "finished"]
+
+
+# The posting budget
+
+
+async def test_the_budget_allows_limit_calls_in_a_window(store: Store) -> None:
+    budget = store.budget(2, 0.5)
+    assert await budget.room() == 2
+    assert await budget.wait_time() == 0
+    first, second = await budget.take(), await budget.take()
+    assert first is not None
+    assert second is not None
+    assert first != second
+    assert await budget.take() is None
+    assert await budget.room() == 0
+    await budget.spent(first)
+    await budget.spent(second)
+    assert await budget.take() is None  # a spent place holds for the window after it ended
+    assert 0 < await budget.wait_time() <= 0.5
+
+    async def freed() -> bool:
+        return await budget.room() == 2 and await budget.wait_time() == 0
+
+    await eventually_async(freed, 10)
+    assert await budget.take() is not None
+
+
+async def test_a_place_whose_holder_is_gone_frees_on_its_own(backend: Backend) -> None:
+    async with opened(backend.url) as gone:
+        assert await gone.budget(1, 1.0).take() is not None  # never spent
+    async with opened(backend.url) as store:
+        budget = store.budget(1, 1.0)
+        assert await budget.room() == 0
+
+        async def taken() -> object:
+            return await budget.take()
+
+        await eventually_async(taken, 10)
+
+
+async def test_a_pause_stops_every_call_until_it_ends(store: Store) -> None:
+    budget = store.budget(5, 0.5)
+    await budget.pause(0.5)
+    assert await budget.room() == 0
+    assert await budget.take() is None
+    assert 0 < await budget.wait_time() <= 0.5
+
+    async def taken() -> object:
+        return await budget.take()
+
+    await eventually_async(taken, 10)
+
+
+async def test_a_longer_pause_already_set_wins(store: Store) -> None:
+    budget = store.budget(5, 0.5)
+    await budget.pause(60)
+    await budget.pause(0.1)
+    assert await budget.wait_time() > 30
+    assert await budget.take() is None
+
+
+async def test_two_instances_share_one_budget(store: Store, other: Store) -> None:
+    mine, theirs = store.budget(3, 60), other.budget(3, 60)
+    taken = await asyncio.gather(*(b.take() for _ in range(4) for b in (mine, theirs)))
+    assert sum(slot is not None for slot in taken) == 3
+    assert await theirs.room() == 0
+    assert await mine.room() == 0
+    await theirs.pause(60)
+    assert await mine.wait_time() > 30
+
+
+# Wake-ups
+
+
+async def test_subscribers_are_woken_when_work_becomes_due(store: Store) -> None:
+    woken: list[Stage] = []
+    store.subscribe(woken.append)
+
+    async def saw(stage: Stage) -> bool:
+        seen = stage in woken
+        woken.clear()
+        return seen
+
+    await add(store, "a")
+    await eventually_async(lambda: saw("score"), 10, what="woken for score by an add")
+    job = await claim_one(store)
+    assert await store.record([Scored(job.lease, SCORES, None, finished=False)]) == [True]
+    await eventually_async(lambda: saw("post"), 10, what="woken for post by scores to post")
+    job = await claim_one(store, "post")
+    assert await store.record([Released(job.lease)]) == [True]
+    await eventually_async(lambda: saw("post"), 10, what="woken for post by work given back")
+    job = await claim_one(store, "post")
+    assert await store.record([Dead(job.lease, 500, "x", frozenset())]) == [True]
+    assert await store.requeue_dead(None) == 1
+    await eventually_async(lambda: saw("post"), 10, what="woken for post by a re-queue")
+    assert await store.enqueue_scores("b", SCORES)
+    await eventually_async(lambda: saw("post"), 10, what="woken for post by a backfill")
+
+
+# Reading
+
+
+async def test_stats_count_every_state(store: Store) -> None:
+    empty = await store.reader.stats()
+    assert empty.counts == dict.fromkeys(STATES, 0)
+    assert empty.oldest_pending_at is None
+    await add(store, "leased", "pending")
+    await claim_one(store)
+    await make_dead(store, "dead")
+    await add(store, "done")
+    job = await claim_one(store)
+    assert await store.record([Scored(job.lease, SCORES, None, finished=True)]) == [True]
+    stats = await store.reader.stats()
+    assert stats.counts == {"pending": 1, "leased": 1, "done": 1, "dead": 1}
+    assert stats.oldest_pending_at == (await entry(store, "leased")).received_at
+
+
+async def test_entries_all_or_named(store: Store) -> None:
+    await add(store, "a", "b")
+    assert set(await store.reader.entries()) == {"a", "b"}
+    assert set(await store.reader.entries(["b", "missing"])) == {"b"}
+    assert await store.reader.entries([]) == {}
+    a = await entry(store, "a")
+    assert a.request_id == "a"
+    assert a.available_at >= a.received_at
+    assert (a.backfill, a.last_status, a.last_error, a.finished_at) == (False, None, None, None)
+
+
+async def test_reads_never_wait_for_a_writer(backend: Backend, store: Store) -> None:
+    await add(store, "a")
+    reader = await open_reader(backend.url)
+    try:
+        async with backend.hold_writes():
+            adding = asyncio.ensure_future(store.add("b", body("b")))
+            for read in (store.reader, reader):
+                stats = await asyncio.wait_for(read.stats(), 5)
+                assert stats.counts["pending"] == 1
+                assert set(await asyncio.wait_for(read.entries(), 5)) == {"a"}
+            assert not adding.done()  # the write really was held
+        assert await adding is True
+        assert set(await reader.entries()) == {"a", "b"}
+    finally:
+        await reader.close()
+
+
+async def test_open_reader_on_a_missing_store_is_no_store(backend: Backend) -> None:
+    with pytest.raises(NoStore):
+        await open_reader(backend.missing_url)
+    with pytest.raises(NoStore):  # and it created none
+        await open_reader(backend.missing_url)
+
+
+async def test_open_reader_reads_a_stores_dead_letters(backend: Backend, store: Store) -> None:
+    await make_dead(store, "a")
+    reader = await open_reader(backend.url)
+    try:
+        assert [d.request_id for d in await reader.dead_letters(10)] == ["a"]
+    finally:
+        await reader.close()
+
+
+# Several instances on one database
+
+
+async def test_two_instances_never_both_claim_one_webhook(store: Store, other: Store) -> None:
+    ids = {f"id-{i:02}" for i in range(40)}
+    await asyncio.gather(*(store.add(rid, body(rid)) for rid in sorted(ids)))
+    claimed: list[str] = []
+    while True:
+        batches = await asyncio.gather(
+            *(s.claim("score", 3, LONG) for _ in range(3) for s in (store, other))
+        )
+        jobs = [job.request_id for batch in batches for job in batch]
+        if not jobs:
+            break
+        claimed += jobs
+    assert sorted(claimed) == sorted(ids)
+
+
+async def test_a_serving_open_alone_takes_back_every_lease(backend: Backend) -> None:
+    async with opened(backend.url) as first:
+        await add(first, "a")
+        await claim_one(first)
+    async with opened(backend.url, serving=True) as server:
+        job = await claim_one(server)  # at once, not after the lease
+        assert (job.request_id, job.attempts) == ("a", 1)

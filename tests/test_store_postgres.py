@@ -1,0 +1,274 @@
+"""What is PostgreSQL's own, beyond the contract suite (which runs on it too): instances on one
+database (heartbeat takeover of a SIGKILLed one, NOTIFY wake-ups across them, a schema created
+by two at once), the schema version, and a database that goes away and comes back."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import signal
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import psycopg
+import pytest
+
+from tests.eventually import eventually_async
+from tests.standin import free_port
+from tests.stores import with_query
+from webhook.store import Stage, Store, StoreError, open_reader, open_store
+
+pytestmark = pytest.mark.anyio
+
+FAST = {"heartbeat": "0.2", "takeover": "1"}  # a stopped instance is taken over within ~1 s
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@asynccontextmanager
+async def opened(url: str, *, serving: bool = False) -> AsyncIterator[Store]:
+    store = open_store(url)
+    await store.open(serving=serving)
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+HOLDER = """
+import asyncio, sys
+from webhook.store import open_store
+
+async def main() -> None:
+    store = open_store(sys.argv[1])
+    await store.open(serving=True)
+    jobs = await store.claim("score", 10, 3600)
+    print(" ".join(job.request_id for job in jobs), flush=True)
+    await asyncio.sleep(3600)
+
+asyncio.run(main())
+"""
+
+
+async def test_concurrent_adds_are_committed_together(postgres_url: str) -> None:
+    async with opened(postgres_url) as store:
+        ids = [f"id-{i}" for i in range(50)]
+        assert await asyncio.gather(*(store.add(rid, b"{}") for rid in ids)) == [True] * 50
+        async with await psycopg.AsyncConnection.connect(postgres_url) as conn:
+            cur = await conn.execute("SELECT count(DISTINCT xmin::text) FROM webhooks")
+            row = await cur.fetchone()
+        assert row is not None
+        assert row[0] < 5  # a handful of transactions (group commit), not one per webhook
+
+
+async def test_a_killed_instances_leases_are_taken_over(postgres_url: str) -> None:
+    url = with_query(postgres_url, **FAST)
+    async with opened(url, serving=True) as survivor:
+        assert await survivor.add("a", b"{}")
+        holder = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", HOLDER, url, stdout=asyncio.subprocess.PIPE
+        )
+        try:
+            assert holder.stdout is not None
+            line = await asyncio.wait_for(holder.stdout.readline(), 30)
+            assert line.decode().split() == ["a"]  # leased for an hour, by a live instance
+            assert await survivor.claim("score", 10, 60) == []
+        finally:
+            holder.send_signal(signal.SIGKILL)
+            await holder.wait()
+
+        async def taken_over() -> list[str]:
+            return [job.request_id for job in await survivor.claim("score", 10, 60)]
+
+        assert await eventually_async(taken_over, 15) == ["a"]
+
+
+async def test_a_closed_instances_leases_are_taken_over_at_once(postgres_url: str) -> None:
+    async with opened(postgres_url, serving=True) as survivor:
+        async with opened(postgres_url, serving=True) as leaving:
+            assert await leaving.add("a", b"{}")
+            assert len(await leaving.claim("score", 10, 3600)) == 1
+            assert await survivor.claim("score", 10, 60) == []
+        [job] = await survivor.claim("score", 10, 60)
+        assert (job.request_id, job.attempts) == ("a", 2)
+
+
+async def test_a_live_instance_keeps_its_leases(postgres_url: str) -> None:
+    url = with_query(postgres_url, **FAST)
+    async with opened(url, serving=True) as first, opened(url, serving=True) as second:
+        assert await first.add("a", b"{}")
+        assert [j.request_id for j in await first.claim("score", 10, 3600)] == ["a"]
+        assert await second.add("clock", b"{}")
+        assert [j.request_id for j in await second.claim("score", 10, 2)] == ["clock"]
+
+        async def two_seconds_later() -> list[str]:
+            # Its 2 s lease ran out: twice the takeover time has passed, heartbeats included.
+            return [j.request_id for j in await second.claim("score", 10, 60)]
+
+        assert await eventually_async(two_seconds_later, 15) == ["clock"]
+
+
+async def test_a_call_in_flight_holds_its_place_while_its_instance_lives(
+    postgres_url: str,
+) -> None:
+    url = with_query(postgres_url, **FAST)
+    async with opened(url, serving=True) as watcher:
+        async with opened(url, serving=True) as caller:
+            assert await caller.budget(1, 0.5).take() is not None  # in flight, not spent
+            budget = watcher.budget(1, 0.5)
+            assert await watcher.add("clock", b"{}")
+            assert len(await watcher.claim("score", 1, 2)) == 1
+
+            async def two_seconds_later() -> list[str]:
+                return [j.request_id for j in await watcher.claim("score", 1, 60)]
+
+            assert await eventually_async(two_seconds_later, 15) == ["clock"]
+            assert await budget.room() == 0  # four windows on, its caller still lives
+            assert await budget.wait_time() >= 0.5
+        # The caller closed with its call unspent: the place counts as ended when taken.
+
+        async def taken() -> object:
+            return await budget.take()
+
+        await eventually_async(taken, 10)
+
+
+async def test_wakes_reach_other_instances(postgres_url: str) -> None:
+    async with opened(postgres_url) as adder, opened(postgres_url) as listener:
+        woken: list[Stage] = []
+        listener.subscribe(woken.append)
+        await eventually_async(lambda: _settled(woken), 10)  # listening (it wakes on connect)
+        woken.clear()
+        assert await adder.add("a", b"{}")
+        await eventually_async(lambda: _has(woken, "score"), 10, what="woken by another's add")
+        assert await adder.enqueue_scores("b", {"x": 1})
+        await eventually_async(lambda: _has(woken, "post"), 10, what="woken by another's backfill")
+
+
+async def _settled(woken: list[Stage]) -> bool:
+    return {"score", "post"} <= set(woken)
+
+
+async def _has(woken: list[Stage], stage: Stage) -> bool:
+    return stage in woken
+
+
+async def test_two_instances_create_the_schema_at_once(postgres_url: str) -> None:
+    stores = [open_store(postgres_url) for _ in range(4)]
+    await asyncio.gather(*(s.open() for s in stores))
+    try:
+        assert await asyncio.gather(*(s.add("a", b"{}") for s in stores)) in (
+            [True, False, False, False],
+            [False, True, False, False],
+            [False, False, True, False],
+            [False, False, False, True],
+        )
+    finally:
+        await asyncio.gather(*(s.close() for s in stores))
+
+
+async def test_a_schema_version_this_build_does_not_know_is_refused(postgres_url: str) -> None:
+    async with opened(postgres_url):
+        pass
+    conninfo = postgres_url
+    async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
+        await conn.execute("UPDATE scorer_meta SET value = '99' WHERE key = 'schema_version'")
+    message = "the database has schema version 99; this build knows version 1"
+    with pytest.raises(StoreError, match=f"^{re.escape(message)}$"):
+        await open_store(postgres_url).open()
+    with pytest.raises(StoreError, match=f"^{re.escape(message)}$"):
+        await open_reader(postgres_url)
+
+
+async def test_no_server_is_one_line_at_open() -> None:
+    url = f"postgresql://root@127.0.0.1:{free_port()}/test?connect_timeout=2"
+    with pytest.raises(StoreError, match=r"^connection failed: .*refused") as caught:
+        await open_store(url).open()
+    assert "\n" not in str(caught.value)
+    with pytest.raises(StoreError, match=r"^connection failed: "):
+        await open_reader(url)
+
+
+async def test_a_bad_url_option_is_one_line(postgres_url: str) -> None:
+    with pytest.raises(StoreError, match=r"^bad option in the database URL: "):
+        open_store(with_query(postgres_url, pool_max="many"))
+
+
+class Link:
+    """A TCP hop to the database, on one port, that the test can cut (every connection, and
+    new ones refused) and restore: the database going away and coming back. (Not
+    ``tests.proxy``, which stands for Fly's proxy: it retries refusals, on a new port a start.)"""
+
+    def __init__(self, upstream: tuple[str, int]) -> None:
+        self.upstream = upstream
+        self.port = free_port()
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+
+    async def cut(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        for writer in self._writers:
+            writer.transport.abort()
+        await self._server.wait_closed()
+        self._server = None
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(*self.upstream)
+        self._writers |= {writer, up_writer}
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(ConnectionError):
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            dst.transport.abort()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        self._writers -= {writer, up_writer}
+
+
+async def test_a_database_that_goes_away_and_comes_back(postgres_url: str) -> None:
+    info = psycopg.conninfo.conninfo_to_dict(postgres_url)
+    link = Link((str(info.get("host", "127.0.0.1")), int(str(info.get("port", 5432)))))
+    await link.start()
+    url = postgres_url.replace(f":{info.get('port', 5432)}/", f":{link.port}/", 1)
+    url = with_query(url, connect_timeout="1")
+    async with opened(url) as store, opened(postgres_url) as direct:
+        woken: list[Stage] = []
+        store.subscribe(woken.append)
+        await eventually_async(lambda: _settled(woken), 10, what="listening")
+        assert await store.add("before", b"{}")
+        await store.ping()
+        await link.cut()
+        with pytest.raises(StoreError):
+            await store.add("during", b"{}")
+        with pytest.raises(StoreError, match=r"^the last write failed "):
+            await store.ping()  # at once, while the last write of webhooks failed
+        woken.clear()
+        await link.start()
+
+        async def ready() -> bool:
+            try:
+                await store.ping()
+            except StoreError:
+                return False
+            return True
+
+        await eventually_async(ready, 20, what="ping succeeds once the database is back")
+        assert await store.add("during", b"{}")  # it was never stored
+        assert set(await store.reader.entries()) == {"before", "during"}
+        # Listening again, it woke both stages (it may have missed a NOTIFY), and hears others.
+        await eventually_async(lambda: _settled(woken), 20, what="listening again")
+        woken.clear()
+        assert await direct.add("from-another", b"{}")
+        await eventually_async(lambda: _has(woken, "score"), 10, what="woken by another's add")
+    await link.cut()

@@ -1,0 +1,516 @@
+"""The PostgreSQL store: several instances, on one machine or many, share one database.
+
+Beside it: its schema (:mod:`.postgres_schema`), connections (:mod:`.postgres_db`), read path
+(:mod:`.postgres_reader`) and posting budget (:mod:`.postgres_budget`).
+
+- ``add`` acknowledges after commit (``synchronous_commit = on``). Adds are gathered while a
+  commit is in flight and inserted in one multi-row ``INSERT ... ON CONFLICT DO NOTHING``
+  round trip (group commit); a request id stored by any instance is a duplicate.
+- ``claim`` picks due rows ``FOR UPDATE SKIP LOCKED``, so instances claiming at once never
+  share a webhook, and sets a new lease token; each outcome is one
+  ``UPDATE ... WHERE request_id = $1 AND lease = $2`` (fencing), and ``record`` applies a batch
+  in one transaction. An outcome ends the lease (its token is cleared).
+- A serving instance is a row in ``instances`` with a heartbeat every ``heartbeat`` seconds
+  and is recorded as the holder of its leases. A claim takes over the leases of a holder whose
+  heartbeat is older than ``takeover`` seconds, or which closed, so the work of a SIGKILLed
+  instance is picked up within about ``takeover + heartbeat`` seconds; a serving open with no
+  other live instance takes back every lease at once.
+- Wake-ups: ``NOTIFY`` in the transaction that made work due (add, scored, released,
+  re-queued), heard by every other instance on a dedicated ``LISTEN`` connection, plus an
+  in-process wake for this instance's own work (its own notifications are ignored).
+- Health: a failed write of webhooks is kept and makes ``ping`` fail at once (so readiness
+  agrees with the 503s), until a write succeeds again; each such ``ping`` probes in the
+  background. The pool replaces broken connections by itself (checked at checkout).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, LiteralString
+
+import psycopg
+from psycopg import AsyncConnection
+from psycopg.rows import TupleRow
+from psycopg.types.json import Jsonb
+
+from webhook.logs import event
+from webhook.store import (
+    Dead,
+    Delivered,
+    Job,
+    Lease,
+    Outcome,
+    Released,
+    Retry,
+    Scored,
+    Stage,
+    StoreError,
+)
+from webhook.store.postgres_budget import PostgresBudget
+from webhook.store.postgres_db import Conn, Database, Options, one_line
+from webhook.store.postgres_reader import PostgresReader, posted_set
+from webhook.store.postgres_schema import migrate
+
+__all__ = ["Options", "PostgresReader", "PostgresStore"]
+
+log = logging.getLogger("webhook.store")
+
+CHANNEL = "scorer_wake"
+
+
+def _claim_sql(which: LiteralString, order: LiteralString, body: LiteralString) -> LiteralString:
+    """Due for a stage: pending and due, leased past its lease, or leased by an instance that
+    stopped (its heartbeat is older than the takeover time, or it closed)."""
+    return (
+        "WITH due AS ("
+        " SELECT request_id FROM webhooks w"
+        " WHERE w.state IN ('pending', 'leased') AND " + which + " AND ("
+        "  w.available_at <= scorer_now() OR (w.state = 'leased' AND w.holder IS NOT NULL"
+        "   AND NOT EXISTS (SELECT 1 FROM instances i WHERE i.id = w.holder"
+        "    AND i.heartbeat_at > scorer_now() - %(takeover)s)))"
+        " ORDER BY " + order + " LIMIT %(limit)s FOR UPDATE SKIP LOCKED)"
+        " UPDATE webhooks w SET state = 'leased', available_at = scorer_now() + %(lease)s,"
+        " attempts = w.attempts + 1, lease = gen_random_uuid()::text, holder = %(holder)s"
+        " FROM due WHERE w.request_id = due.request_id"
+        " RETURNING w.request_id, w.lease, " + body + ", w.attempts, w.received_at, w.scores,"
+        " w.feedback, w.posted_scores, w.posted_feedback"
+    )
+
+
+# Live webhooks are posted before backfilled ones; the post stage never reads a body back.
+CLAIM: dict[Stage, LiteralString] = {
+    "score": _claim_sql("w.scores IS NULL", "w.available_at, w.seq", "w.body"),
+    "post": _claim_sql("w.scores IS NOT NULL", "w.backfill, w.available_at, w.seq", "NULL"),
+}
+
+# Each outcome: one UPDATE that applies only while the lease holds, ends it, and returns the
+# stage its webhook is due for next (NULL: nothing to wake).
+FENCE = " WHERE request_id = %(rid)s AND lease = %(token)s AND state = 'leased'"
+ENDS = "lease = NULL, holder = NULL"
+POSTED = "posted_scores = posted_scores OR %(ps)s, posted_feedback = posted_feedback OR %(pf)s"
+OUTCOME: dict[type[Outcome], LiteralString] = {
+    Scored: (
+        "UPDATE webhooks SET scores = %(scores)s, feedback = %(feedback)s,"
+        " state = CASE WHEN %(finished)s THEN 'done' ELSE 'pending' END,"
+        " available_at = scorer_now(), attempts = 0,"
+        " finished_at = CASE WHEN %(finished)s THEN scorer_now() END,"
+        " body = CASE WHEN %(finished)s THEN NULL ELSE body END, "
+        + ENDS
+        + FENCE
+        + " RETURNING CASE WHEN %(finished)s THEN NULL ELSE 'post' END"
+    ),
+    Delivered: (
+        "UPDATE webhooks SET state = 'done', body = NULL, last_status = %(status)s,"
+        " last_error = NULL, finished_at = scorer_now(), "
+        + POSTED
+        + ", "
+        + ENDS
+        + FENCE
+        + " RETURNING NULL"
+    ),
+    Retry: (
+        "UPDATE webhooks SET state = 'pending', available_at = scorer_now() + %(delay)s,"
+        " last_status = %(status)s, last_error = %(error)s, "
+        + POSTED
+        + ", "
+        + ENDS
+        + FENCE
+        + " RETURNING NULL"
+    ),
+    Dead: (
+        "UPDATE webhooks SET state = 'dead', last_status = %(status)s, last_error = %(error)s,"
+        " finished_at = scorer_now(), " + POSTED + ", " + ENDS + FENCE + " RETURNING NULL"
+    ),
+    Released: (
+        "UPDATE webhooks SET state = 'pending', available_at = scorer_now() + %(delay)s,"
+        " attempts = greatest(attempts - 1, 0), "
+        + POSTED
+        + ", "
+        + ENDS
+        + FENCE
+        + " RETURNING CASE WHEN scores IS NULL THEN 'score' ELSE 'post' END"
+    ),
+}
+
+
+def _params(outcome: Outcome) -> dict[str, Any]:
+    params: dict[str, Any] = {"rid": outcome.lease.request_id, "token": outcome.lease.token}
+    match outcome:
+        case Scored():
+            params |= {
+                "scores": Jsonb(outcome.scores),
+                "feedback": outcome.feedback,
+                "finished": outcome.finished,
+            }
+            return params
+        case Delivered():
+            params["status"] = outcome.status
+        case Retry():
+            params |= {"delay": outcome.delay, "status": outcome.status, "error": outcome.error}
+        case Dead():
+            params |= {"status": outcome.status, "error": outcome.error}
+        case Released():
+            params["delay"] = outcome.delay
+    params |= {"ps": "scores" in outcome.posted, "pf": "feedback" in outcome.posted}
+    return params
+
+
+def _job(row: TupleRow) -> Job:
+    rid, token, body, attempts, received, scores, feedback, ps, pf = row
+    return Job(
+        Lease(rid, token),
+        None if body is None else bytes(body),
+        attempts,
+        received,
+        scores,
+        feedback,
+        posted_set(ps, pf),
+    )
+
+
+@dataclass(slots=True)
+class _Failure:
+    at: float
+    reason: str
+
+
+class PostgresStore:
+    def __init__(self, url: str) -> None:
+        self._options = Options.parse(url)
+        self._db = Database(self._options)
+        self._reader = PostgresReader(self._db, owned=False)
+        self._instance = uuid.uuid4().hex
+        self._serving = False
+        self._adds: list[tuple[str, bytes, asyncio.Future[bool]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self._failure: _Failure | None = None
+        self._probe: asyncio.Task[None] | None = None
+        self._subscribers: list[Callable[[Stage], None]] = []
+        self._tasks: list[asyncio.Task[None]] = []  # the listener
+        self._heartbeat: asyncio.Task[None] | None = None
+        self._closing = asyncio.Event()
+        self._opened = False
+
+    # Opening and closing
+
+    async def open(self, *, serving: bool = False) -> None:
+        try:
+            await self._db.open()
+            async with self._db.connection() as conn:
+                await migrate(conn)
+                if serving:
+                    await self._register(conn)
+        except psycopg.Error as exc:
+            await self._db.close()
+            raise StoreError(one_line(exc)) from None
+        except BaseException:
+            await self._db.close()
+            raise
+        self._opened = True
+        self._serving = serving
+        if serving:
+            self._heartbeat = asyncio.create_task(self._heartbeats())
+        if self._subscribers:
+            self._listen()
+
+    async def _register(self, conn: Conn) -> None:
+        """Join the live instances; with none alive, every lease is orphaned: take it back."""
+        takeover = self._options.takeover
+        async with conn.transaction():
+            await conn.execute("LOCK TABLE instances IN EXCLUSIVE MODE")
+            await conn.execute(
+                "DELETE FROM instances WHERE heartbeat_at <= scorer_now() - %s", (takeover,)
+            )
+            cur = await conn.execute("SELECT count(*) FROM instances")
+            row = await cur.fetchone()
+            if row is not None and row[0] == 0:
+                cur = await conn.execute(
+                    "UPDATE webhooks SET state = 'pending', available_at = scorer_now(),"
+                    " attempts = greatest(attempts - 1, 0), lease = NULL, holder = NULL"
+                    " WHERE state = 'leased'"
+                )
+                if cur.rowcount:
+                    event(log, f"took back {cur.rowcount} webhook(s) a stopped server had claimed")
+            await conn.execute(
+                "INSERT INTO instances (id, started_at, heartbeat_at, host, pid)"
+                " VALUES (%s, scorer_now(), scorer_now(), %s, %s)",
+                (self._instance, socket.gethostname(), os.getpid()),
+            )
+
+    async def _heartbeats(self) -> None:
+        """Keep this instance alive in ``instances`` (back in it, if another took it over).
+
+        It ends between beats when the store closes, never cancelled inside a statement."""
+        while not await self._closing_within(self._options.heartbeat):
+            try:
+                await self._db.execute(
+                    "INSERT INTO instances (id, started_at, heartbeat_at, host, pid)"
+                    " VALUES (%s, scorer_now(), scorer_now(), %s, %s)"
+                    " ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at",
+                    (self._instance, socket.gethostname(), os.getpid()),
+                )
+            except StoreError as exc:
+                log.warning("store: heartbeat failed: %s", exc)
+
+    async def _closing_within(self, seconds: float) -> bool:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._closing.wait(), seconds)
+        return self._closing.is_set()
+
+    async def close(self) -> None:
+        self._closing.set()
+        if self._heartbeat is not None:
+            await self._heartbeat
+        for task in [*self._tasks, self._probe]:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._tasks.clear()
+        if self._flusher is not None:
+            with contextlib.suppress(Exception):
+                await self._flusher
+        if self._serving:
+            with contextlib.suppress(StoreError):
+                await self._db.execute("DELETE FROM instances WHERE id = %s", (self._instance,))
+        await self._db.close()
+        self._opened = False
+
+    @property
+    def reader(self) -> PostgresReader:
+        return self._reader
+
+    def budget(self, limit: int, window: float) -> PostgresBudget:
+        holder = self._instance if self._serving else None
+        return PostgresBudget(self._db, limit, window, holder, self._options.takeover)
+
+    # Wake-ups
+
+    def subscribe(self, wake: Callable[[Stage], None]) -> None:
+        self._subscribers.append(wake)
+        if self._opened and len(self._subscribers) == 1:
+            self._listen()
+
+    def _listen(self) -> None:
+        self._tasks.append(asyncio.create_task(self._listener()))
+
+    def _wake(self, stages: set[Stage]) -> None:
+        for stage in sorted(stages):
+            for wake in self._subscribers:
+                wake(stage)
+
+    async def _listener(self) -> None:
+        """Hear other instances' NOTIFYs; after a reconnect, wake both stages (some may have
+        been missed)."""
+        delay = 0.1
+        while True:
+            try:
+                conn = await AsyncConnection.connect(self._options.conninfo, autocommit=True)
+                async with conn:
+                    await conn.execute("LISTEN " + CHANNEL)
+                    self._wake({"score", "post"})
+                    delay = 0.1
+                    async for note in conn.notifies():
+                        stage, _, sender = note.payload.partition(":")
+                        if sender != self._instance and stage in ("score", "post"):
+                            self._wake({"score" if stage == "score" else "post"})
+            except psycopg.Error as exc:
+                log.warning("store: listening for wake-ups failed: %s", one_line(exc))
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    async def _notify(self, conn: Conn, stages: set[Stage]) -> None:
+        """NOTIFY the other instances, in the caller's transaction."""
+        for stage in sorted(stages):
+            await conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, f"{stage}:{self._instance}"))
+
+    # Adding webhooks
+
+    async def add(self, request_id: str, body: bytes) -> bool:
+        # Adds are gathered on the event loop: while one INSERT is in flight, every webhook
+        # that arrives joins the next one.
+        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._adds.append((request_id, body, fut))
+        if self._flusher is None:
+            self._flusher = asyncio.create_task(self._flush_adds())
+        return await fut
+
+    async def _flush_adds(self) -> None:
+        try:
+            while self._adds:
+                batch, self._adds = self._adds, []
+                failure = self._failure
+                try:
+                    inserted = await self._insert([(rid, body) for rid, body, _ in batch])
+                except Exception as exc:
+                    self._failed(exc)
+                    for *_, fut in batch:
+                        if not fut.done():
+                            fut.set_exception(StoreError(one_line(exc)))
+                    continue
+                self._succeeded(failure)
+                for rid, _, fut in batch:
+                    new = rid in inserted
+                    inserted.discard(rid)  # a second add of one id in one batch is a duplicate
+                    if not fut.done():
+                        fut.set_result(new)
+        finally:
+            self._flusher = None
+
+    async def _insert(self, rows: list[tuple[str, bytes]]) -> set[str]:
+        ids = [rid for rid, _ in rows]
+        bodies = [body for _, body in rows]
+        async with self._db.connection() as conn, conn.transaction():
+            cur = await conn.execute(
+                "INSERT INTO webhooks (request_id, body, received_at, available_at)"
+                " SELECT rid, body, scorer_now(), scorer_now()"
+                " FROM unnest(%s::text[], %s::bytea[]) WITH ORDINALITY AS t(rid, body, n)"
+                " ORDER BY n ON CONFLICT (request_id) DO NOTHING RETURNING request_id",
+                (ids, bodies),
+            )
+            inserted = {str(rid) for (rid,) in await cur.fetchall()}
+            if inserted:
+                await self._notify(conn, {"score"})
+        if inserted:
+            self._wake({"score"})
+        return inserted
+
+    def _failed(self, exc: BaseException) -> None:
+        reason = one_line(exc)
+        if self._failure is None or self._failure.reason != reason:
+            log.error("store: a write failed: %s; webhooks get 503 until one succeeds", reason)
+        self._failure = _Failure(time.time(), reason)
+
+    def _succeeded(self, failure: _Failure | None) -> None:
+        if failure is not None and self._failure is failure:
+            self._failure = None
+            log.info("store: writes succeed again")
+
+    async def ping(self) -> None:
+        failure = self._failure
+        if failure is not None:
+            if self._probe is None or self._probe.done():
+                self._probe = asyncio.create_task(self._probe_write(failure))
+            ago = time.time() - failure.at
+            raise StoreError(f"the last write failed {ago:.1f}s ago: {failure.reason}")
+        try:
+            await self._heartbeat_write()
+        except StoreError as exc:
+            self._failed(exc)
+            raise
+
+    async def _heartbeat_write(self) -> None:
+        await self._db.execute(
+            "INSERT INTO scorer_meta (key, value) VALUES ('ping', scorer_now()::text)"
+            " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (),
+        )
+
+    async def _probe_write(self, failure: _Failure) -> None:
+        with contextlib.suppress(StoreError):
+            await self._heartbeat_write()
+            self._succeeded(failure)
+
+    # Leases and outcomes
+
+    async def claim(self, stage: Stage, limit: int, lease_seconds: float) -> list[Job]:
+        rows = await self._db.fetch(
+            CLAIM[stage],
+            {
+                "limit": limit,
+                "lease": lease_seconds,
+                "takeover": self._options.takeover,
+                "holder": self._instance if self._serving else None,
+            },
+        )
+        return sorted(map(_job, rows), key=lambda j: j.received_at)
+
+    async def extend(self, leases: Sequence[Lease], lease_seconds: float) -> list[bool]:
+        if not leases:
+            return []
+        rows = await self._db.fetch(
+            "UPDATE webhooks w SET available_at = scorer_now() + %s"
+            " FROM unnest(%s::text[], %s::text[]) AS l(rid, token)"
+            " WHERE w.request_id = l.rid AND w.lease = l.token AND w.state = 'leased'"
+            " RETURNING w.request_id, w.lease",
+            (lease_seconds, [x.request_id for x in leases], [x.token for x in leases]),
+        )
+        held = {(rid, token) for rid, token in rows}
+        return [(x.request_id, x.token) in held for x in leases]
+
+    async def record(self, outcomes: Sequence[Outcome]) -> list[bool]:
+        applied: list[bool] = []
+        wake: set[Stage] = set()
+        async with self._db.connection() as conn, conn.transaction():
+            for outcome in outcomes:
+                cur = await conn.execute(OUTCOME[type(outcome)], _params(outcome))
+                row = await cur.fetchone()
+                applied.append(row is not None)
+                if row is not None and row[0] is not None:
+                    wake.add("score" if row[0] == "score" else "post")
+            await self._notify(conn, wake)
+        self._wake(wake)
+        return applied
+
+    # Backfill and dead letters
+
+    async def enqueue_scores(self, request_id: str, scores: dict[str, int]) -> bool:
+        params = {"rid": request_id, "scores": Jsonb(scores)}
+        async with self._db.connection() as conn, conn.transaction():
+            cur = await conn.execute(
+                "INSERT INTO webhooks (request_id, received_at, available_at, scores, backfill)"
+                " VALUES (%(rid)s, scorer_now(), scorer_now(), %(scores)s, true)"
+                " ON CONFLICT (request_id) DO NOTHING",
+                params,
+            )
+            if cur.rowcount == 0:
+                cur = await conn.execute(
+                    "UPDATE webhooks SET state = 'pending', scores = %(scores)s, feedback = NULL,"
+                    " posted_scores = false, posted_feedback = false, backfill = true,"
+                    " received_at = scorer_now(), available_at = scorer_now(), attempts = 0,"
+                    " last_status = NULL, last_error = NULL, finished_at = NULL, "
+                    + ENDS
+                    + " WHERE request_id = %(rid)s AND state IN ('done', 'dead')"
+                    " AND NOT (state = 'done' AND posted_scores AND scores = %(scores)s)",
+                    params,
+                )
+            if cur.rowcount == 0:
+                return False
+            await self._notify(conn, {"post"})
+        self._wake({"post"})
+        return True
+
+    async def requeue_dead(self, request_ids: Sequence[str] | None) -> int:
+        sql: LiteralString = (
+            "UPDATE webhooks SET state = 'pending', available_at = scorer_now(), attempts = 0,"
+            " finished_at = NULL, " + ENDS + " WHERE state = 'dead'"
+        )
+        ret: LiteralString = " RETURNING CASE WHEN scores IS NULL THEN 'score' ELSE 'post' END"
+        async with self._db.connection() as conn, conn.transaction():
+            if request_ids is None:
+                cur = await conn.execute(sql + ret)
+            else:
+                cur = await conn.execute(
+                    sql + " AND request_id = ANY(%s)" + ret, (list(request_ids),)
+                )
+            rows = await cur.fetchall()
+            wake: set[Stage] = {"score" if s == "score" else "post" for (s,) in rows}
+            await self._notify(conn, wake)
+        self._wake(wake)
+        return len(rows)
+
+    async def purge_dead(self) -> int:
+        return await self._db.execute("DELETE FROM webhooks WHERE state = 'dead'", ())
+
+    async def prune_done(self, before: float) -> int:
+        return await self._db.execute(
+            "DELETE FROM webhooks WHERE state = 'done' AND finished_at < %s", (before,)
+        )

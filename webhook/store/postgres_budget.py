@@ -1,0 +1,102 @@
+"""The posting budget kept in PostgreSQL, shared by every instance on the database.
+
+A ``post_slots`` row is a place: taken at ``taken_at`` by ``holder`` (a serving instance, or
+None), ended at ``ended_at``. It is held until ``window`` seconds after its call ended. A call
+still in flight ends no earlier than now while its holder is alive (its heartbeat is fresh); a
+place whose holder is gone (killed, or closed before the call ended), or that no serving
+instance holds, counts as ended when taken, so it frees on its own. The ``budget`` row holds
+the 429 pause, and is the lock that makes ``take`` atomic across instances: a taker locks it,
+then counts (a fresh snapshot, after the lock), then inserts.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from webhook.store import Slot
+
+if TYPE_CHECKING:
+    from webhook.store.postgres_db import Database
+
+__all__ = ["PostgresBudget"]
+
+# When a place's call ended, as far as is known now.
+ENDED = (
+    "coalesce(ended_at, CASE WHEN EXISTS (SELECT 1 FROM instances i WHERE i.id = holder"
+    " AND i.heartbeat_at > scorer_now() - %(takeover)s) THEN scorer_now() ELSE taken_at END)"
+)
+HELD = ENDED + " > scorer_now() - %(window)s"
+
+
+class PostgresBudget:
+    def __init__(
+        self, db: Database, limit: int, window: float, holder: str | None, takeover: float
+    ) -> None:
+        self.limit = limit
+        self.window = window
+        self._db = db
+        self._holder = holder
+        self._params = {"window": window, "limit": limit, "takeover": takeover}
+
+    async def _state(self) -> tuple[float, list[float]]:
+        """Seconds the pause still runs (<= 0: none), and when each held place ended, oldest
+        first, as seconds ago."""
+        async with self._db.connection() as conn:
+            cur = await conn.execute(
+                "SELECT paused_until - scorer_now(), ARRAY(SELECT scorer_now() - "
+                + ENDED
+                + " FROM post_slots WHERE "
+                + HELD
+                + " ORDER BY 1 DESC)"
+                " FROM budget WHERE id = 1",
+                self._params,
+            )
+            row = await cur.fetchone()
+        assert row is not None
+        paused, ages = row
+        return float(paused), [float(a) for a in ages]
+
+    async def room(self) -> int:
+        paused, held = await self._state()
+        return 0 if paused > 0 else max(0, self.limit - len(held))
+
+    async def take(self) -> Slot | None:
+        async with self._db.connection() as conn, conn.transaction():
+            cur = await conn.execute(
+                "SELECT paused_until > scorer_now() FROM budget WHERE id = 1 FOR UPDATE"
+            )
+            row = await cur.fetchone()
+            if row is None or row[0]:
+                return None
+            params = self._params | {"holder": self._holder}
+            await conn.execute("DELETE FROM post_slots WHERE NOT (" + HELD + ")", params)
+            cur = await conn.execute(
+                "INSERT INTO post_slots (token, taken_at, holder)"
+                " SELECT gen_random_uuid()::text, scorer_now(), %(holder)s"
+                " WHERE (SELECT count(*) FROM post_slots WHERE " + HELD + ") < %(limit)s"
+                " RETURNING token",
+                params,
+            )
+            taken = await cur.fetchone()
+        return None if taken is None else Slot(str(taken[0]))
+
+    async def spent(self, slot: Slot) -> None:
+        await self._db.execute(
+            "UPDATE post_slots SET ended_at = scorer_now() WHERE token = %s AND ended_at IS NULL",
+            (slot.token,),
+        )
+
+    async def pause(self, seconds: float) -> None:
+        await self._db.execute(
+            "UPDATE budget SET paused_until = greatest(paused_until, scorer_now() + %s)"
+            " WHERE id = 1",
+            (seconds,),
+        )
+
+    async def wait_time(self) -> float:
+        paused, held = await self._state()
+        wait = max(0.0, paused)
+        if 0 < self.limit <= len(held):
+            # The place that frees the one we need: the (len - limit + 1)-th oldest.
+            wait = max(wait, self.window - held[len(held) - self.limit])
+        return max(0.0, wait)

@@ -1,0 +1,123 @@
+"""The PostgreSQL store's read path: plain SELECTs, on a small pool of their own when opened by
+:func:`webhook.store.open_reader` (or on the store's), never behind the add batcher. Opening one
+creates nothing: a missing database, or one without a store, is :class:`NoStore`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import LiteralString
+
+import psycopg
+from psycopg import errors
+
+from webhook.store import STATES, Call, DeadLetter, Entry, NoStore, Posted, QueueStats, StoreError
+from webhook.store.postgres_db import Database, Options, one_line, url_without_password
+from webhook.store.postgres_schema import check_version, stored_version
+
+__all__ = ["PostgresReader", "posted_set"]
+
+
+def posted_set(scores: bool, feedback: bool) -> Posted:
+    calls: list[Call] = []
+    if scores:
+        calls.append("scores")
+    if feedback:
+        calls.append("feedback")
+    return frozenset(calls)
+
+
+class PostgresReader:
+    """The read path: plain SELECTs on a pool of their own (or the store's), never the batcher."""
+
+    def __init__(self, db: Database, owned: bool) -> None:
+        self._db = db
+        self._owned = owned
+
+    @classmethod
+    async def open(cls, url: str) -> PostgresReader:
+        db = Database(Options.parse(url), max_size=2)
+        try:
+            await db.open()
+        except psycopg.Error as exc:
+            # A connection refused for a missing database carries no SQLSTATE: its message says.
+            if isinstance(exc, errors.InvalidCatalogName) or (
+                "database" in str(exc) and "does not exist" in str(exc)
+            ):
+                where = url_without_password(url)
+                raise NoStore(f"no store: the database does not exist ({where})") from None
+            raise StoreError(one_line(exc)) from None
+        try:
+            async with db.connection() as conn:
+                version = await stored_version(conn)
+            if version is None:
+                raise NoStore(f"no store in the database ({url_without_password(url)})")
+            check_version(version)
+        except BaseException:
+            await db.close()
+            raise
+        return cls(db, owned=True)
+
+    async def stats(self) -> QueueStats:
+        rows = await self._db.fetch("SELECT state, count(*) FROM webhooks GROUP BY state")
+        counts = dict.fromkeys(STATES, 0)
+        counts.update(dict(rows))
+        ((oldest,),) = await self._db.fetch(
+            "SELECT min(received_at) FROM webhooks WHERE state IN ('pending', 'leased')"
+        )
+        return QueueStats(counts, oldest)
+
+    async def dead_letters(self, limit: int) -> list[DeadLetter]:
+        rows = await self._db.fetch(
+            "SELECT request_id, attempts, last_status, last_error, received_at FROM webhooks"
+            " WHERE state = 'dead' ORDER BY finished_at, seq LIMIT %s",
+            (limit,),
+        )
+        return [DeadLetter(*row) for row in rows]
+
+    async def entries(self, request_ids: Sequence[str] | None = None) -> dict[str, Entry]:
+        sql: LiteralString = (
+            "SELECT request_id, state, attempts, received_at, available_at, scores, feedback,"
+            " posted_scores, posted_feedback, backfill, last_status, last_error, finished_at,"
+            " body IS NOT NULL FROM webhooks"
+        )
+        if request_ids is None:
+            rows = await self._db.fetch(sql + " ORDER BY seq")
+        else:
+            rows = await self._db.fetch(sql + " WHERE request_id = ANY(%s)", (list(request_ids),))
+        return {
+            rid: Entry(
+                rid,
+                state,
+                attempts,
+                received_at,
+                available_at,
+                scores,
+                feedback,
+                posted_set(ps, pf),
+                backfill,
+                last_status,
+                last_error,
+                finished_at,
+                has_body,
+            )
+            for (
+                rid,
+                state,
+                attempts,
+                received_at,
+                available_at,
+                scores,
+                feedback,
+                ps,
+                pf,
+                backfill,
+                last_status,
+                last_error,
+                finished_at,
+                has_body,
+            ) in rows
+        }
+
+    async def close(self) -> None:
+        if self._owned:
+            await self._db.close()

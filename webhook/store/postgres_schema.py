@@ -1,0 +1,108 @@
+"""The PostgreSQL store's schema: versioned, created or migrated at open under an advisory lock.
+
+Two instances starting at once are safe: the lock is taken in the transaction that creates or
+migrates, so the second waits and then finds the schema made. A database whose version this
+build does not know (a newer build migrated it) is refused with one line, never touched.
+
+Times are seconds since the epoch on the database's clock (:func:`scorer_now`), so instances
+on machines whose clocks differ still agree on leases, heartbeats and the posting budget.
+"""
+
+from __future__ import annotations
+
+from psycopg import AsyncConnection
+
+from webhook.store import StoreError
+
+__all__ = ["SCHEMA_VERSION", "check_version", "migrate"]
+
+SCHEMA_VERSION = 1
+# pg_advisory_xact_lock key for creating and migrating the schema (any fixed bigint).
+SCHEMA_LOCK = 0x5C0_4E5_C4E3A
+
+# Each version's statements, applied in order from the database's version to SCHEMA_VERSION.
+MIGRATIONS: dict[int, str] = {
+    1: """
+CREATE TABLE scorer_meta (key text PRIMARY KEY, value text NOT NULL);
+CREATE FUNCTION scorer_now() RETURNS double precision LANGUAGE sql STABLE
+    AS 'SELECT extract(epoch FROM now())::double precision';
+CREATE TABLE webhooks (
+    request_id      text PRIMARY KEY,
+    seq             bigint GENERATED ALWAYS AS IDENTITY,
+    body            bytea,
+    state           text NOT NULL DEFAULT 'pending',
+    received_at     double precision NOT NULL,
+    available_at    double precision NOT NULL,
+    attempts        integer NOT NULL DEFAULT 0,
+    scores          jsonb,
+    feedback        boolean,
+    posted_scores   boolean NOT NULL DEFAULT false,
+    posted_feedback boolean NOT NULL DEFAULT false,
+    backfill        boolean NOT NULL DEFAULT false,
+    last_status     integer,
+    last_error      text,
+    finished_at     double precision,
+    lease           text,
+    holder          text
+);
+CREATE INDEX webhooks_to_score ON webhooks (available_at, seq)
+    WHERE state IN ('pending', 'leased') AND scores IS NULL;
+CREATE INDEX webhooks_to_post ON webhooks (backfill, available_at, seq)
+    WHERE state IN ('pending', 'leased') AND scores IS NOT NULL;
+CREATE INDEX webhooks_state ON webhooks (state, finished_at);
+CREATE INDEX webhooks_holder ON webhooks (holder) WHERE state = 'leased';
+CREATE TABLE instances (
+    id           text PRIMARY KEY,
+    started_at   double precision NOT NULL,
+    heartbeat_at double precision NOT NULL,
+    host         text NOT NULL,
+    pid          integer NOT NULL
+);
+CREATE TABLE budget (
+    id           integer PRIMARY KEY CHECK (id = 1),
+    paused_until double precision NOT NULL DEFAULT 0
+);
+INSERT INTO budget (id) VALUES (1);
+CREATE TABLE post_slots (
+    token    text PRIMARY KEY,
+    taken_at double precision NOT NULL,
+    ended_at double precision,
+    holder   text
+);
+""",
+}
+
+
+async def stored_version(conn: AsyncConnection[tuple[object, ...]]) -> int | None:
+    """The schema version in the database, None when it holds no store."""
+    cur = await conn.execute("SELECT to_regclass('scorer_meta') IS NOT NULL")
+    row = await cur.fetchone()
+    if row is None or not row[0]:
+        return None
+    cur = await conn.execute("SELECT value FROM scorer_meta WHERE key = 'schema_version'")
+    row = await cur.fetchone()
+    return None if row is None else int(str(row[0]))
+
+
+def check_version(version: int) -> None:
+    if version > SCHEMA_VERSION or version < 1:
+        raise StoreError(
+            f"the database has schema version {version}; this build knows version {SCHEMA_VERSION}"
+        )
+
+
+async def migrate(conn: AsyncConnection[tuple[object, ...]]) -> None:
+    """Create the schema or bring it to :data:`SCHEMA_VERSION`, in one locked transaction."""
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
+        version = await stored_version(conn) or 0
+        if version:
+            check_version(version)
+        for step in range(version + 1, SCHEMA_VERSION + 1):
+            for statement in filter(str.strip, MIGRATIONS[step].split(";\n")):
+                await conn.execute(statement.encode())
+        await conn.execute(
+            "INSERT INTO scorer_meta (key, value) VALUES ('schema_version', %s)"
+            " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (str(SCHEMA_VERSION),),
+        )
