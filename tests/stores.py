@@ -117,18 +117,26 @@ def postgres_url(postgres_database: str) -> Iterator[str]:
         conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
 
 
+@contextlib.contextmanager
+def sqlite_writes_held(path: Path) -> Iterator[sqlite3.Connection]:
+    """Hold an SQLite file's write lock from a connection of its own, as another process would,
+    until the block ends (its writes, if any, rolled back). The one place tests take it."""
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        conn.execute("BEGIN EXCLUSIVE")
+        yield conn
+        conn.execute("ROLLBACK")
+    finally:
+        conn.close()
+
+
 def _sqlite_backend(tmp_path: Path) -> Backend:
     path = tmp_path / "store.db"
 
     @contextlib.asynccontextmanager
     async def hold_writes() -> AsyncIterator[None]:
-        conn = sqlite3.connect(path, isolation_level=None)
-        try:
-            conn.execute("BEGIN IMMEDIATE")
+        with sqlite_writes_held(path):
             yield
-            conn.execute("ROLLBACK")
-        finally:
-            conn.close()
 
     return Backend("sqlite", f"sqlite:///{path}", f"sqlite:///{tmp_path / 'none.db'}", hold_writes)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import socket
-import sqlite3  # to hold SQLite's write lock from another connection, as another process would
 import uuid
 
 import orjson
@@ -12,6 +11,7 @@ import pytest
 from tests.conftest import ServerFactory
 from tests.server import SECRET, Server, payload
 from tests.standin import StandIn
+from tests.stores import sqlite_writes_held
 from webhook.verify import sign
 
 
@@ -179,15 +179,10 @@ def test_store_failure_is_503_and_nothing_is_acknowledged(make_server: ServerFac
     server.env["SCORER_DATABASE_URL"] += "?busy_timeout_ms=200"
     server.terminate()
     server.start()
-    lock = sqlite3.connect(server.db, isolation_level=None)
-    lock.execute("BEGIN IMMEDIATE")
-    try:
+    with sqlite_writes_held(server.db):
         rid = str(uuid.uuid4())
         assert_error(server.post(payload(rid)), 503, "not accepted")
         assert server.client.get("/readyz").status_code == 503
-    finally:
-        lock.execute("ROLLBACK")
-        lock.close()
     assert rid not in server.rows()
     assert server.post(payload(rid)).status_code == 202
     assert server.client.get("/readyz").status_code == 200

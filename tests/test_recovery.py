@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import sqlite3  # to hold SQLite's write lock from another connection, as another process would
 import subprocess
 import threading
 import time
@@ -20,6 +19,7 @@ from tests.conftest import ServerFactory
 from tests.eventually import eventually
 from tests.server import Server, payload
 from tests.standin import Injected, StandIn
+from tests.stores import sqlite_writes_held
 
 FEEDBACK = "word_count >= 1"  # every payload here gets a rating: two calls per webhook
 
@@ -231,14 +231,9 @@ def test_a_post_whose_outcome_could_not_be_recorded_is_not_posted_again(
     def lock_the_database() -> None:
         """Hold the write lock for 1.5 s from just before the 201 leaves: the relay's record
         of the delivery fails for real (database is locked)."""
-        lock = sqlite3.connect(server.db, isolation_level=None, check_same_thread=False)
-        lock.execute("BEGIN EXCLUSIVE")
-
-        def unlock() -> None:
-            lock.execute("ROLLBACK")
-            lock.close()
-
-        threading.Timer(1.5, unlock).start()
+        held = sqlite_writes_held(server.db)
+        held.__enter__()
+        threading.Timer(1.5, held.__exit__, (None, None, None)).start()
 
     standin.fail_next(Injected(201, then=lock_the_database))
     rid = str(uuid.uuid4())

@@ -5,10 +5,11 @@ contract suite's.)"""
 from __future__ import annotations
 
 import asyncio
-import sqlite3  # to build a version 1 file, and to hold the write lock as another process would
+import sqlite3  # to build a version 1 file
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from tests.stores import sqlite_writes_held
 from webhook.store import Delivered, Store, open_reader, open_store
 
 # The schema of version 1, as the first release created it.
@@ -111,17 +112,12 @@ def test_the_read_path_never_waits_for_the_writer(tmp_path: Path) -> None:
         assert await store.add("first", b"{}")
         # Another connection holds the write lock with a write of its own: the store's writer
         # waits for it (up to its busy timeout), and the reader must not.
-        lock = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
-        lock.execute("BEGIN EXCLUSIVE")
-        lock.execute("DELETE FROM webhooks")
-        try:
+        with sqlite_writes_held(db) as lock:
+            lock.execute("DELETE FROM webhooks")
             adding = asyncio.create_task(store.add("second", b"{}"))
             stats = await asyncio.wait_for(store.reader.stats(), 30)
             entries = await asyncio.wait_for(store.reader.entries(), 30)
             assert not adding.done()  # the writer is still waiting: the reads did not
-        finally:
-            lock.execute("ROLLBACK")
-            lock.close()
         assert stats.counts["pending"] == 1  # the last commit, not the uncommitted delete
         assert list(entries) == ["first"]
         assert await adding
