@@ -44,3 +44,9 @@ def make_server(tmp_path: Path, standin: StandIn) -> Iterator[ServerFactory]:
 @pytest.fixture
 def server(make_server: ServerFactory) -> Server:
     return make_server()
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """Async tests (``pytest.mark.anyio``) run on asyncio, as the server does."""
+    return "asyncio"

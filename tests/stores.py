@@ -15,21 +15,27 @@ silent skip.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import shutil
 import sqlite3
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import psycopg
 import pytest
 from psycopg import sql
 from pytest_postgresql import factories
+
+from webhook.store import Store, open_store
+
+T = TypeVar("T")
 
 BACKENDS = ["sqlite", "postgres"]
 DEFAULT_POSTGRES = "postgresql://root@127.0.0.1:5432/test"
@@ -159,3 +165,24 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     if request.param == "sqlite":
         return _sqlite_backend(tmp_path)
     return _postgres_backend(request.getfixturevalue("postgres_url"))
+
+
+@contextlib.asynccontextmanager
+async def opened(url: str, *, serving: bool = False) -> AsyncIterator[Store]:
+    """The store at ``url``, open for the block."""
+    store = open_store(url)
+    await store.open(serving=serving)
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+def with_store(url: str, work: Callable[[Store], Awaitable[T]]) -> T:
+    """Run ``work`` on the store at ``url``, opened for it, from synchronous test code."""
+
+    async def go() -> T:
+        async with opened(url) as store:
+            return await work(store)
+
+    return asyncio.run(go())

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -17,9 +16,10 @@ from tests.cli import api_env, one_line_error, run
 from tests.conftest import ServerFactory
 from tests.server import payload, read_rows
 from tests.standin import API_KEY, Injected, StandIn
+from tests.stores import with_store
 from webhook.offline.backfill import QueryFailed, pages
 from webhook.offline.query import HeliconeQuery
-from webhook.store import Dead, Delivered, Scored, Store, open_store
+from webhook.store import Dead, Delivered, Scored, Store
 
 SINCE = "2024-03-01T00:00:00Z"
 UNTIL = "2024-03-02T00:00:00Z"
@@ -197,15 +197,6 @@ def test_pages_give_up_when_one_instant_holds_more_than_the_cap(standin: StandIn
         _read_all(standin, page_size=20, max_offset=50)
 
 
-async def _with_store(path: Path, work: Callable[[Store], Awaitable[None]]) -> None:
-    store = open_store(f"sqlite:///{path}")
-    await store.open()
-    try:
-        await work(store)
-    finally:
-        await store.close()
-
-
 def test_enqueue_scores_inserts_reopens_and_leaves_alone(tmp_path: Path) -> None:
     async def go(store: Store) -> None:
         assert await store.enqueue_scores("new", {"a": 1})
@@ -230,7 +221,7 @@ def test_enqueue_scores_inserts_reopens_and_leaves_alone(tmp_path: Path) -> None
         stats = await store.reader.stats()
         assert stats.counts == {"pending": 2, "leased": 0, "done": 0, "dead": 0}
 
-    asyncio.run(_with_store(tmp_path / "q.db", go))
+    with_store(f"sqlite:///{tmp_path / 'q.db'}", go)
 
 
 def test_live_webhooks_are_posted_before_backfilled_ones(tmp_path: Path) -> None:
@@ -242,4 +233,4 @@ def test_live_webhooks_are_posted_before_backfilled_ones(tmp_path: Path) -> None
         first, second = await store.claim("post", 1, 60), await store.claim("post", 1, 60)
         assert [j.request_id for j in first + second] == ["live", "old-backfill"]
 
-    asyncio.run(_with_store(tmp_path / "q.db", go))
+    with_store(f"sqlite:///{tmp_path / 'q.db'}", go)

@@ -9,7 +9,7 @@ import sqlite3  # to build a version 1 file
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from tests.stores import sqlite_writes_held
+from tests.stores import sqlite_writes_held, with_store
 from webhook.store import Delivered, Store, open_reader, open_store
 
 # The schema of version 1, as the first release created it.
@@ -42,15 +42,7 @@ PRAGMA user_version = 1;
 
 
 def run(db: Path, work: Callable[[Store], Awaitable[None]]) -> None:
-    async def go() -> None:
-        store = open_store(f"sqlite:///{db}")
-        await store.open()
-        try:
-            await work(store)
-        finally:
-            await store.close()
-
-    asyncio.run(go())
+    with_store(f"sqlite:///{db}", work)
 
 
 def test_a_version_1_database_is_migrated_and_keeps_its_rows(tmp_path: Path) -> None:

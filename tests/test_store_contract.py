@@ -11,12 +11,11 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 import pytest
 
 from tests.eventually import eventually_async
-from tests.stores import Backend
+from tests.stores import Backend, opened
 from webhook.store import (
     STATES,
     Dead,
@@ -32,7 +31,6 @@ from webhook.store import (
     Stage,
     Store,
     open_reader,
-    open_store,
 )
 
 pytestmark = pytest.mark.anyio
@@ -40,21 +38,6 @@ pytestmark = pytest.mark.anyio
 SCORES = {"vocabulary_diversity": 73, "length": 12}
 LONG = 60.0  # a lease that does not run out during a test
 SHORT = 0.2  # one that does, soon
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@asynccontextmanager
-async def opened(url: str, *, serving: bool = False) -> AsyncIterator[Store]:
-    store = open_store(url)
-    await store.open(serving=serving)
-    try:
-        yield store
-    finally:
-        await store.close()
 
 
 @pytest.fixture

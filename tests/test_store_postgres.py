@@ -9,35 +9,18 @@ import contextlib
 import re
 import signal
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 import psycopg
 import pytest
 
 from tests.eventually import eventually_async
 from tests.standin import free_port
-from tests.stores import with_query
-from webhook.store import Stage, Store, StoreError, open_reader, open_store
+from tests.stores import opened, with_query
+from webhook.store import Stage, StoreError, open_reader, open_store
 
 pytestmark = pytest.mark.anyio
 
 FAST = {"heartbeat": "0.2", "takeover": "1"}  # a stopped instance is taken over within ~1 s
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@asynccontextmanager
-async def opened(url: str, *, serving: bool = False) -> AsyncIterator[Store]:
-    store = open_store(url)
-    await store.open(serving=serving)
-    try:
-        yield store
-    finally:
-        await store.close()
 
 
 HOLDER = """
