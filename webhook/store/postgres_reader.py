@@ -5,7 +5,7 @@ creates nothing: a missing database, or one without a store, is :class:`NoStore`
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import LiteralString
+from typing import Any, LiteralString
 
 import psycopg
 from psycopg import errors
@@ -84,40 +84,16 @@ class PostgresReader:
             rows = await self._db.fetch(sql + " ORDER BY seq")
         else:
             rows = await self._db.fetch(sql + " WHERE request_id = ANY(%s)", (list(request_ids),))
-        return {
-            rid: Entry(
-                rid,
-                state,
-                attempts,
-                received_at,
-                available_at,
-                scores,
-                feedback,
-                posted_set(ps, pf),
-                backfill,
-                last_status,
-                last_error,
-                finished_at,
-                has_body,
-            )
-            for (
-                rid,
-                state,
-                attempts,
-                received_at,
-                available_at,
-                scores,
-                feedback,
-                ps,
-                pf,
-                backfill,
-                last_status,
-                last_error,
-                finished_at,
-                has_body,
-            ) in rows
-        }
+        return {row[0]: _entry(row) for row in rows}
 
     async def close(self) -> None:
         if self._owned:
             await self._db.close()
+
+
+def _entry(row: tuple[Any, ...]) -> Entry:
+    """A row of ``entries``: its columns are Entry's fields, but two posted flags for one set."""
+    rid, state, attempts, received, available, scores, feedback, ps, pf, *rest = row
+    return Entry(
+        rid, state, attempts, received, available, scores, feedback, posted_set(ps, pf), *rest
+    )
