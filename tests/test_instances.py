@@ -22,6 +22,7 @@ import pytest
 from tests.eventually import eventually
 from tests.server import Server, payload, wait_done, with_api
 from tests.standin import Injected, StandIn
+from tests.test_deploy import Traffic
 
 Instances = Callable[..., tuple[Server, Server]]
 
@@ -174,23 +175,30 @@ def test_one_killed_mid_burst_and_the_other_posts_all_it_had_acknowledged(
     # flight. The stand-in still answers a call whose caller died: that is what at-least-once
     # may repeat.
     standin.fail_next(*[Injected(201, stall=2.0)] * 12)
-    ids = [str(uuid.uuid4()) for _ in range(24)]
-    for i, rid in enumerate(ids):
+    burst = [str(uuid.uuid4()) for _ in range(24)]
+    for i, rid in enumerate(burst):
         assert (a, b)[i % 2].post(payload(rid)).status_code == 202
-    eventually(lambda: leased_by(postgres_url, pid), 20, what="a post in flight on a")
-
-    a.kill()
-    killed_at = time.monotonic()
+    # Webhooks keep arriving at the one to be killed until it dies.
+    traffic = Traffic(a.url).start()
+    try:
+        eventually(lambda: leased_by(postgres_url, pid), 20, what="a post in flight on a")
+        traffic.wait_for_more(10)
+        a.kill()
+        killed_at = time.monotonic()
+    finally:
+        traffic.stop()
     # After the kill nothing changes its rows until the takeover: these are the leases it held.
     orphaned = leased_by(postgres_url, pid)
     assert orphaned, "the killed instance held no lease"
+    acked = set(burst) | {rid for rid, sent in traffic.sent.items() if sent.outcome == 202}
 
     # Done in the store: only a live instance records a delivery (a call of the killed one
     # that the stand-in answered after the kill counts for nothing here).
-    wait_done(postgres_url, ids, 30 - (time.monotonic() - killed_at))
+    wait_done(postgres_url, orphaned, 30)
     took = time.monotonic() - killed_at
     print(f"takeover: SIGKILL to all of the killed instance's leases delivered in {took:.1f}s")
-    assert set(ids) <= standin.posted_ids()
+    wait_done(postgres_url, acked, 30 - (time.monotonic() - killed_at))
+    assert acked <= standin.posted_ids()
     eventually(lambda: orphaned <= posted_by(b), 10, what="the orphans delivered by the other")
     # Posted once each, except a webhook whose lease the killed instance held: its call may
     # have been answered with no outcome recorded, so the takeover posts it again (at most
