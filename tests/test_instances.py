@@ -57,7 +57,12 @@ def instances(tmp_path: Path, postgres_url: str) -> Iterator[Instances]:
         settings = with_api(standin.base_url) | {"SCORER_DATABASE_URL": postgres_url} | env
         a, b = Server(tmp_path, settings), Server(tmp_path, settings)
         started.extend((a, b))
-        return a.start(), b.start()
+        # Started at once, on a schema neither has created: they migrate and join together.
+        for server in (a, b):
+            server.start(wait=False)
+        for server in (a, b):
+            server.wait_healthy()
+        return a, b
 
     yield make
     for server in started:
