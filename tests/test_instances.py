@@ -1,9 +1,22 @@
 """Two server processes on one PostgreSQL database: one queue, one budget, takeover.
 
-Each test starts two real ``serve`` processes on the same database (a schema of the test's own)
-and talks to both. The rows are read through the store's read path (:func:`open_reader`); the
-two facts the read path does not give, which instance holds a lease and whether the budget is
-paused, are read with SQL from the tables the PostgreSQL store documents.
+Each test starts two real ``serve`` processes at once on the same database (a schema of the
+test's own) and talks to both:
+
+- a duplicate sent to both at once is stored by one (202) and seen as one by the other (200),
+  and posted once;
+- their posts together stay inside the stand-in's own window (it would answer 429), and a 429
+  seen by one holds the other's calls until its ``Retry-After`` has passed;
+- SIGKILLed while webhooks arrive and its posts are in flight, one instance leaves leases that
+  the other takes over: every webhook it acknowledged is delivered within 30 s. Delivery is at
+  least once: only a webhook the killed instance held a lease on at the kill may be posted
+  twice (its call was made, or even answered, with no outcome recorded); any other repeat
+  would be a fencing failure.
+
+Rows are read through the store's read path (:func:`tests.server.entries`); the two facts it
+does not give, which instance holds a lease and whether the budget is paused, are read with SQL
+from the tables the PostgreSQL store documents. The rolling restart on PostgreSQL is in
+``tests/test_deploy.py``.
 """
 
 from __future__ import annotations
