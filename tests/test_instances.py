@@ -7,6 +7,7 @@ test's own) and talks to both:
   and posted once;
 - their posts together stay inside the stand-in's own window (it would answer 429), and a 429
   seen by one holds the other's calls until its ``Retry-After`` has passed;
+- work stored by one wakes the other at once (LISTEN/NOTIFY), with no polling;
 - SIGKILLed while webhooks arrive and its posts are in flight, one instance leaves leases that
   the other takes over: every webhook it acknowledged is delivered within 30 s. Delivery is at
   least once: only a webhook the killed instance held a lease on at the kill may be posted
@@ -59,6 +60,17 @@ def wait_both_posted(*servers: Server) -> None:
         what="a delivery logged by each instance",
         show=lambda: [posted_by(s) for s in servers],
     )
+
+
+def leased_by(url: str, pid: int) -> set[str]:
+    """The webhooks the instance running as ``pid`` holds a lease on, awaiting their post."""
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT w.request_id FROM webhooks w JOIN instances i ON i.id = w.holder"
+            " WHERE i.pid = %s AND w.state = 'leased' AND w.scores IS NOT NULL",
+            (pid,),
+        ).fetchall()
+    return {str(rid) for (rid,) in rows}
 
 
 @pytest.fixture
@@ -133,6 +145,24 @@ def test_their_posts_together_never_pass_the_window_and_all_are_delivered(
         limited.stop()
 
 
+def test_new_work_wakes_the_other_instance_at_once(
+    instances: Instances, standin: StandIn, postgres_url: str
+) -> None:
+    # Neither polls for minutes: only a wake-up moves work. The first instance can make one
+    # call at a time, and its first stalls, so the second webhook it stores must be posted by
+    # the other, woken by its notification (else it would wait for the stall to end).
+    a, b = instances(standin, SCORER_POLL_INTERVAL="300", SCORER_RELAY_CONCURRENCY="1")
+    assert a.proc is not None
+    pid = a.proc.pid
+    standin.fail_next(Injected(201, stall=30.0))
+    first, second = str(uuid.uuid4()), str(uuid.uuid4())
+    assert a.post(payload(first)).status_code == 202
+    eventually(lambda: first in leased_by(postgres_url, pid), 20, what="a call on a")
+    assert a.post(payload(second)).status_code == 202
+    eventually(lambda: second in posted_by(b), 20, what="b posted the second")
+    assert standin.posted_ids() == {second}  # the first is still stalled on a
+
+
 def paused_for(url: str) -> float:
     """Seconds the shared posting pause still runs (<= 0: none), on the database's clock."""
     with psycopg.connect(url) as conn:
@@ -170,17 +200,6 @@ def test_a_429_seen_by_one_instance_pauses_the_other(
     assert min(c.arrived for c in after) - limited.at >= retry_after - 0.1, after
     wait_both_posted(a, b)
     assert posts(standin) == Counter([first, *later])
-
-
-def leased_by(url: str, pid: int) -> set[str]:
-    """The webhooks the instance running as ``pid`` holds a lease on, awaiting their post."""
-    with psycopg.connect(url) as conn:
-        rows = conn.execute(
-            "SELECT w.request_id FROM webhooks w JOIN instances i ON i.id = w.holder"
-            " WHERE i.pid = %s AND w.state = 'leased' AND w.scores IS NOT NULL",
-            (pid,),
-        ).fetchall()
-    return {str(rid) for (rid,) in rows}
 
 
 def test_one_killed_mid_burst_and_the_other_posts_all_it_had_acknowledged(
