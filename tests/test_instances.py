@@ -62,15 +62,19 @@ def wait_both_posted(*servers: Server) -> None:
     )
 
 
-def leased_by(url: str, pid: int) -> set[str]:
-    """The webhooks the instance running as ``pid`` holds a lease on, awaiting their post."""
+def holders(url: str) -> dict[str, int]:
+    """The webhooks leased for their post: request id -> the pid of the instance holding it."""
     with psycopg.connect(url) as conn:
         rows = conn.execute(
-            "SELECT w.request_id FROM webhooks w JOIN instances i ON i.id = w.holder"
-            " WHERE i.pid = %s AND w.state = 'leased' AND w.scores IS NOT NULL",
-            (pid,),
+            "SELECT w.request_id, i.pid FROM webhooks w JOIN instances i ON i.id = w.holder"
+            " WHERE w.state = 'leased' AND w.scores IS NOT NULL"
         ).fetchall()
-    return {str(rid) for (rid,) in rows}
+    return {str(rid): int(pid) for rid, pid in rows}
+
+
+def leased_by(url: str, pid: int) -> set[str]:
+    """The webhooks the instance running as ``pid`` holds a lease on, awaiting their post."""
+    return {rid for rid, holder in holders(url).items() if holder == pid}
 
 
 @pytest.fixture
@@ -148,19 +152,18 @@ def test_their_posts_together_never_pass_the_window_and_all_are_delivered(
 def test_new_work_wakes_the_other_instance_at_once(
     instances: Instances, standin: StandIn, postgres_url: str
 ) -> None:
-    # Neither polls for minutes: only a wake-up moves work. The first instance can make one
-    # call at a time, and its first stalls, so the second webhook it stores must be posted by
-    # the other, woken by its notification (else it would wait for the stall to end).
+    # Neither polls for minutes: only a wake-up moves work. Each makes one call at a time, and
+    # the first call stalls; the second webhook, stored by the instance making that call, must
+    # be posted by the other, woken by its notification (else it would wait for the stall).
     a, b = instances(standin, SCORER_POLL_INTERVAL="300", SCORER_RELAY_CONCURRENCY="1")
-    assert a.proc is not None
-    pid = a.proc.pid
     standin.fail_next(Injected(201, stall=30.0))
     first, second = str(uuid.uuid4()), str(uuid.uuid4())
     assert a.post(payload(first)).status_code == 202
-    eventually(lambda: first in leased_by(postgres_url, pid), 20, what="a call on a")
-    assert a.post(payload(second)).status_code == 202
-    eventually(lambda: second in posted_by(b), 20, what="b posted the second")
-    assert standin.posted_ids() == {second}  # the first is still stalled on a
+    pid = eventually(lambda: holders(postgres_url).get(first), 20, what="a call of the first")
+    busy, idle = (a, b) if a.proc is not None and a.proc.pid == pid else (b, a)
+    assert busy.post(payload(second)).status_code == 202
+    eventually(lambda: second in posted_by(idle), 20, what="the other posted the second")
+    assert standin.posted_ids() == {second}  # the first is still stalled
 
 
 def paused_for(url: str) -> float:
