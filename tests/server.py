@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -39,18 +39,36 @@ def payload(request_id: str | None = None, text: str = "Hello there, general Ken
     )
 
 
-def read_rows(db: Path) -> Rows:
-    """The webhooks stored in the SQLite file ``db``, read through the store's read path:
-    request id -> the fields of its :class:`webhook.store.Entry`."""
+def entries(url: str) -> dict[str, Entry]:
+    """The webhooks stored at the store URL ``url`` (any backend), read through its read path."""
 
     async def read() -> dict[str, Entry]:
-        reader = await open_reader(f"sqlite:///{db}")
+        reader = await open_reader(url)
         try:
             return await reader.entries()
         finally:
             await reader.close()
 
-    return {rid: dataclasses.asdict(entry) for rid, entry in asyncio.run(read()).items()}
+    return asyncio.run(read())
+
+
+def wait_done(url: str, ids: Iterable[str], timeout: float = 20.0) -> dict[str, Entry]:
+    """Wait until every one of ``ids`` is stored at ``url`` and done; the entries then."""
+    wanted = set(ids)
+
+    def done() -> dict[str, Entry] | None:
+        stored = entries(url)
+        finished = all(rid in stored and stored[rid].state == "done" for rid in wanted)
+        return stored if finished else None
+
+    what = f"{len(wanted)} webhook(s) done in the store"
+    return eventually(done, timeout, what=what, show=lambda: entries(url))
+
+
+def read_rows(db: Path) -> Rows:
+    """The webhooks stored in the SQLite file ``db``: request id -> the fields of its
+    :class:`webhook.store.Entry`."""
+    return {rid: dataclasses.asdict(entry) for rid, entry in entries(f"sqlite:///{db}").items()}
 
 
 class Server:

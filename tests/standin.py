@@ -89,8 +89,9 @@ class Call:
     kind: str  # "score" or "feedback" or "evals" ...
     request_id: str | None
     body: Any
-    at: float
+    at: float  # when answered (after any injected stall)
     status: int
+    arrived: float  # when it reached the stand-in, before any stall
 
 
 def _json(status: int, content: Any, headers: dict[str, str] | None = None) -> Response:
@@ -230,12 +231,13 @@ class StandIn:
 
     async def _answer(self, request: Request, kind: str, check: Any) -> Response:
         rid = request.path_params.get("rid")
+        arrived = time.monotonic()
         if request.headers.get("authorization") != f"Bearer {API_KEY}":
-            return self._record(kind, rid, None, _json(401, {"error": "Unauthorized"}))
+            return self._record(kind, rid, None, _json(401, {"error": "Unauthorized"}), arrived)
         try:
             body = orjson.loads(await request.body())
         except orjson.JSONDecodeError:
-            return self._record(kind, rid, None, _json(400, {"error": "invalid json"}))
+            return self._record(kind, rid, None, _json(400, {"error": "invalid json"}), arrived)
         with self._lock:
             injected = self._injected.popleft() if self._injected else None
             limited = self._over_window()
@@ -246,17 +248,23 @@ class StandIn:
             if injected.then is not None:
                 injected.then()
             content = injected.body or {"data": None, "error": f"injected {injected.status}"}
-            return self._record(kind, rid, body, _json(injected.status, content, injected.headers))
+            return self._record(
+                kind, rid, body, _json(injected.status, content, injected.headers), arrived
+            )
         if limited is not None:
             content = {"error": "Too many requests, please try again later."}
             headers = {"Retry-After": str(limited), "RateLimit-Reset": str(limited)}
-            return self._record(kind, rid, body, _json(429, content, headers))
+            return self._record(kind, rid, body, _json(429, content, headers), arrived)
         outcome = check(rid, body)
         if isinstance(outcome, str):
-            return self._record(kind, rid, body, _json(500, {"data": None, "error": outcome}))
+            return self._record(
+                kind, rid, body, _json(500, {"data": None, "error": outcome}), arrived
+            )
         if isinstance(outcome, list):  # a query's rows
-            return self._record(kind, rid, body, _json(200, {"data": outcome, "error": None}))
-        return self._record(kind, rid, body, _json(201, {"data": None, "error": None}))
+            return self._record(
+                kind, rid, body, _json(200, {"data": outcome, "error": None}), arrived
+            )
+        return self._record(kind, rid, body, _json(201, {"data": None, "error": None}), arrived)
 
     def _over_window(self) -> int | None:
         if self.window_limit is None:
@@ -269,9 +277,17 @@ class StandIn:
         self._window_hits.append(now)
         return None
 
-    def _record(self, kind: str, rid: str | None, body: Any, response: Response) -> Response:
+    def _record(
+        self,
+        kind: str,
+        rid: str | None,
+        body: Any,
+        response: Response,
+        arrived: float,
+    ) -> Response:
+        call = Call(kind, rid, body, time.monotonic(), response.status_code, arrived)
         with self._lock:
-            self.calls.append(Call(kind, rid, body, time.monotonic(), response.status_code))
+            self.calls.append(call)
         return response
 
     async def _score(self, request: Request) -> Response:

@@ -6,9 +6,9 @@ a steady rate while the first server is restarted (SIGTERM, exit, start again on
 the second. Every webhook must be acknowledged (202), none may fail at the client, and every one
 must be delivered to the stand-in of Helicone's API exactly once.
 
-The store is the ``store_env`` fixture's parameter: today the SQLite file both servers share;
-PostgreSQL joins as a second parameter once its store exists (``Server.rows`` reads SQLite, so
-that parameter brings its own reader).
+The store is the ``store_env`` fixture's parameter: the SQLite file both servers share, or one
+PostgreSQL database (a schema of the test's own). The rows are read through the store's read
+path at the URL the servers were given, whichever it is.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import pytest
 from tests.conftest import ServerFactory
 from tests.eventually import eventually
 from tests.proxy import Proxy
-from tests.server import SECRET, Server, payload
+from tests.server import SECRET, Server, payload, wait_done
 from tests.standin import StandIn
 from webhook.verify import sign
 
@@ -90,11 +90,13 @@ class Traffic:
                 self._stop.wait(max(0.0, next_at - time.monotonic()))
 
 
-@pytest.fixture(params=["sqlite"])
+@pytest.fixture(params=["sqlite", "postgres"])
 def store_env(request: pytest.FixtureRequest) -> dict[str, str | None]:
-    """Settings that put both servers on one store. SQLite: the factory's file, shared as is."""
-    assert request.param == "sqlite"
-    return {}
+    """Settings that put both servers on one store. SQLite: the factory's file, shared as is;
+    PostgreSQL: one database."""
+    if request.param == "sqlite":
+        return {}
+    return {"SCORER_DATABASE_URL": request.getfixturevalue("postgres_url")}
 
 
 def _restart(server: Server, proxy: Proxy) -> tuple[float, float]:
@@ -141,4 +143,4 @@ def test_a_rolling_restart_under_steady_traffic_loses_no_webhook(
     standin.wait_for(lambda: acked <= standin.posted_ids(), timeout=120)
     posts = Counter(c.request_id for c in standin.ok_calls("score"))
     assert {rid: n for rid, n in posts.items() if n != 1} == {}
-    first.wait_rows(lambda rows: all(r in rows and rows[r]["state"] == "done" for r in acked))
+    wait_done(first.env["SCORER_DATABASE_URL"], acked)
