@@ -36,7 +36,7 @@ import pytest
 from tests.eventually import eventually
 from tests.server import Server, payload, wait_done, with_api
 from tests.standin import Injected, StandIn
-from tests.test_deploy import Traffic
+from tests.traffic import Traffic
 
 Instances = Callable[..., tuple[Server, Server]]
 

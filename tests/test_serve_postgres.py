@@ -3,25 +3,12 @@ delivered through it; a database that cannot be reached stops the start with one
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 from tests.cli import one_line_error, run
 from tests.eventually import eventually
-from tests.server import Server, payload, with_api
+from tests.server import Server, entries, payload, with_api
 from tests.standin import StandIn, free_port
-from webhook.store import Entry, open_reader
-
-
-def entries(url: str) -> dict[str, Entry]:
-    async def read() -> dict[str, Entry]:
-        reader = await open_reader(url)
-        try:
-            return await reader.entries()
-        finally:
-            await reader.close()
-
-    return asyncio.run(read())
 
 
 def test_the_server_delivers_through_postgres(
