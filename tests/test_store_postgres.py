@@ -18,7 +18,14 @@ import pytest
 from tests.eventually import eventually_async
 from tests.standin import free_port
 from tests.stores import with_query
-from webhook.store import Stage, Store, StoreError, open_reader, open_store
+from webhook.store import (
+    Stage,
+    Store,
+    StoreError,
+    open_reader,
+    open_store,
+    with_connection_settings,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -194,9 +201,28 @@ async def test_no_server_is_one_line_at_open() -> None:
         await open_reader(url)
 
 
-async def test_a_bad_url_option_is_one_line(postgres_url: str) -> None:
+@pytest.mark.parametrize(
+    "option", [{"pool_max": "many"}, {"pool_max": "0"}, {"statement_timeout": "0"}]
+)
+async def test_a_bad_url_option_is_one_line(postgres_url: str, option: dict[str, str]) -> None:
     with pytest.raises(StoreError, match=r"^bad option in the database URL: "):
-        open_store(with_query(postgres_url, pool_max="many"))
+        open_store(with_query(postgres_url, **option))
+
+
+async def test_a_statement_past_the_statement_timeout_fails_and_the_store_goes_on(
+    postgres_url: str,
+) -> None:
+    url = with_connection_settings(postgres_url, pool_size=2, statement_timeout=0.5)
+    async with opened(url) as store:
+        async with await psycopg.AsyncConnection.connect(postgres_url) as locker:
+            await locker.execute("LOCK TABLE webhooks IN EXCLUSIVE MODE")  # no writer gets in
+            with pytest.raises(StoreError, match=r"^canceling statement due to statement timeout$"):
+                await store.add("a", b"{}")
+            with pytest.raises(StoreError, match=r"^the last write failed "):
+                await store.ping()
+            await locker.rollback()
+        assert await store.add("a", b"{}")  # it was not stored; the pool goes on
+        await store.ping()
 
 
 class Link:
