@@ -5,7 +5,6 @@ by two at once), the schema version, and a database that goes away and comes bac
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
 import signal
 import sys
@@ -16,6 +15,7 @@ import psycopg
 import pytest
 
 from tests.eventually import eventually_async
+from tests.link import Link
 from tests.standin import free_port
 from tests.stores import with_query
 from webhook.store import (
@@ -225,49 +225,10 @@ async def test_a_statement_past_the_statement_timeout_fails_and_the_store_goes_o
         await store.ping()
 
 
-class Link:
-    """A TCP hop to the database, on one port, that the test can cut (every connection, and
-    new ones refused) and restore: the database going away and coming back. (Not
-    ``tests.proxy``, which stands for Fly's proxy: it retries refusals, on a new port a start.)"""
-
-    def __init__(self, upstream: tuple[str, int]) -> None:
-        self.upstream = upstream
-        self.port = free_port()
-        self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
-
-    async def cut(self) -> None:
-        assert self._server is not None
-        self._server.close()
-        for writer in self._writers:
-            writer.transport.abort()
-        await self._server.wait_closed()
-        self._server = None
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection(*self.upstream)
-        self._writers |= {writer, up_writer}
-
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            with contextlib.suppress(ConnectionError):
-                while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
-            dst.transport.abort()
-
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
-        self._writers -= {writer, up_writer}
-
-
 async def test_a_database_that_goes_away_and_comes_back(postgres_url: str) -> None:
-    info = psycopg.conninfo.conninfo_to_dict(postgres_url)
-    link = Link((str(info.get("host", "127.0.0.1")), int(str(info.get("port", 5432)))))
+    link = Link(postgres_url)
     await link.start()
-    url = postgres_url.replace(f":{info.get('port', 5432)}/", f":{link.port}/", 1)
-    url = with_query(url, connect_timeout="1")
+    url = with_query(link.url, connect_timeout="1")
     async with opened(url) as store, opened(postgres_url) as direct:
         woken: list[Stage] = []
         store.subscribe(woken.append)
