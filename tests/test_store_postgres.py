@@ -95,6 +95,19 @@ async def test_a_killed_instances_leases_are_taken_over(postgres_url: str) -> No
         assert await eventually_async(taken_over, 15) == ["a"]
 
 
+async def test_an_instance_never_takes_over_its_own_leases(postgres_url: str) -> None:
+    # After the database was away longer than the takeover time, its heartbeat looks stale,
+    # but it is alive and its work may still be in flight: only others take the work over.
+    async with opened(postgres_url, serving=True) as stale, opened(postgres_url) as other:
+        assert await stale.add("a", b"{}")
+        assert len(await stale.claim("score", 10, 3600)) == 1
+        async with await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as conn:
+            await conn.execute("UPDATE instances SET heartbeat_at = 0")
+        assert await stale.claim("score", 10, 60) == []
+        [job] = await other.claim("score", 10, 60)
+        assert (job.request_id, job.attempts) == ("a", 2)
+
+
 async def test_a_closed_instances_leases_are_taken_over_at_once(postgres_url: str) -> None:
     async with opened(postgres_url, serving=True) as survivor:
         async with opened(postgres_url, serving=True) as leaving:

@@ -67,13 +67,16 @@ CHANNEL = "scorer_wake"
 
 
 def _claim_sql(which: LiteralString, order: LiteralString, body: LiteralString) -> LiteralString:
-    """Due for a stage: pending and due, leased past its lease, or leased by an instance that
-    stopped (its heartbeat is older than the takeover time, or it closed)."""
+    """Due for a stage: pending and due, leased past its lease, or leased by another instance
+    that stopped (its heartbeat is older than the takeover time, or it closed). Never this
+    instance's own lease before it runs out: it is alive, whatever its heartbeat says after the
+    database was away, and the work may still be in flight here."""
     return (
         "WITH due AS ("
         " SELECT request_id FROM webhooks w"
         " WHERE w.state IN ('pending', 'leased') AND " + which + " AND ("
         "  w.available_at <= scorer_now() OR (w.state = 'leased' AND w.holder IS NOT NULL"
+        "   AND w.holder IS DISTINCT FROM %(holder)s"
         "   AND NOT EXISTS (SELECT 1 FROM instances i WHERE i.id = w.holder"
         "    AND i.heartbeat_at > scorer_now() - %(takeover)s)))"
         " ORDER BY " + order + " LIMIT %(limit)s FOR UPDATE SKIP LOCKED)"
