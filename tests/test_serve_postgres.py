@@ -68,7 +68,7 @@ def test_the_pool_size_setting_bounds_the_servers_sessions(
 ) -> None:
     tag = f"scorer-{uuid.uuid4().hex[:8]}"
     url = with_query(postgres_url, application_name=tag)
-    env = {"SCORER_DATABASE_URL": url, "SCORER_DATABASE_POOL_SIZE": "2"}
+    env: dict[str, str | None] = {"SCORER_DATABASE_URL": url, "SCORER_DATABASE_POOL_SIZE": "2"}
     server = Server(tmp_path, with_api(standin.base_url) | env)
     try:
         server.start()
