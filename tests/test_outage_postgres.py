@@ -111,12 +111,14 @@ def test_database_down_then_back_and_its_sessions_killed(
     assert server.post(payload("down-json")).json() == {
         "error": "could not store the webhook; it was not accepted"
     }
+    assert server.client.get("/metrics").status_code == UNAVAILABLE  # a failed scrape, no 500
     assert server.proc is not None
     assert server.proc.poll() is None  # it did not stop
 
     link.start()
     eventually(lambda: sender.ready() == 200, 30, what="/readyz 200 once it is back")
     assert sender.send("back", 5) == [ACCEPTED] * 5
+    assert server.client.get("/metrics").status_code == 200
 
     # A database restart, as the server sees it: each of its sessions ends under it.
     assert terminate_sessions(postgres_url, tag) >= 1
