@@ -45,6 +45,8 @@ class Link:
         self.url = through(url, self.port)
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._flowing = asyncio.Event()
+        self._flowing.set()
 
     @property
     def up(self) -> bool:
@@ -62,6 +64,14 @@ class Link:
         await self._server.wait_closed()
         self._server = None
 
+    def freeze(self, frozen: bool = True) -> None:
+        """Stop passing bytes on (or pass them again), closing nothing: a database that stopped
+        answering, where no reset ever comes."""
+        if frozen:
+            self._flowing.clear()
+        else:
+            self._flowing.set()
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         up_reader, up_writer = await asyncio.open_connection(*self.upstream)
         self._writers |= {writer, up_writer}
@@ -69,6 +79,7 @@ class Link:
         async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
             with contextlib.suppress(ConnectionError):
                 while data := await src.read(65536):
+                    await self._flowing.wait()
                     dst.write(data)
                     await dst.drain()
             dst.transport.abort()
@@ -97,7 +108,11 @@ class LinkThread:
     def cut(self) -> None:
         self._call(self.link.cut())
 
+    def freeze(self, frozen: bool = True) -> None:
+        self._loop.call_soon_threadsafe(self.link.freeze, frozen)
+
     def close(self) -> None:
+        self.freeze(False)
         if self.link.up:
             self.cut()
         self._loop.call_soon_threadsafe(self._loop.stop)

@@ -2,7 +2,8 @@
 delivered exactly once, and whatever it could not store gets 503, never 2xx.
 
 The server reaches the database through a :class:`tests.link.LinkThread` the test cuts (every
-connection reset, new ones refused: the database down or unreachable) and restores; a restart
+connection reset, new ones refused: the database down or unreachable), freezes (no byte passes,
+nothing is closed: a hung path) and restores; a restart
 as the server sees it is ``pg_terminate_backend`` on each of its sessions, found by the
 ``application_name`` its URL sets.
 """
@@ -169,4 +170,19 @@ def test_a_webhook_whose_connection_dies_while_it_is_stored(
     assert {rid for rid, s in burst.items() if s == ACCEPTED} <= set(read_rows(postgres_url))
     eventually(lambda: sender.ready() == 200, 30, what="/readyz 200 after the cut")
     assert sender.send("after") == [ACCEPTED]
+    delivered_exactly_once(standin, sender, postgres_url)
+
+
+def test_a_database_that_stops_answering_gets_503s_not_hangs(
+    make_server: ServerFactory, standin: StandIn, postgres_url: str, link: LinkThread
+) -> None:
+    tag = f"scorer-{uuid.uuid4().hex[:8]}"
+    sender = serve_through(make_server, link, tag)
+    assert sender.send("before", 3) == [ACCEPTED] * 3
+    link.freeze()  # bytes stop, nothing is closed: no reset ever tells the server
+    assert sender.send("hung", 2) == [UNAVAILABLE] * 2
+    assert sender.ready() == UNAVAILABLE
+    link.freeze(False)
+    eventually(lambda: sender.ready() == 200, 30, what="/readyz 200 once it answers again")
+    assert sender.send("after", 3) == [ACCEPTED] * 3
     delivered_exactly_once(standin, sender, postgres_url)

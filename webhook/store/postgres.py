@@ -352,7 +352,7 @@ class PostgresStore:
                 batch, self._adds = self._adds, []
                 failure = self._failure
                 try:
-                    inserted = await self._insert([(rid, body) for rid, body, _ in batch])
+                    inserted = await self._insert_within([(rid, body) for rid, body, _ in batch])
                 except Exception as exc:
                     self._failed(exc)
                     for *_, fut in batch:
@@ -367,6 +367,17 @@ class PostgresStore:
                         fut.set_result(new)
         finally:
             self._flusher = None
+
+    async def _insert_within(self, rows: list[tuple[str, bytes]]) -> set[str]:
+        """Insert, or fail once a pooled connection and the statement have had their time: a
+        database that stopped answering, with no reset to tell (a hung path), fails the
+        webhooks with 503 rather than holding them. A commit under way when it gives up may
+        still land: those webhooks got 503 and are delivered all the same, never lost."""
+        limit = self._options.connect_timeout + self._options.statement_timeout
+        try:
+            return await asyncio.wait_for(self._insert(rows), limit)
+        except TimeoutError:
+            raise StoreError(f"the database did not answer within {limit:g}s") from None
 
     async def _insert(self, rows: list[tuple[str, bytes]]) -> set[str]:
         ids = [rid for rid, _ in rows]
