@@ -11,7 +11,8 @@ Every pooled connection is in autocommit (a transaction is always explicit) with
 itself after the database comes back. ``statement_timeout`` bounds a statement on both sides:
 the server cancels one that runs longer, and the connection's ``tcp_user_timeout`` (unless the
 URL sets its own) gives up on a database that stopped answering (a partition: no reset ever
-comes) after as long, so a webhook gets its 503 in seconds rather than when the kernel gives up.
+comes) after as long, so a webhook gets its 503 in seconds rather than when the kernel gives up;
+the store also gives an add no more than ``connect_timeout + statement_timeout`` in all.
 """
 
 from __future__ import annotations
