@@ -27,11 +27,25 @@ def standin() -> Iterator[StandIn]:
 
 
 @pytest.fixture
-def make_server(tmp_path: Path, standin: StandIn) -> Iterator[ServerFactory]:
-    """Start servers on one SQLite file, talking to the stand-in unless told otherwise."""
+def make_server(
+    tmp_path: Path, standin: StandIn, request: pytest.FixtureRequest
+) -> Iterator[ServerFactory]:
+    """Start servers on one store, talking to the stand-in unless told otherwise.
+
+    ``store``: ``"sqlite"`` (the default), one SQLite file in ``tmp_path``; ``"postgres"``, a
+    schema of this test's own (the ``postgres_url`` fixture). Every server of a test shares it.
+    A test runs on both with ``@pytest.mark.parametrize("store", BACKENDS)`` and
+    ``make_server(store=store)``; ``Server.rows()`` reads whichever it is.
+    """
     servers: list[Server] = []
 
-    def make(start: bool = True, api: bool = True, **env: str | None) -> Server:
+    def make(
+        start: bool = True, api: bool = True, store: str = "sqlite", **env: str | None
+    ) -> Server:
+        if store == "postgres":
+            env = {"SCORER_DATABASE_URL": request.getfixturevalue("postgres_url")} | env
+        elif store != "sqlite":
+            raise ValueError(f"no such store for a test server: {store!r}")
         server = Server(tmp_path, (with_api(standin.base_url) if api else {}) | env)
         servers.append(server)
         return server.start() if start else server

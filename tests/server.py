@@ -18,7 +18,7 @@ import orjson
 
 from tests.eventually import eventually
 from tests.standin import API_KEY, free_port
-from webhook.store import Entry, open_reader
+from webhook.store import Entry, open_reader, sqlite_path
 from webhook.verify import sign
 
 Rows = dict[str, dict[str, Any]]
@@ -65,14 +65,17 @@ def wait_done(url: str, ids: Iterable[str], timeout: float = 20.0) -> dict[str, 
     return eventually(done, timeout, what=what, show=lambda: entries(url))
 
 
-def read_rows(db: Path) -> Rows:
-    """The webhooks stored in the SQLite file ``db``: request id -> the fields of its
-    :class:`webhook.store.Entry`."""
-    return {rid: dataclasses.asdict(entry) for rid, entry in entries(f"sqlite:///{db}").items()}
+def read_rows(db: Path | str) -> Rows:
+    """The webhooks stored in the SQLite file ``db`` (a path), or at the store URL ``db`` (a
+    str): request id -> the fields of its :class:`webhook.store.Entry`."""
+    url = f"sqlite:///{db}" if isinstance(db, Path) else db
+    return {rid: dataclasses.asdict(entry) for rid, entry in entries(url).items()}
 
 
 class Server:
-    """One server process with its own SQLite file. ``env`` overrides the defaults."""
+    """One server process. Its store is its own SQLite file in ``workdir`` unless ``env`` names
+    another ``SCORER_DATABASE_URL`` (a PostgreSQL one, say: see ``make_server(store=...)``);
+    ``env`` overrides the defaults."""
 
     def __init__(
         self, workdir: Path, env: dict[str, str | None], python: str = sys.executable
@@ -97,6 +100,12 @@ class Server:
             else:
                 base[key] = value
         self.env = base
+        url = base["SCORER_DATABASE_URL"]
+        path = sqlite_path(url)
+        if path is not None and not Path(path).is_absolute():  # the server runs in workdir
+            url = f"sqlite:///{workdir / path}"
+        self.store_url = url
+        """The server's store, as a URL the tests can open from anywhere."""
         self.proc: subprocess.Popen[bytes] | None = None
         self._log: BinaryIO | None = None
         # A connection per request, as a webhook sender opens: an idle kept-alive one would hold
@@ -177,8 +186,9 @@ class Server:
             self._log.close()
 
     def rows(self) -> Rows:
-        """The stored webhooks, read through the store's read path (see :func:`read_rows`)."""
-        return read_rows(self.db)
+        """The stored webhooks, read through the read path of the server's store (see
+        :func:`read_rows`), whichever backend it is."""
+        return read_rows(self.store_url)
 
     def wait_rows(self, predicate: Callable[[Rows], object], timeout: float = 20.0) -> Rows:
         """Wait until the store's rows match ``predicate``; those rows. On failure, shows them."""

@@ -14,9 +14,9 @@ import pytest
 
 from tests.cli import api_env, one_line_error, run
 from tests.conftest import ServerFactory
-from tests.server import payload, read_rows
+from tests.server import Server, payload, read_rows
 from tests.standin import API_KEY, Injected, StandIn
-from tests.stores import with_store
+from tests.stores import BACKENDS, with_store
 from webhook.offline.backfill import QueryFailed, pages
 from webhook.offline.query import HeliconeQuery
 from webhook.store import Dead, Delivered, Scored, Store
@@ -51,17 +51,23 @@ def queries(standin: StandIn) -> list[tuple[int, int, int]]:
     ]
 
 
+def backfill_env(server: Server, standin: StandIn, tmp_path: Path) -> dict[str, str]:
+    """The settings of ``backfill`` beside ``server``: on its store, whichever backend."""
+    return api_env(standin.base_url, tmp_path, SCORER_DATABASE_URL=server.store_url)
+
+
+@pytest.mark.parametrize("store", BACKENDS)
 def test_backfill_scores_past_traffic_and_the_running_relay_delivers_it(
-    tmp_path: Path, make_server: ServerFactory, standin: StandIn
+    tmp_path: Path, make_server: ServerFactory, standin: StandIn, store: str
 ) -> None:
-    server = make_server(SCORER_ENABLED="vocabulary_diversity")
+    server = make_server(store=store, SCORER_ENABLED="vocabulary_diversity")
     expected = {
         log(standin, text, i, body): score
         for i, ((text, score), body) in enumerate(
             zip(TEXTS.items(), ["gzip", "raw-gzip", "plain", "inline"], strict=True)
         )
     }
-    result = run(tmp_path, api_env(standin.base_url, tmp_path), "backfill", "--since", SINCE)
+    result = run(tmp_path, backfill_env(server, standin, tmp_path), "backfill", "--since", SINCE)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(
         "read 4 request(s): 4 queued for delivery, 0 already queued or posted,"
@@ -120,12 +126,13 @@ def test_backfill_skips_requests_without_bodies_and_the_next_serve_delivers(
     assert standin.posted_ids() == {good}
 
 
+@pytest.mark.parametrize("store", BACKENDS)
 def test_backfill_again_skips_what_is_queued_or_already_posted(
-    tmp_path: Path, make_server: ServerFactory, standin: StandIn
+    tmp_path: Path, make_server: ServerFactory, standin: StandIn, store: str
 ) -> None:
-    server = make_server(SCORER_ENABLED="vocabulary_diversity")
+    server = make_server(store=store, SCORER_ENABLED="vocabulary_diversity")
     ids = [log(standin, text, i) for i, text in enumerate(TEXTS)]
-    env = api_env(standin.base_url, tmp_path)
+    env = backfill_env(server, standin, tmp_path)
     assert run(tmp_path, env, "backfill", "--since", SINCE).returncode == 0
     standin.wait_for(lambda: standin.posted_ids() >= set(ids))
     delivered = server.wait_rows(lambda rows: all(r["state"] == "done" for r in rows.values()), 10)

@@ -15,6 +15,7 @@ from tests.eventually import eventually
 from tests.metrics import metric
 from tests.server import SECRET, Server, payload
 from tests.standin import API_KEY, Injected, StandIn
+from tests.stores import BACKENDS
 
 
 def queue_cli(server: Server, *args: str) -> Completed:
@@ -23,10 +24,11 @@ def queue_cli(server: Server, *args: str) -> Completed:
     return run(server.workdir, env, "queue", *args)
 
 
+@pytest.mark.parametrize("store", BACKENDS)
 def test_queue_cli_lists_retries_and_purges_dead_letters_while_serving(
-    make_server: ServerFactory, standin: StandIn
+    make_server: ServerFactory, standin: StandIn, store: str
 ) -> None:
-    server = make_server()
+    server = make_server(store=store)
     standin.fail_next(*[Injected(400, {"data": None, "error": "nope"})] * 3)
     dead = [str(uuid.uuid4()) for _ in range(3)]
     for rid in dead:
@@ -71,8 +73,10 @@ def test_queue_cli_lists_retries_and_purges_dead_letters_while_serving(
     standin.wait_for(lambda: last in standin.posted_ids())
 
 
-def test_queue_shows_the_backlog_age(make_server: ServerFactory) -> None:
-    server = make_server(HELICONE_API_BASE="http://127.0.0.1:9")  # nothing answers there
+@pytest.mark.parametrize("store", BACKENDS)
+def test_queue_shows_the_backlog_age(make_server: ServerFactory, store: str) -> None:
+    # Nothing answers at the API base: the webhook waits.
+    server = make_server(store=store, HELICONE_API_BASE="http://127.0.0.1:9")
     assert server.post(payload()).status_code == 202
     assert re.search(r"^oldest pending: \d+s$", queue_cli(server).stdout, re.M)
     # The age grows while the webhook waits: it is read from the store, not made up.

@@ -22,6 +22,9 @@ from webhook.settings import Settings, SettingsError, load_settings
         ({"HELICONE_API_BASE": "api.helicone.ai"}, "HELICONE_API_BASE"),
         ({"SCORER_DATABASE_URL": "mysql://x"}, "SCORER_DATABASE_URL"),
         ({"SCORER_ALLOW_UNSIGNED": "perhaps"}, "SCORER_ALLOW_UNSIGNED"),
+        ({"SCORER_DATABASE_POOL_SIZE": "0"}, "SCORER_DATABASE_POOL_SIZE"),
+        ({"SCORER_DATABASE_CONNECT_TIMEOUT": "soon"}, "SCORER_DATABASE_CONNECT_TIMEOUT"),
+        ({"SCORER_DATABASE_STATEMENT_TIMEOUT": "-1"}, "SCORER_DATABASE_STATEMENT_TIMEOUT"),
     ],
 )
 def test_bad_value_stops_start_with_one_line_naming_it(
@@ -116,3 +119,22 @@ def test_a_database_from_another_schema_version_stops_the_start(tmp_path: Path) 
     result = run(tmp_path, env, "serve")
     assert result.returncode == 2
     assert "schema version 99; this build knows version 2" in result.stderr
+
+
+def test_database_settings_beat_the_urls_options(monkeypatch: pytest.MonkeyPatch) -> None:
+    from webhook.store.postgres_db import Options
+
+    url = "postgresql://scorer:pw@db:5432/q?pool_max=3&connect_timeout=9&heartbeat=1"
+    monkeypatch.setenv("SCORER_DATABASE_URL", url)
+    monkeypatch.setenv("SCORER_DATABASE_POOL_SIZE", "4")
+    monkeypatch.setenv("SCORER_DATABASE_STATEMENT_TIMEOUT", "2.5")
+    monkeypatch.setenv("SCORER_DATABASE_CONNECT_TIMEOUT", "")  # blank: unset
+    options = Options.parse(load_settings().store_url)
+    assert (options.pool_max, options.connect_timeout, options.statement_timeout) == (4, 9, 2.5)
+    assert options.heartbeat == 1  # the URL's own options are kept
+    # A database that stops answering is given up after the statement timeout, client side too.
+    assert "tcp_user_timeout=2500" in options.conninfo
+    assert "statement_timeout" not in options.conninfo  # the store's option, not libpq's
+
+    monkeypatch.setenv("SCORER_DATABASE_URL", "sqlite:///x.db?busy_timeout_ms=50")
+    assert load_settings().store_url == "sqlite:///x.db?busy_timeout_ms=50"  # SQLite: as it is

@@ -5,7 +5,6 @@ by two at once), the schema version, and a database that goes away and comes bac
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
 import signal
 import sys
@@ -14,9 +13,16 @@ import psycopg
 import pytest
 
 from tests.eventually import eventually_async
+from tests.link import Link
 from tests.standin import free_port
 from tests.stores import opened, with_query
-from webhook.store import Stage, StoreError, open_reader, open_store
+from webhook.store import (
+    Stage,
+    StoreError,
+    open_reader,
+    open_store,
+    with_connection_settings,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -69,6 +75,19 @@ async def test_a_killed_instances_leases_are_taken_over(postgres_url: str) -> No
             return [job.request_id for job in await survivor.claim("score", 10, 60)]
 
         assert await eventually_async(taken_over, 15) == ["a"]
+
+
+async def test_an_instance_never_takes_over_its_own_leases(postgres_url: str) -> None:
+    # After the database was away longer than the takeover time, its heartbeat looks stale,
+    # but it is alive and its work may still be in flight: only others take the work over.
+    async with opened(postgres_url, serving=True) as stale, opened(postgres_url) as other:
+        assert await stale.add("a", b"{}")
+        assert len(await stale.claim("score", 10, 3600)) == 1
+        async with await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as conn:
+            await conn.execute("UPDATE instances SET heartbeat_at = 0")
+        assert await stale.claim("score", 10, 60) == []
+        [job] = await other.claim("score", 10, 60)
+        assert (job.request_id, job.attempts) == ("a", 2)
 
 
 async def test_a_closed_instances_leases_are_taken_over_at_once(postgres_url: str) -> None:
@@ -177,54 +196,34 @@ async def test_no_server_is_one_line_at_open() -> None:
         await open_reader(url)
 
 
-async def test_a_bad_url_option_is_one_line(postgres_url: str) -> None:
+@pytest.mark.parametrize(
+    "option", [{"pool_max": "many"}, {"pool_max": "0"}, {"statement_timeout": "0"}]
+)
+async def test_a_bad_url_option_is_one_line(postgres_url: str, option: dict[str, str]) -> None:
     with pytest.raises(StoreError, match=r"^bad option in the database URL: "):
-        open_store(with_query(postgres_url, pool_max="many"))
+        open_store(with_query(postgres_url, **option))
 
 
-class Link:
-    """A TCP hop to the database, on one port, that the test can cut (every connection, and
-    new ones refused) and restore: the database going away and coming back. (Not
-    ``tests.proxy``, which stands for Fly's proxy: it retries refusals, on a new port a start.)"""
-
-    def __init__(self, upstream: tuple[str, int]) -> None:
-        self.upstream = upstream
-        self.port = free_port()
-        self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
-
-    async def cut(self) -> None:
-        assert self._server is not None
-        self._server.close()
-        for writer in self._writers:
-            writer.transport.abort()
-        await self._server.wait_closed()
-        self._server = None
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection(*self.upstream)
-        self._writers |= {writer, up_writer}
-
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            with contextlib.suppress(ConnectionError):
-                while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
-            dst.transport.abort()
-
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
-        self._writers -= {writer, up_writer}
+async def test_a_statement_past_the_statement_timeout_fails_and_the_store_goes_on(
+    postgres_url: str,
+) -> None:
+    url = with_connection_settings(postgres_url, pool_size=2, statement_timeout=0.5)
+    async with opened(url) as store:
+        async with await psycopg.AsyncConnection.connect(postgres_url) as locker:
+            await locker.execute("LOCK TABLE webhooks IN EXCLUSIVE MODE")  # no writer gets in
+            with pytest.raises(StoreError, match=r"^canceling statement due to statement timeout$"):
+                await store.add("a", b"{}")
+            with pytest.raises(StoreError, match=r"^the last write failed "):
+                await store.ping()
+            await locker.rollback()
+        assert await store.add("a", b"{}")  # it was not stored; the pool goes on
+        await store.ping()
 
 
 async def test_a_database_that_goes_away_and_comes_back(postgres_url: str) -> None:
-    info = psycopg.conninfo.conninfo_to_dict(postgres_url)
-    link = Link((str(info.get("host", "127.0.0.1")), int(str(info.get("port", 5432)))))
+    link = Link(postgres_url)
     await link.start()
-    url = postgres_url.replace(f":{info.get('port', 5432)}/", f":{link.port}/", 1)
-    url = with_query(url, connect_timeout="1")
+    url = with_query(link.url, connect_timeout="1")
     async with opened(url) as store, opened(postgres_url) as direct:
         woken: list[Stage] = []
         store.subscribe(woken.append)
@@ -254,4 +253,21 @@ async def test_a_database_that_goes_away_and_comes_back(postgres_url: str) -> No
         woken.clear()
         assert await direct.add("from-another", b"{}")
         await eventually_async(lambda: _has(woken, "score"), 10, what="woken by another's add")
+    await link.cut()
+
+
+async def test_a_database_that_stops_answering_fails_writes_within_the_statement_timeout(
+    postgres_url: str,
+) -> None:
+    link = Link(postgres_url)
+    await link.start()
+    url = with_connection_settings(with_query(link.url, connect_timeout="1"), statement_timeout=1)
+    async with opened(url) as store:
+        assert await store.add("before", b"{}")
+        link.freeze()  # no reset, no answer: a hung network path
+        with pytest.raises(StoreError):
+            await asyncio.wait_for(store.add("frozen", b"{}"), 30)  # not a hang
+        with pytest.raises(StoreError, match=r"^the last write failed "):
+            await store.ping()
+        link.freeze(False)
     await link.cut()

@@ -23,7 +23,7 @@ from starlette.routing import Route
 from webhook.metrics import QUEUE_DEPTH, REGISTRY
 from webhook.receive import Ingest, error, json_response, receive
 from webhook.settings import Settings
-from webhook.store import Store
+from webhook.store import Store, StoreError
 from webhook.wiring import build
 
 __all__ = ["create_app"]
@@ -87,7 +87,10 @@ def create_app(settings: Settings) -> Starlette:
         return json_response(200, {"status": "ready"})
 
     async def metrics(request: Request) -> Response:
-        stats = await store.reader.stats()
+        try:
+            stats = await store.reader.stats()
+        except StoreError as exc:  # the database is away: a scrape error, not a server's 500
+            return error(503, f"store is not readable: {exc}")
         for state, count in stats.counts.items():
             QUEUE_DEPTH.labels(state).set(count)
         return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)

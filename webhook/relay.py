@@ -36,7 +36,7 @@ from webhook.deliver import Delivery, RetryPolicy, record
 from webhook.helicone import Helicone
 from webhook.logs import event
 from webhook.score import Scoring
-from webhook.store import Job, PostBudget, Scored, Stage, Store
+from webhook.store import Job, PostBudget, Scored, Stage, Store, StoreError
 
 __all__ = ["Relay"]
 
@@ -111,8 +111,12 @@ class _Stage:
             try:
                 free, wait = await self._room()
                 jobs = await self.store.claim(self.stage, free, self.lease) if free > 0 else []
-            except Exception:
-                log.exception("claiming %s work failed; trying again", self.stage)
+            except Exception as exc:
+                # The store away (a StoreError) is one line a poll, not a traceback each time.
+                if isinstance(exc, StoreError):
+                    log.warning("claiming %s work failed: %s; trying again", self.stage, exc)
+                else:
+                    log.exception("claiming %s work failed; trying again", self.stage)
                 free, wait, jobs = 0, self.poll, []
             if free <= 0:
                 await self._idle(list(self._inflight), wait)

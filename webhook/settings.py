@@ -14,7 +14,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from scorers import DEFAULT_TIMEOUT, Origin, parse_origins
 from scorers.fetch import HELICONE_BODY_HOSTS
 from scorers.settings import first_error
-from webhook.store import is_postgres, sqlite_path
+from webhook.store import is_postgres, sqlite_path, with_connection_settings
 
 __all__ = ["Settings", "SettingsError", "load_settings"]
 
@@ -41,6 +41,16 @@ class Settings(BaseSettings):
     )
     database_url: str = Field(
         default="sqlite:///./data/helicone-scorer.db", validation_alias=_env("SCORER_DATABASE_URL")
+    )
+    # Unset: the URL's option, else the store's default (see the README).
+    database_pool_size: int | None = Field(
+        default=None, ge=1, le=1000, validation_alias=_env("SCORER_DATABASE_POOL_SIZE")
+    )
+    database_connect_timeout: float | None = Field(
+        default=None, gt=0, le=3600, validation_alias=_env("SCORER_DATABASE_CONNECT_TIMEOUT")
+    )
+    database_statement_timeout: float | None = Field(
+        default=None, gt=0, le=86400, validation_alias=_env("SCORER_DATABASE_STATEMENT_TIMEOUT")
     )
     max_body_bytes: int = Field(
         default=16 * MiB, gt=0, validation_alias=_env("SCORER_MAX_BODY_BYTES")
@@ -122,7 +132,16 @@ class Settings(BaseSettings):
         parse_origins(value)  # raises ValueError naming the bad entry
         return value
 
-    @field_validator("api_key", "feedback_rule", "rules_file", "max_connections", mode="before")
+    @field_validator(
+        "api_key",
+        "feedback_rule",
+        "rules_file",
+        "max_connections",
+        "database_pool_size",
+        "database_connect_timeout",
+        "database_statement_timeout",
+        mode="before",
+    )
     @classmethod
     def _blank_is_none(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
@@ -140,6 +159,18 @@ class Settings(BaseSettings):
         if sqlite_path(value) is None and not is_postgres(value):
             raise ValueError("must be sqlite:///PATH or postgresql://USER@HOST:PORT/DATABASE")
         return value
+
+    @property
+    def store_url(self) -> str:
+        """The URL the store is opened with: ``SCORER_DATABASE_URL`` with the
+        ``SCORER_DATABASE_*`` connection settings that are set as its options (a setting beats
+        the URL's own option). Messages name ``database_url``, as the person wrote it."""
+        return with_connection_settings(
+            self.database_url,
+            pool_size=self.database_pool_size,
+            connect_timeout=self.database_connect_timeout,
+            statement_timeout=self.database_statement_timeout,
+        )
 
     @property
     def body_origins(self) -> tuple[Origin, ...]:

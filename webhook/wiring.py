@@ -169,7 +169,7 @@ def build(settings: Settings) -> Parts:
     """Check the settings and build the server's parts. Raises :class:`SettingsError`,
     :class:`scorers.ScorerError` or ``ValueError`` (an unsupported database URL), one line each."""
     scoring = startup_checks(settings)
-    store = open_store(settings.database_url)
+    store = open_store(settings.store_url)
     client = helicone_client(settings, Helicone)
     return Parts(
         scoring=scoring,

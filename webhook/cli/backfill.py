@@ -24,7 +24,7 @@ from webhook.helicone import Answer
 from webhook.offline.backfill import QueryFailed, Tally, backfill
 from webhook.offline.query import HeliconeQuery
 from webhook.settings import Settings, SettingsError
-from webhook.store import StoreError, open_store
+from webhook.store import StoreError, open_store, url_without_password
 from webhook.wiring import scoring_from
 
 __all__ = ["run"]
@@ -42,7 +42,7 @@ def run(
 ) -> None:
     try:
         scoring = scoring_from(settings)
-        store = open_store(settings.database_url)
+        store = open_store(settings.store_url)
     except (SettingsError, UnknownScorerError, ValueError) as exc:
         fail(str(exc))
     if not scoring.scorers:
@@ -105,7 +105,8 @@ def run(
             1,
         )
     except StoreError as exc:
-        fail(f"backfill: the store at {settings.database_url} failed: {exc}", 1)
+        where = url_without_password(settings.database_url)
+        fail(f"backfill: the store at {where} failed: {exc}", 1)
     except KeyboardInterrupt:
         fail(f"backfill interrupted; {tally.queued} queued before it", 130)
     typer.echo(_summary(result))

@@ -16,7 +16,16 @@ import orjson
 import typer
 
 from webhook.cli.console import age, fail, print_table, settings_or_exit
-from webhook.store import NoStore, Reader, Store, StoreError, open_reader, open_store, sqlite_path
+from webhook.store import (
+    NoStore,
+    Reader,
+    Store,
+    StoreError,
+    open_reader,
+    open_store,
+    sqlite_path,
+    url_without_password,
+)
 
 __all__ = ["register"]
 
@@ -43,13 +52,14 @@ async def _reader(url: str) -> Reader:
 
 def _run(work: Callable[[str], Coroutine[Any, Any, T]]) -> T:
     """Run ``work(url)`` on the configured store; every failure is one line."""
-    url = settings_or_exit().database_url
+    settings = settings_or_exit()
+    url = settings.database_url
     path = sqlite_path(url)
-    where = f"SCORER_DATABASE_URL ({url})"
+    where = f"SCORER_DATABASE_URL ({url_without_password(url)})"
     if path is not None:
         where = f"{Path(path).resolve()} (SCORER_DATABASE_URL={url})"
     try:
-        return asyncio.run(work(url))
+        return asyncio.run(work(settings.store_url))
     except _CannotOpen as exc:
         if isinstance(exc.cause, NoStore):
             fail(

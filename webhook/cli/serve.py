@@ -52,7 +52,7 @@ def serve(
     except (SettingsError, UnknownScorerError, ValueError) as exc:
         fail(str(exc))
     try:
-        asyncio.run(_open_and_close(open_store(settings.database_url)))
+        asyncio.run(_open_and_close(open_store(settings.store_url)))
     except Exception as exc:
         fail(f"invalid setting SCORER_DATABASE_URL: cannot open the store: {exc}")
     keep_large_buffers_mapped()

@@ -46,7 +46,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 __all__ = [
     "CALLS",
@@ -75,6 +75,8 @@ __all__ = [
     "open_reader",
     "open_store",
     "sqlite_path",
+    "url_without_password",
+    "with_connection_settings",
 ]
 
 STATES = ("pending", "leased", "done", "dead")
@@ -341,6 +343,42 @@ def is_postgres(url: str) -> bool:
     """A PostgreSQL URL: ``postgresql://`` or ``postgres://`` (libpq's, with the store's own
     options in the query string; see :mod:`.postgres`)."""
     return url.startswith(("postgresql://", "postgres://"))
+
+
+def url_without_password(url: str) -> str:
+    """The URL as messages show it: a password in it is ``***``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def with_connection_settings(
+    url: str,
+    *,
+    pool_size: int | None = None,
+    connect_timeout: float | None = None,
+    statement_timeout: float | None = None,
+) -> str:
+    """The URL with the connection settings as its options: a setting given (not None) beats
+    the URL's own option, one not given leaves it (or the store's default).
+
+    Only a PostgreSQL URL takes them (``pool_max``, ``connect_timeout``, ``statement_timeout``):
+    SQLite has no pool, no connection to wait for and no server, so its URL is returned as it
+    is (its lock wait stays the URL option ``busy_timeout_ms``).
+    """
+    if not is_postgres(url):
+        return url
+    given = {
+        "pool_max": pool_size,
+        "connect_timeout": connect_timeout,
+        "statement_timeout": statement_timeout,
+    }
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query))
+    query |= {k: str(v) for k, v in given.items() if v is not None}
+    return urlunsplit(parts._replace(query=urlencode(query)))
 
 
 def open_store(url: str) -> Store:

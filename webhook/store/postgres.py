@@ -67,13 +67,16 @@ CHANNEL = "scorer_wake"
 
 
 def _claim_sql(which: LiteralString, order: LiteralString, body: LiteralString) -> LiteralString:
-    """Due for a stage: pending and due, leased past its lease, or leased by an instance that
-    stopped (its heartbeat is older than the takeover time, or it closed)."""
+    """Due for a stage: pending and due, leased past its lease, or leased by another instance
+    that stopped (its heartbeat is older than the takeover time, or it closed). Never this
+    instance's own lease before it runs out: it is alive, whatever its heartbeat says after the
+    database was away, and the work may still be in flight here."""
     return (
         "WITH due AS ("
         " SELECT request_id FROM webhooks w"
         " WHERE w.state IN ('pending', 'leased') AND " + which + " AND ("
         "  w.available_at <= scorer_now() OR (w.state = 'leased' AND w.holder IS NOT NULL"
+        "   AND w.holder IS DISTINCT FROM %(holder)s"
         "   AND NOT EXISTS (SELECT 1 FROM instances i WHERE i.id = w.holder"
         "    AND i.heartbeat_at > scorer_now() - %(takeover)s)))"
         " ORDER BY " + order + " LIMIT %(limit)s FOR UPDATE SKIP LOCKED)"
@@ -349,7 +352,7 @@ class PostgresStore:
                 batch, self._adds = self._adds, []
                 failure = self._failure
                 try:
-                    inserted = await self._insert([(rid, body) for rid, body, _ in batch])
+                    inserted = await self._insert_within([(rid, body) for rid, body, _ in batch])
                 except Exception as exc:
                     self._failed(exc)
                     for *_, fut in batch:
@@ -364,6 +367,17 @@ class PostgresStore:
                         fut.set_result(new)
         finally:
             self._flusher = None
+
+    async def _insert_within(self, rows: list[tuple[str, bytes]]) -> set[str]:
+        """Insert, or fail once a pooled connection and the statement have had their time: a
+        database that stopped answering, with no reset to tell (a hung path), fails the
+        webhooks with 503 rather than holding them. A commit under way when it gives up may
+        still land: those webhooks got 503 and are delivered all the same, never lost."""
+        limit = self._options.connect_timeout + self._options.statement_timeout
+        try:
+            return await asyncio.wait_for(self._insert(rows), limit)
+        except TimeoutError:
+            raise StoreError(f"the database did not answer within {limit:g}s") from None
 
     async def _insert(self, rows: list[tuple[str, bytes]]) -> set[str]:
         ids = [rid for rid, _ in rows]

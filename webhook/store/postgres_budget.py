@@ -7,18 +7,26 @@ place whose holder is gone (killed, or closed before the call ended), or that no
 instance holds, counts as ended when taken, so it frees on its own. The ``budget`` row holds
 the 429 pause, and is the lock that makes ``take`` atomic across instances: a taker locks it,
 then counts (a fresh snapshot, after the lock), then inserts.
+
+``spent`` never raises, as the SQLite budget's: the call it ends has been made, and its caller
+must go on to record that. An end that cannot be written (the database is away) is kept and
+written at this budget's next call: later than the call ended, so the place is held a little
+longer, never shorter; meanwhile it counts as in flight.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
-from webhook.store import Slot
+from webhook.store import Slot, StoreError
 
 if TYPE_CHECKING:
     from webhook.store.postgres_db import Database
 
 __all__ = ["PostgresBudget"]
+
+log = logging.getLogger("webhook.store")
 
 # When a place's call ended, as far as is known now.
 ENDED = (
@@ -37,6 +45,7 @@ class PostgresBudget:
         self._db = db
         self._holder = holder
         self._params = {"window": window, "limit": limit, "takeover": takeover}
+        self._unspent: set[str] = set()  # tokens of calls that ended, not yet written
 
     async def _state(self) -> tuple[float, list[float]]:
         """Seconds the pause still runs (<= 0: none), and when each held place ended, oldest
@@ -57,10 +66,12 @@ class PostgresBudget:
         return float(paused), [float(a) for a in ages]
 
     async def room(self) -> int:
+        await self._write_ends()
         paused, held = await self._state()
         return 0 if paused > 0 else max(0, self.limit - len(held))
 
     async def take(self) -> Slot | None:
+        await self._write_ends()
         async with self._db.connection() as conn, conn.transaction():
             cur = await conn.execute(
                 "SELECT paused_until > scorer_now() FROM budget WHERE id = 1 FOR UPDATE"
@@ -81,10 +92,24 @@ class PostgresBudget:
         return None if taken is None else Slot(str(taken[0]))
 
     async def spent(self, slot: Slot) -> None:
-        await self._db.execute(
-            "UPDATE post_slots SET ended_at = scorer_now() WHERE token = %s AND ended_at IS NULL",
-            (slot.token,),
-        )
+        self._unspent.add(slot.token)
+        await self._write_ends()
+
+    async def _write_ends(self) -> None:
+        """Write the end of every call that ended here and is not written yet, as now."""
+        if not self._unspent:
+            return
+        tokens = set(self._unspent)
+        try:
+            await self._db.execute(
+                "UPDATE post_slots SET ended_at = scorer_now()"
+                " WHERE token = ANY(%s) AND ended_at IS NULL",
+                (list(tokens),),
+            )
+        except StoreError as exc:
+            log.warning("could not record the end of %d API call(s): %s", len(tokens), exc)
+        else:
+            self._unspent -= tokens
 
     async def pause(self, seconds: float) -> None:
         await self._db.execute(

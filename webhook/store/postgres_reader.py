@@ -10,8 +10,18 @@ from typing import Any, LiteralString
 import psycopg
 from psycopg import errors
 
-from webhook.store import STATES, Call, DeadLetter, Entry, NoStore, Posted, QueueStats, StoreError
-from webhook.store.postgres_db import Database, Options, one_line, url_without_password
+from webhook.store import (
+    STATES,
+    Call,
+    DeadLetter,
+    Entry,
+    NoStore,
+    Posted,
+    QueueStats,
+    StoreError,
+    url_without_password,
+)
+from webhook.store.postgres_db import Database, Options, one_line
 from webhook.store.postgres_schema import check_version, stored_version
 
 __all__ = ["PostgresReader", "posted_set"]
