@@ -213,13 +213,14 @@ def main() -> None:
         "--postgres-url",
         default=os.environ.get("SCORER_BENCH_POSTGRES_URL", DEFAULT_POSTGRES),
         help="a PostgreSQL server where this user may create databases; the run creates a"
-        f" database of its own there and drops it (default: {DEFAULT_POSTGRES})",
+        " database of its own there and drops it (default: $SCORER_BENCH_POSTGRES_URL, else"
+        f" {DEFAULT_POSTGRES})",
     )
     ap.add_argument(
         "--env", action="append", default=[], metavar="NAME=VALUE", help="extra server setting"
     )
     args = ap.parse_args()
-    stores = [s.strip() for s in args.stores.split(",") if s.strip()]
+    stores = list(dict.fromkeys(s.strip() for s in args.stores.split(",") if s.strip()))
     if not stores or set(stores) - {"sqlite", "postgres"}:
         sys.exit(f"--stores takes sqlite and/or postgres, not {args.stores!r}")
     if not shutil.which("wrk"):
@@ -271,7 +272,7 @@ def run(args: argparse.Namespace, stores: list[str], work: Path, database: str |
     median = {name: statistics.median(values) for name, values in results.items()}
     for store in stores:
         print(f"  {store}/bare: {median[store] / median['bare']:.2f}")
-    if len(stores) == 2:
+    if {"sqlite", "postgres"} <= set(stores):
         # Per round too: the rounds' ratios show how much the noise moved the figure.
         per_round = [p / s for p, s in zip(results["postgres"], results["sqlite"], strict=True)]
         print(
