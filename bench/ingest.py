@@ -1,11 +1,16 @@
-"""Ingest benchmark: wrk against the real server and against bare Starlette, in one run.
+"""Ingest benchmark: wrk against the real server, on each store, and against bare Starlette.
 
 Each request is a unique, correctly signed webhook (a realistic ~700-byte OpenAI payload), so the
-server verifies, parses and durably commits every one. Rounds alternate between the two servers
-so the shared machine's noise hits both alike; the report is the ratio of medians. The server
-runs dry (no API key) so the relay scores but posts nowhere.
+server verifies, parses and durably commits every one. Rounds alternate between the servers so
+the shared machine's noise hits all alike; the report is the ratio of medians (with each
+figure's spread). The server runs dry (no API key) so the relay scores but posts nowhere.
+
+``--stores sqlite,postgres`` measures both stores in one run: SQLite in a fresh file per round,
+PostgreSQL in a fresh schema per round of a database the run creates on ``--postgres-url`` and
+drops at its end.
 
     .venv/bin/python bench/ingest.py [--seconds 10] [--rounds 3] [--connections 64]
+        [--stores sqlite,postgres] [--postgres-url postgresql://root@127.0.0.1:5432/test]
 
 Needs wrk (Debian: apt-get install wrk).
 """
@@ -13,6 +18,7 @@ Needs wrk (Debian: apt-get install wrk).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import shutil
@@ -24,15 +30,20 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import httpx2
 import orjson
+import psycopg
+from psycopg import sql
 
 from webhook.verify import sign
 
 SECRET = "bench-secret-0123456789abcdef0123456789abcdef0123456789abcdef0123"
 HERE = Path(__file__).resolve().parent
+DEFAULT_POSTGRES = "postgresql://root@127.0.0.1:5432/test"
 
 
 def bodies(path: Path, count: int) -> None:
@@ -124,6 +135,68 @@ def wrk(port: int, lines: Path, seconds: int, connections: int, threads: int) ->
     return rps, total
 
 
+class Place:
+    """Where one round of a store keeps its webhooks: a fresh SQLite file, or a fresh schema in
+    the run's own PostgreSQL database (its ``search_path``), so no round sees another's rows."""
+
+    def __init__(self, store: str, work: Path, database: str | None, round_: int) -> None:
+        self.store = store
+        if store == "sqlite":
+            self.path = work / f"round{round_}.db"
+            self.url = f"sqlite:///{self.path}"
+            return
+        assert database is not None
+        self.database = database
+        self.schema = f"round{round_}"
+        with psycopg.connect(database, autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(self.schema)))
+        self.url = with_query(database, options=f"-csearch_path={self.schema}")
+
+    def stored(self) -> int:
+        if self.store == "sqlite":
+            with sqlite3.connect(self.path) as conn:
+                (count,) = conn.execute("SELECT COUNT(*) FROM webhooks").fetchone()
+            return int(count)
+        with psycopg.connect(self.database) as conn:
+            query = sql.SQL("SELECT count(*) FROM {}.webhooks").format(sql.Identifier(self.schema))
+            row = conn.execute(query).fetchone()
+        assert row is not None
+        return int(row[0])
+
+
+def with_query(url: str, **options: str) -> str:
+    query = "&".join(f"{k}={quote(v, safe='')}" for k, v in options.items())
+    return url + ("&" if "?" in url else "?") + query
+
+
+@contextlib.contextmanager
+def postgres_database(server: str) -> Iterator[str]:
+    """A database of this run's own on ``server`` (a URL where databases may be created),
+    dropped at the end however the run ends."""
+    name = f"bench_ingest_{uuid.uuid4().hex[:8]}"
+    try:
+        with psycopg.connect(server, autocommit=True, connect_timeout=5) as admin:
+            admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    except psycopg.Error as exc:
+        sys.exit(f"cannot create a database at {server}: {exc}".strip())
+    try:
+        yield urlunsplit(urlsplit(server)._replace(path="/" + name))
+    finally:
+        with psycopg.connect(server, autocommit=True) as admin:
+            admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def server_command(name: str, port: int) -> list[str]:
+    quiet = ["--port", str(port), "--log-level", "warning"]
+    if name == "bare":
+        return [sys.executable, "-m", "uvicorn", "bench.bare:app", "--no-access-log", *quiet]
+    return [sys.executable, "-m", "webhook", "serve", "--host", "127.0.0.1", *quiet]
+
+
+def spread(values: list[float]) -> str:
+    return f"{statistics.median(values):.0f} req/s ({min(values):.0f}-{max(values):.0f})"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=int, default=10)
@@ -132,72 +205,80 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--bodies", type=int, default=150_000)
     ap.add_argument(
+        "--stores",
+        default="sqlite",
+        help="comma-separated stores to measure: sqlite, postgres (default: sqlite)",
+    )
+    ap.add_argument(
+        "--postgres-url",
+        default=os.environ.get("SCORER_BENCH_POSTGRES_URL", DEFAULT_POSTGRES),
+        help="a PostgreSQL server where this user may create databases; the run creates a"
+        " database of its own there and drops it (default: $SCORER_BENCH_POSTGRES_URL, else"
+        f" {DEFAULT_POSTGRES})",
+    )
+    ap.add_argument(
         "--env", action="append", default=[], metavar="NAME=VALUE", help="extra server setting"
     )
     args = ap.parse_args()
+    stores = list(dict.fromkeys(s.strip() for s in args.stores.split(",") if s.strip()))
+    if not stores or set(stores) - {"sqlite", "postgres"}:
+        sys.exit(f"--stores takes sqlite and/or postgres, not {args.stores!r}")
     if not shutil.which("wrk"):
         sys.exit("wrk is not installed (Debian: apt-get install wrk)")
 
     work = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
+    try:
+        with contextlib.ExitStack() as stack:
+            database = (
+                stack.enter_context(postgres_database(args.postgres_url))
+                if "postgres" in stores
+                else None
+            )
+            run(args, stores, work, database)
+    finally:
+        shutil.rmtree(work)
+
+
+def run(args: argparse.Namespace, stores: list[str], work: Path, database: str | None) -> None:
     lines = work / "bodies.txt"
     bodies(lines, args.bodies)
-    py = sys.executable
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HELICONE_", "SCORER_"))}
-    results: dict[str, list[float]] = {"bare": [], "scorer": []}
+    names = ["bare", *stores]
+    results: dict[str, list[float]] = {name: [] for name in names}
     for r in range(args.rounds):
-        for name in ("bare", "scorer"):
+        # Each round runs every server in turn, so the shared machine's noise hits all alike.
+        for name in names:
             port = free_port()
-            db = work / f"round{r}.db"
-            if name == "bare":
-                cmd = [
-                    py,
-                    "-m",
-                    "uvicorn",
-                    "bench.bare:app",
-                    "--port",
-                    str(port),
-                    "--no-access-log",
-                    "--log-level",
-                    "warning",
-                ]
-                run_env = env | {"PYTHONPATH": str(HERE.parent)}
-            else:
-                cmd = [
-                    py,
-                    "-m",
-                    "webhook",
-                    "serve",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(port),
-                    "--log-level",
-                    "warning",
-                ]
-                run_env = env | {
-                    "HELICONE_WEBHOOK_SECRET": SECRET,
-                    "SCORER_DATABASE_URL": f"sqlite:///{db}",
-                }
+            place = None if name == "bare" else Place(name, work, database, r)
+            run_env = env | {"PYTHONPATH": str(HERE.parent)}
+            if place is not None:
+                run_env |= {"HELICONE_WEBHOOK_SECRET": SECRET, "SCORER_DATABASE_URL": place.url}
                 run_env |= dict(item.split("=", 1) for item in args.env)
-            proc = start(cmd, run_env, port, HERE.parent)
+            proc = start(server_command(name, port), run_env, port, HERE.parent)
             try:
                 rps, total = wrk(port, lines, args.seconds, args.connections, args.threads)
             finally:
                 proc.send_signal(signal.SIGTERM)
                 proc.wait(60)
             results[name].append(rps)
-            if name == "scorer":
-                with sqlite3.connect(db) as conn:
-                    (stored,) = conn.execute("SELECT COUNT(*) FROM webhooks").fetchone()
+            if place is not None:
+                stored = place.stored()
                 # Every answered request was stored; those cut off at the end may be stored too.
-                assert total <= stored <= total + args.connections, (stored, total)
-            print(f"round {r + 1} {name:>6}: {rps:9.0f} req/s ({total} requests)", flush=True)
-    bare, ours = statistics.median(results["bare"]), statistics.median(results["scorer"])
-    print(
-        f"median bare Starlette: {bare:.0f} req/s; helicone-scorer: {ours:.0f} req/s; "
-        f"ratio {ours / bare:.2f}"
-    )
-    shutil.rmtree(work)
+                assert total <= stored <= total + args.connections, (name, stored, total)
+            print(f"round {r + 1} {name:>8}: {rps:9.0f} req/s ({total} requests)", flush=True)
+    print("median (min-max) over", args.rounds, "rounds:")
+    for name in names:
+        print(f"  {name:>8}: {spread(results[name])}")
+    median = {name: statistics.median(values) for name, values in results.items()}
+    for store in stores:
+        print(f"  {store}/bare: {median[store] / median['bare']:.2f}")
+    if {"sqlite", "postgres"} <= set(stores):
+        # Per round too: the rounds' ratios show how much the noise moved the figure.
+        per_round = [p / s for p, s in zip(results["postgres"], results["sqlite"], strict=True)]
+        print(
+            f"  postgres/sqlite: {median['postgres'] / median['sqlite']:.2f}"
+            f" (per round {min(per_round):.2f}-{max(per_round):.2f})"
+        )
 
 
 if __name__ == "__main__":

@@ -133,6 +133,11 @@ class StandIn:
         with self._lock:
             self._injected.extend(answers)
 
+    def injected_left(self) -> int:
+        """How many injected answers no call has taken yet: 0 once every one is being answered."""
+        with self._lock:
+            return len(self._injected)
+
     def ok_calls(self, kind: str = "score") -> list[Call]:
         with self._lock:
             return [c for c in self.calls if c.kind == kind and 200 <= c.status < 300]

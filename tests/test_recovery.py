@@ -39,7 +39,9 @@ def _stall_posts(standin: StandIn, server: Server, count: int) -> list[str]:
     ids = [str(uuid.uuid4()) for _ in range(count)]
     for rid in ids:
         assert server.post(payload(rid)).status_code == 202
-    standin.wait_for(lambda: _posting(server) == set(ids))
+    # Leased is not enough: a post claimed but not yet sent (a busy machine) would take its
+    # stall only after a kill, from the next server: a retry, not the one try the tests count.
+    standin.wait_for(lambda: _posting(server) == set(ids) and standin.injected_left() == 0)
     return ids
 
 
