@@ -139,7 +139,8 @@ OUTCOME: dict[type[Outcome], LiteralString] = {
         + ", "
         + ENDS
         + FENCE
-        + " RETURNING CASE WHEN scores IS NULL THEN 'score' ELSE 'post' END"
+        + " RETURNING CASE WHEN %(delay)s > 0 THEN NULL"
+        " WHEN scores IS NULL THEN 'score' ELSE 'post' END"
     ),
 }
 
@@ -252,16 +253,31 @@ class PostgresStore:
         """Keep this instance alive in ``instances`` (back in it, if another took it over).
 
         It ends between beats when the store closes, never cancelled inside a statement."""
-        while not await self._closing_within(self._options.heartbeat):
-            try:
-                await self._db.execute(
-                    "INSERT INTO instances (id, started_at, heartbeat_at, host, pid)"
-                    " VALUES (%s, scorer_now(), scorer_now(), %s, %s)"
-                    " ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at",
-                    (self._instance, socket.gethostname(), os.getpid()),
-                )
-            except StoreError as exc:
-                log.warning("store: heartbeat failed: %s", exc)
+        # On a connection of its own, like the listener's: a busy pool (adds, claims, outcomes
+        # waiting for a connection) must never make a live instance look stopped, or another
+        # would take over its leases while its calls are in flight.
+        conn: AsyncConnection[TupleRow] | None = None
+        try:
+            while not await self._closing_within(self._options.heartbeat):
+                try:
+                    if conn is None or conn.closed:
+                        conn = await AsyncConnection.connect(
+                            self._options.conninfo, autocommit=True
+                        )
+                    await conn.execute(
+                        "INSERT INTO instances (id, started_at, heartbeat_at, host, pid)"
+                        " VALUES (%s, scorer_now(), scorer_now(), %s, %s)"
+                        " ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at",
+                        (self._instance, socket.gethostname(), os.getpid()),
+                    )
+                except psycopg.Error as exc:
+                    log.warning("store: heartbeat failed: %s", one_line(exc))
+                    if conn is not None:
+                        await conn.close()
+                    conn = None
+        finally:
+            if conn is not None:
+                await conn.close()
 
     async def _closing_within(self, seconds: float) -> bool:
         with contextlib.suppress(TimeoutError):
@@ -308,7 +324,10 @@ class PostgresStore:
     def _wake(self, stages: set[Stage]) -> None:
         for stage in sorted(stages):
             for wake in self._subscribers:
-                wake(stage)
+                try:
+                    wake(stage)
+                except Exception:  # never an add's 503 after its commit, nor the listener's end
+                    log.exception("a wake-up subscriber failed")
 
     async def _listener(self) -> None:
         """Hear other instances' NOTIFYs; after a reconnect, wake both stages (some may have

@@ -112,11 +112,16 @@ class PostgresBudget:
             self._unspent -= tokens
 
     async def pause(self, seconds: float) -> None:
-        await self._db.execute(
-            "UPDATE budget SET paused_until = greatest(paused_until, scorer_now() + %s)"
-            " WHERE id = 1",
-            (seconds,),
-        )
+        # As ``spent``: the 429 was answered; a pause that cannot be stored is logged, and the
+        # call's outcome is recorded all the same.
+        try:
+            await self._db.execute(
+                "UPDATE budget SET paused_until = greatest(paused_until, scorer_now() + %s)"
+                " WHERE id = 1",
+                (seconds,),
+            )
+        except StoreError as exc:
+            log.warning("could not record a pause of the API calls: %s", exc)
 
     async def wait_time(self) -> float:
         paused, held = await self._state()

@@ -63,8 +63,13 @@ class Options:
             )
             if min(options.pool_min, options.pool_max) < 1:
                 raise ValueError("pool_min and pool_max must be at least 1")
-            if min(timeout, options.statement_timeout) <= 0:
-                raise ValueError("connect_timeout and statement_timeout must be positive")
+            if min(timeout, options.statement_timeout, options.heartbeat) <= 0:
+                raise ValueError(
+                    "connect_timeout, statement_timeout and heartbeat must be positive"
+                )
+            if options.takeover <= 2 * options.heartbeat:
+                # One late beat must never make a live instance look stopped.
+                raise ValueError("takeover must be more than twice the heartbeat")
         except ValueError as exc:
             raise StoreError(f"bad option in the database URL: {exc}") from None
         query["connect_timeout"] = str(max(1, round(timeout)))  # libpq takes whole seconds
