@@ -28,7 +28,7 @@ import socket
 import threading
 import time
 import uuid
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -144,6 +144,10 @@ class StandIn:
 
     def scores_for(self, request_id: str) -> list[dict[str, Any]]:
         return [c.body["scores"] for c in self.ok_calls() if c.request_id == request_id]
+
+    def posts(self) -> Counter[str | None]:
+        """How many times each request id's scores were posted (answered 2xx)."""
+        return Counter(c.request_id for c in self.ok_calls())
 
     def posted_ids(self) -> set[str]:
         return {c.request_id for c in self.ok_calls() if c.request_id is not None}

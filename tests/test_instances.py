@@ -41,11 +41,6 @@ from tests.traffic import Traffic
 Instances = Callable[..., tuple[Server, Server]]
 
 
-def posts(standin: StandIn) -> Counter[str | None]:
-    """How many times each request id's scores were posted (answered 2xx)."""
-    return Counter(c.request_id for c in standin.ok_calls("score"))
-
-
 def posted_by(server: Server) -> set[str]:
     """The request ids this server logged as delivered (it recorded the delivery)."""
     return set(re.findall(r"delivered request_id=(\S+) outcome=posted", server.log()))
@@ -118,7 +113,7 @@ def test_a_duplicate_sent_to_both_is_acknowledged_by_both_and_posted_once(
     # Exactly one instance stored each webhook (202), the other saw the duplicate (200).
     assert {rid: sorted(got) for rid, got in statuses.items() if sorted(got) != [200, 202]} == {}
     wait_done(postgres_url, ids, 30)
-    assert posts(standin) == Counter(ids)
+    assert standin.posts() == Counter(ids)
 
 
 def test_their_posts_together_never_pass_the_window_and_all_are_delivered(
@@ -137,14 +132,13 @@ def test_their_posts_together_never_pass_the_window_and_all_are_delivered(
         for i, rid in enumerate(ids):
             assert (a, b)[i % 2].post(payload(rid)).status_code == 202
         # 16 posts at 4 per 3 s, between two instances each of which could send all at once.
-        limited.wait_for(lambda: limited.posted_ids() == set(ids), timeout=60)
+        wait_done(postgres_url, ids, 60)
         # The stand-in answers 429 to any call past its window: none was.
         assert [c for c in limited.calls if c.status == 429] == []
-        assert posts(limited) == Counter(ids)
+        assert limited.posts() == Counter(ids)
         assert limited.violations == []
         # Both took part: the budget was shared, not one instance doing all the posting.
         wait_both_posted(a, b)
-        wait_done(postgres_url, ids)
     finally:
         limited.stop()
 
@@ -202,7 +196,7 @@ def test_a_429_seen_by_one_instance_pauses_the_other(
     # The tenth of a second allows for the two clocks' readings (monotonic, epoch).
     assert min(c.arrived for c in after) - limited.at >= retry_after - 0.1, after
     wait_both_posted(a, b)
-    assert posts(standin) == Counter([first, *later])
+    assert standin.posts() == Counter([first, *later])
 
 
 def test_one_killed_mid_burst_and_the_other_posts_all_it_had_acknowledged(
@@ -243,6 +237,6 @@ def test_one_killed_mid_burst_and_the_other_posts_all_it_had_acknowledged(
     # Posted once each, except a webhook whose lease the killed instance held: its call may
     # have been answered with no outcome recorded, so the takeover posts it again (at most
     # once more). Any other repeat is a fencing failure.
-    counted = posts(standin)
+    counted = standin.posts()
     assert {rid: n for rid, n in counted.items() if n != 1 and rid not in orphaned} == {}
     assert all(counted[rid] in (1, 2) for rid in orphaned), counted
