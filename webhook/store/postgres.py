@@ -190,7 +190,10 @@ class PostgresStore:
     def __init__(self, url: str) -> None:
         self._options = Options.parse(url)
         self._db = Database(self._options)
-        self._reader = PostgresReader(self._db, owned=False)
+        # Reads (``/metrics``, which anyone may call) on a small pool of their own: never
+        # holding the connections that webhooks are committed on.
+        self._read_db = Database(self._options, max_size=2)
+        self._reader = PostgresReader(self._read_db, owned=False)
         self._instance = uuid.uuid4().hex
         self._serving = False
         self._adds: list[tuple[str, bytes, asyncio.Future[bool]]] = []
@@ -212,10 +215,13 @@ class PostgresStore:
                 await migrate(conn)
                 if serving:
                     await self._register(conn)
+            await self._read_db.open()
         except psycopg.Error as exc:
+            await self._read_db.close()
             await self._db.close()
             raise StoreError(one_line(exc)) from None
         except BaseException:
+            await self._read_db.close()
             await self._db.close()
             raise
         self._opened = True
@@ -300,6 +306,7 @@ class PostgresStore:
         if self._serving:
             with contextlib.suppress(StoreError):
                 await self._db.execute("DELETE FROM instances WHERE id = %s", (self._instance,))
+        await self._read_db.close()
         await self._db.close()
         self._opened = False
 
