@@ -59,7 +59,7 @@ class SlidingWindow:
             if excess <= len(self._ended):
                 wait = max(wait, self._ended[excess - 1] + self.window - now)
             else:
-                wait = max(wait, 1.0)  # calls in flight must end first; each end wakes waiters
+                wait = max(wait, 1.0)  # calls in flight must end first: look again in a second
         return wait
 
     def pause(self, seconds: float) -> None:
