@@ -21,7 +21,7 @@ from tests.conftest import ServerFactory
 from tests.eventually import eventually
 from tests.link import LinkThread
 from tests.server import Server, payload, read_rows, wait_done
-from tests.standin import StandIn
+from tests.standin import Injected, StandIn
 from tests.stores import with_query
 
 ACCEPTED, UNAVAILABLE = 202, 503
@@ -58,15 +58,15 @@ class Sender:
         return self.server.client.get("/readyz").status_code
 
 
-def serve_through(make_server: ServerFactory, link: LinkThread, tag: str) -> Sender:
+def serve_through(make_server: ServerFactory, link: LinkThread, tag: str, **env: str) -> Sender:
     """A server on the database through ``link``, its sessions named ``tag``."""
     url = with_query(link.url, connect_timeout="1", application_name=tag)
-    server = make_server(
-        SCORER_DATABASE_URL=url,
-        SCORER_DATABASE_STATEMENT_TIMEOUT="3",
-        SCORER_LEASE_SECONDS="5",  # an outcome lost with its connection is tried again soon
-    )
-    return Sender(server)
+    defaults = {
+        "SCORER_DATABASE_URL": url,
+        "SCORER_DATABASE_STATEMENT_TIMEOUT": "3",
+        "SCORER_LEASE_SECONDS": "5",  # an outcome lost with its connection is tried again soon
+    }
+    return Sender(make_server(**(defaults | env)))
 
 
 def terminate_sessions(url: str, tag: str, *, waiting_on_a_lock: bool = False) -> int:
@@ -182,3 +182,31 @@ def test_a_database_that_stops_answering_gets_503s_not_hangs(
     eventually(lambda: sender.ready() == 200, 30, what="/readyz 200 once it answers again")
     assert sender.send("after", 3) == [ACCEPTED] * 3
     delivered_exactly_once(standin, sender, postgres_url)
+
+
+@pytest.mark.parametrize("lease", ["5", "600"], ids=["lease-ran-out", "heartbeats-stopped"])
+def test_a_call_left_waiting_on_a_frozen_database_is_not_made_after_its_lease(
+    make_server: ServerFactory, standin: StandIn, postgres_url: str, link: LinkThread, lease: str
+) -> None:
+    """A webhook with two calls (scores, then feedback): the database freezes as its first
+    call is answered, so the second waits on the store (its place in the budget). Another
+    instance claims it meanwhile, once its lease ran out or, with a long lease, once the first
+    one's heartbeats stopped for the takeover time, and makes both calls (the first again: its
+    outcome was never recorded, so delivery is at least once). After the thaw, the first holder
+    must not make its second call: its lease may have gone (it had), whatever the store says."""
+    rule = {"SCORER_FEEDBACK_RULE": "word_count > 1", "SCORER_LEASE_SECONDS": lease}
+    first = serve_through(make_server, link, f"scorer-{uuid.uuid4().hex[:8]}", **rule)
+    standin.fail_next(Injected(201, {"data": None, "error": None}, then=link.freeze))
+    rid = str(uuid.uuid4())  # feedback is rated for UUIDs only
+    assert first.one(rid) == ACCEPTED
+    eventually(lambda: standin.posts()[rid] == 1, 20, what="its scores answered, then a freeze")
+
+    make_server(SCORER_DATABASE_URL=postgres_url, **rule)
+    wait_done(postgres_url, {rid}, 30)  # the second instance delivered it
+    link.freeze(False)
+    log = first.server.wait_for_log(f"request_id={rid} outcome=fenced", 30)
+
+    feedback = [c for c in standin.ok_calls("feedback") if c.request_id == rid]
+    assert len(feedback) == 1, log
+    assert standin.posts()[rid] == 2  # the first call, made by both holders
+    assert f"request_id={rid} outcome=fenced dropped=released" in log

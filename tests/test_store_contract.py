@@ -679,3 +679,17 @@ async def test_a_serving_open_alone_takes_back_every_lease(backend: Backend) -> 
     async with opened(backend.url, serving=True) as server:
         job = await claim_one(server)  # at once, not after the lease
         assert (job.request_id, job.attempts) == ("a", 1)
+
+
+async def test_a_serving_store_keeps_its_claims_alive_from_its_open_on(backend: Backend) -> None:
+    """A lease this server claims cannot be taken over for it having stopped while it runs
+    (PostgreSQL: for the takeover time after its last heartbeat; SQLite: never), and for the
+    caller's clock: ``alive_until`` is in the future, and finite only where heartbeats rule."""
+    before = time.monotonic()
+    async with opened(backend.url, serving=True) as server:
+        claimed = time.monotonic()
+        until = server.alive_until(claimed)
+        assert until > time.monotonic()
+        assert (until == float("inf")) == (backend.name == "sqlite")
+        if backend.name == "postgres":  # a claim sent before this server joined is not covered
+            assert server.alive_until(before) == float("-inf")

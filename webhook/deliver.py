@@ -14,6 +14,12 @@ Retry policy, all of it in :class:`RetryPolicy`:
 - No call waits for the budget while its webhook is leased: a wait can outlast the lease (a
   429's ``Retry-After`` may be longer), and the webhook would be claimed and posted twice. A
   webhook whose call finds no room is released, with what it posted, due when room is expected.
+- No call starts with less than ``CALL_NEEDS`` seconds (a quarter of a shorter lease) of its
+  lease surely left (its :class:`~webhook.store.Tenure`), nor runs past it: the store slow to
+  answer (a take, an extend) must never let the webhook be claimed again while its call is
+  still to be made. Such a webhook is given back, not posted; a call cut off is a failed
+  attempt with no answer. With leases extended every third of one, a live store never gets
+  near this.
 - No answer (connection error, timeout), 408, 429 and 5xx are retried with exponential backoff
   and full jitter: attempt *n* waits a random time up to ``base * 2**(n-1)``, capped at ``cap``;
   a ``Retry-After`` that asks for longer wins. A 429 also pauses *all* calls until then.
@@ -25,12 +31,13 @@ Retry policy, all of it in :class:`RetryPolicy`:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from prometheus_client import Counter
 
@@ -48,11 +55,15 @@ from webhook.store import (
     Released,
     Retry,
     Store,
+    Tenure,
 )
 
 __all__ = ["Delivery", "RetryPolicy", "record"]
 
 log = logging.getLogger("webhook.deliver")
+
+CALL_NEEDS = 2.0
+"""Seconds of its lease a webhook must surely have left for an API call to start (at most)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +136,7 @@ class Delivery:
         answer = Answer(None, error=" ".join(f"unexpected {type(exc).__name__}: {exc}".split()))
         await self.failed(job, answer, self.posted(job))
 
-    async def post(self, job: Job) -> None:
+    async def post(self, job: Job, tenure: Tenure) -> None:
         """Make the calls this webhook still needs; record delivered, retry, dead or deferred."""
         assert self.client is not None
         client, rid = self.client, job.request_id
@@ -140,10 +151,11 @@ class Delivery:
             )
         answer: Answer | None = None
         for call, counter, send in calls:  # a call that succeeded before is not repeated
-            answer = await self._call(send)
-            if answer is None:
-                await self._defer(job, posted)
+            made = await self._call(send, tenure)
+            if not isinstance(made, Answer):
+                await self._defer(job, posted, made)
                 return
+            answer = made
             if not answer.ok:
                 await self.failed(job, answer, posted)
                 return
@@ -162,16 +174,29 @@ class Delivery:
                 feedback=job.feedback,
             )
 
-    async def _call(self, send: Callable[[], Awaitable[Answer]]) -> Answer | None:
-        """One API call inside the budget; a 429 pauses every call.
+    async def _call(
+        self, send: Callable[[], Awaitable[Answer]], tenure: Tenure
+    ) -> Answer | Literal["budget", "lease"]:
+        """One API call inside the budget and inside the lease; a 429 pauses every call.
 
-        None, without calling, when the budget has no room now: never wait holding a lease.
+        Without calling, why not: no room in the budget now (never wait holding a lease), or
+        too little of the lease surely left.
         """
+        needs = min(CALL_NEEDS, self.policy.lease / 4)
+        if tenure.left() < needs:
+            return "lease"
         slot = await self.budget.take()
         if slot is None:
-            return None
+            return "budget"
         try:
-            answer = await send()
+            left = tenure.left()  # the take may have waited on a slow store
+            if left < needs:
+                return "lease"
+            try:
+                async with asyncio.timeout(left):
+                    answer = await send()
+            except TimeoutError:
+                answer = Answer(None, error=f"no answer in the {left:.1f} s left of its lease")
         finally:
             await self.budget.spent(slot)
         if answer.status == 429:
@@ -180,18 +205,23 @@ class Delivery:
             metrics.POST_FAILURES.labels(str(answer.status or "none")).inc()
         return answer
 
-    async def _defer(self, job: Job, posted: Posted) -> None:
-        """Give the webhook back until the budget should have room; not an attempt."""
-        delay = await self.budget.wait_time()
-        if await self._record(Released(job.lease, posted, delay)):
-            event(
-                log,
-                "waiting for the rate limit",
-                level=logging.DEBUG,
-                request_id=job.request_id,
-                outcome="deferred",
-                delay=round(delay, 2),
-            )
+    async def _defer(self, job: Job, posted: Posted, why: Literal["budget", "lease"]) -> None:
+        """Give the webhook back, not as an attempt: until the budget should have room, or at
+        once when its lease is ending (most often already claimed again: then dropped)."""
+        delay = await self.budget.wait_time() if why == "budget" else 0.0
+        if not await self._record(Released(job.lease, posted, delay)):
+            return
+        if why == "lease":
+            event(log, "lease ending: given back", request_id=job.request_id, outcome="released")
+            return
+        event(
+            log,
+            "waiting for the rate limit",
+            level=logging.DEBUG,
+            request_id=job.request_id,
+            outcome="deferred",
+            delay=round(delay, 2),
+        )
 
     async def failed(self, job: Job, answer: Answer, posted: Posted) -> None:
         """A failed attempt: a retry after a backoff, or a dead letter."""

@@ -13,10 +13,14 @@ when work may have become due. What a stage does with a webhook is not here: sco
 - Work that runs long keeps its lease: each stage extends the leases of its work in flight every
   third of a lease, so a slow scorer or a slow API never gets a webhook claimed twice while it
   is still being worked on. A lease found lost is logged; its outcome will be dropped (fenced).
+- Each job knows, by this process's own clock, until when its lease surely holds (its
+  :class:`Tenure`): no API call starts after that, or runs past it. So a job that waited on a
+  database that stopped answering never posts once its lease may have gone to another claim.
 
 - A stage that fails in a way nothing foresaw (a bug, or a plugin raising even ``SystemExit``)
   counts as a failed attempt of that stage, with the same backoff and the same dead letters, so
-  one poisonous webhook never loops and never takes the server down.
+  one poisonous webhook never loops and never takes the server down. The store failing is not
+  one: with nothing to record the failure in, the lease runs out and the webhook is tried again.
 - At shutdown, work in flight gets ``grace`` seconds to finish; what is left is released to the
   store, with the calls it made, and claimed again at once after a restart. A crash releases
   nothing; the restart takes the dead process's leases back at once (see
@@ -36,7 +40,7 @@ from webhook.deliver import Delivery, RetryPolicy, record
 from webhook.helicone import Helicone
 from webhook.logs import event
 from webhook.score import Scoring
-from webhook.store import Job, PostBudget, Scored, Stage, Store, StoreError
+from webhook.store import Job, PostBudget, Scored, Stage, Store, StoreError, Tenure
 
 __all__ = ["Relay"]
 
@@ -52,7 +56,7 @@ class _Stage:
         self,
         stage: Stage,
         store: Store,
-        handle: Callable[[Job], Awaitable[None]],
+        handle: Callable[[Job, Tenure], Awaitable[None]],
         *,
         concurrency: int,
         lease: float,
@@ -63,7 +67,7 @@ class _Stage:
         self.stage, self.store, self.handle, self.on_error = stage, store, handle, on_error
         self.concurrency, self.lease, self.poll, self.budget = concurrency, lease, poll, budget
         self._wake = asyncio.Event()
-        self._inflight: dict[asyncio.Task[None], Job] = {}
+        self._inflight: dict[asyncio.Task[None], tuple[Job, Tenure]] = {}
         self._task: asyncio.Task[None] | None = None
         self._heartbeat: asyncio.Task[None] | None = None
         self._stopping = False
@@ -86,7 +90,7 @@ class _Stage:
         left: list[Job] = []
         if self._inflight:
             _, pending = await asyncio.wait(list(self._inflight), timeout=grace)
-            left = [self._inflight[t] for t in pending]
+            left = [self._inflight[t][0] for t in pending]
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
@@ -110,6 +114,7 @@ class _Stage:
             self._wake.clear()
             try:
                 free, wait = await self._room()
+                sent = time.monotonic()
                 jobs = await self.store.claim(self.stage, free, self.lease) if free > 0 else []
             except Exception as exc:
                 # The store away (a StoreError) is one line a poll, not a traceback each time.
@@ -122,8 +127,9 @@ class _Stage:
                 await self._idle(list(self._inflight), wait)
                 continue
             for job in jobs:
-                task = asyncio.create_task(self._guarded(job))
-                self._inflight[task] = job
+                tenure = Tenure(self.store, sent, self.lease)
+                task = asyncio.create_task(self._guarded(job, tenure))
+                self._inflight[task] = (job, tenure)
                 task.add_done_callback(self._inflight.pop)
             # Let them start, so each takes its place in the budget before the next claim
             # counts the room left (a job that finds none is given back, not kept waiting).
@@ -148,13 +154,19 @@ class _Stage:
             jobs = list(self._inflight.values())
             if not jobs:
                 continue
+            sent = time.monotonic()
             try:
-                held = await self.store.extend([job.lease for job in jobs], self.lease)
+                held = await self.store.extend([job.lease for job, _ in jobs], self.lease)
             except Exception as exc:  # the next beat tries again, well before the leases end
                 log.warning("could not extend %d %s lease(s): %s", len(jobs), self.stage, exc)
                 continue
-            for job, ok in zip(jobs, held, strict=True):
-                if not ok and job in self._inflight.values():
+            working = {id(tenure) for _, tenure in self._inflight.values()}
+            for (job, tenure), ok in zip(jobs, held, strict=True):
+                if ok:
+                    tenure.renew(sent, self.lease)
+                    continue
+                tenure.lose()
+                if id(tenure) in working:
                     event(
                         log,
                         "lease lost while working; its outcome will be dropped",
@@ -162,11 +174,20 @@ class _Stage:
                         outcome="lease_lost",
                     )
 
-    async def _guarded(self, job: Job) -> None:
+    async def _guarded(self, job: Job, tenure: Tenure) -> None:
         try:
-            await self.handle(job)
+            await self.handle(job, tenure)
         except asyncio.CancelledError:
             raise
+        except StoreError as exc:
+            # The store away: nothing to record the failure in either. The lease runs out and
+            # the webhook is claimed again; the calls it made are remembered (see Delivery).
+            log.warning(
+                "%s: the store failed: %s; tried again when its lease runs out",
+                self.stage,
+                exc,
+                extra=_rid(job),
+            )
         except BaseException as exc:  # a bug, or a plugin raising even SystemExit: not the loop's
             log.exception("%s failed unexpectedly", self.stage, extra=_rid(job))
             try:
@@ -193,7 +214,7 @@ class Relay:
         self.policy = policy or RetryPolicy()
         self.delivery = Delivery(store, client, budget, self.policy)
 
-        def stage(name: Stage, handle: Callable[[Job], Awaitable[None]]) -> _Stage:
+        def stage(name: Stage, handle: Callable[[Job, Tenure], Awaitable[None]]) -> _Stage:
             return _Stage(
                 name,
                 store,
@@ -234,7 +255,7 @@ class Relay:
         if released:
             event(log, f"released {released} unfinished webhook(s) for the next start")
 
-    async def _score(self, job: Job) -> None:
+    async def _score(self, job: Job, tenure: Tenure) -> None:
         scored = await self.scoring.score(job.request_id, job.body)
         for name, seconds in scored.durations.items():
             metrics.SCORER_DURATION.labels(name).observe(seconds)

@@ -43,6 +43,8 @@ retried or purged).
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
@@ -71,6 +73,7 @@ __all__ = [
     "Stage",
     "Store",
     "StoreError",
+    "Tenure",
     "is_postgres",
     "open_reader",
     "open_store",
@@ -298,6 +301,13 @@ class Store(Protocol):
     async def extend(self, leases: Sequence[Lease], lease_seconds: float) -> list[bool]:
         """Hold these leases ``lease_seconds`` from now; per lease, whether it still held."""
 
+    def alive_until(self, claimed: float) -> float:
+        """Until when (``time.monotonic()``) no other process can take a lease this one claimed
+        at ``claimed`` (the time the claim was sent) for this one having stopped: the send time
+        of its last heartbeat that landed, plus the takeover time; -infinity if its heartbeats
+        lapsed since (others may have taken that lease already); infinity where a lease ends
+        only by running out. Its own end is the caller's to keep (see :meth:`extend`)."""
+
     async def record(self, outcomes: Sequence[Outcome]) -> list[bool]:
         """Apply outcomes in one transaction; per outcome, whether its lease still held (an
         outcome whose lease did not hold changes nothing)."""
@@ -409,3 +419,28 @@ async def open_reader(url: str) -> Reader:
 
         return await PostgresReader.open(url)
     raise ValueError(f"unsupported database URL scheme: {url.split(':', 1)[0]!r}")
+
+
+class Tenure:
+    """Until when this process surely still holds one claimed job's lease, by its own clock.
+
+    The lease runs from when the claim, or the last extend that held, was *sent*: the database
+    started it later, so this ends first. And never past the store's
+    :meth:`Store.alive_until`: the time after which other instances could take
+    over the leases of this one as a stopped server's (its heartbeats failing to land).
+    """
+
+    __slots__ = ("_store", "claimed", "until")
+
+    def __init__(self, store: Store, claimed: float, lease: float) -> None:
+        self._store, self.claimed, self.until = store, claimed, claimed + lease
+
+    def renew(self, sent: float, lease: float) -> None:
+        self.until = max(self.until, sent + lease)
+
+    def lose(self) -> None:
+        self.until = -math.inf
+
+    def left(self) -> float:
+        """Seconds left (negative once it may have ended)."""
+        return min(self.until, self._store.alive_until(self.claimed)) - time.monotonic()

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import socket
 import time
@@ -205,6 +206,9 @@ class PostgresStore:
         self._heartbeat: asyncio.Task[None] | None = None
         self._closing = asyncio.Event()
         self._opened = False
+        # Heartbeats (monotonic): the end of the protection the last one that landed gives,
+        # and when the current unbroken run of them began (see alive_until).
+        self._alive_until, self._alive_since = math.inf, -math.inf
 
     # Opening and closing
 
@@ -214,7 +218,10 @@ class PostgresStore:
             async with self._db.connection() as conn:
                 await migrate(conn)
                 if serving:
+                    sent = time.monotonic()
                     await self._register(conn)
+                    self._alive_since = time.monotonic()
+                    self._alive_until = sent + self._options.takeover
             await self._read_db.open()
         except psycopg.Error as exc:
             await self._read_db.close()
@@ -270,12 +277,14 @@ class PostgresStore:
                         conn = await AsyncConnection.connect(
                             self._options.conninfo, autocommit=True
                         )
+                    sent = time.monotonic()
                     await conn.execute(
                         "INSERT INTO instances (id, started_at, heartbeat_at, host, pid)"
                         " VALUES (%s, scorer_now(), scorer_now(), %s, %s)"
                         " ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at",
                         (self._instance, socket.gethostname(), os.getpid()),
                     )
+                    self._beat_landed(sent)
                 except psycopg.Error as exc:
                     log.warning("store: heartbeat failed: %s", one_line(exc))
                     if conn is not None:
@@ -284,6 +293,12 @@ class PostgresStore:
         finally:
             if conn is not None:
                 await conn.close()
+
+    def _beat_landed(self, sent: float) -> None:
+        landed = time.monotonic()
+        if landed >= self._alive_until:  # a lapse: others may have taken leases claimed before
+            self._alive_since = landed
+        self._alive_until = sent + self._options.takeover
 
     async def _closing_within(self, seconds: float) -> bool:
         with contextlib.suppress(TimeoutError):
@@ -313,6 +328,9 @@ class PostgresStore:
     @property
     def reader(self) -> PostgresReader:
         return self._reader
+
+    def alive_until(self, claimed: float) -> float:
+        return self._alive_until if claimed >= self._alive_since else -math.inf
 
     def budget(self, limit: int, window: float) -> PostgresBudget:
         holder = self._instance if self._serving else None

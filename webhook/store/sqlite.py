@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import secrets
 import sqlite3
 import time
@@ -240,6 +241,9 @@ class SQLiteStore:
         if self._reader is None:
             raise StoreError("the store is not open")
         return self._reader
+
+    def alive_until(self, claimed: float) -> float:
+        return math.inf  # a live server's leases end only by running out (see .sqlite_lock)
 
     def budget(self, limit: int, window: float) -> SQLiteBudget:
         return SQLiteBudget(self._writer.run, self._query, limit, window)
