@@ -20,6 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from webhook.flow import Monitor
 from webhook.metrics import QUEUE_DEPTH, REGISTRY
 from webhook.receive import Ingest, error, json_response, receive
 from webhook.settings import Settings
@@ -63,18 +64,30 @@ def create_app(settings: Settings) -> Starlette:
             log.info("feedback rule: %s", parts.scoring.feedback_rule.text)
         await store.open(serving=True)
         await relay.start()
-        keeper = None
+        keepers = [asyncio.create_task(monitor(store).run(), name="flow")]
         if settings.retention_days > 0:
-            keeper = asyncio.create_task(prune_forever(store, settings.retention_days * 86400))
+            days = settings.retention_days
+            keepers.append(asyncio.create_task(prune_forever(store, days * 86400), name="prune"))
         try:
             yield
         finally:
-            if keeper is not None:
+            for keeper in keepers:
                 keeper.cancel()
             await relay.stop(settings.shutdown_grace)
             if parts.client is not None:
                 await parts.client.aclose()
             await store.close()
+
+    def monitor(store: Store) -> Monitor:
+        return Monitor(
+            store.reader,
+            limit=settings.rate_limit_per_minute,
+            window=settings.rate_window_seconds,
+            feedback=parts.scoring.feedback_rule is not None,
+            max_age=settings.max_age,
+            sample=relay.sample,
+            report=settings.flow_report_seconds,
+        )
 
     async def healthz(request: Request) -> Response:
         return json_response(200, {"status": "ok"})

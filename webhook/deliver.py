@@ -25,6 +25,9 @@ Retry policy, all of it in :class:`RetryPolicy`:
   a ``Retry-After`` that asks for longer wins. A 429 also pauses *all* calls until then.
 - Any other 4xx is permanent: the webhook goes to the dead letters at once, with its status and
   error. So does one that used up ``max_attempts`` or is older than ``max_age``.
+- A webhook received more than 30 days ago (:data:`webhook.helicone.SCORING_WINDOW`) is not
+  posted: Helicone would answer success and drop the scores. It is finished as skipped, with
+  that reason, not a dead letter (possible only with ``SCORER_MAX_AGE`` above 30 days).
 - An outcome whose lease no longer held (it ran out and the webhook was claimed again) is
   dropped, with a line at INFO: the webhook is someone else's now.
 """
@@ -41,7 +44,8 @@ from typing import Any, Literal
 from prometheus_client import Counter
 
 from webhook import metrics
-from webhook.helicone import Answer, Helicone
+from webhook.flow import Sample
+from webhook.helicone import SCORING_WINDOW, Answer, Helicone
 from webhook.logs import event
 from webhook.store import (
     Call,
@@ -53,6 +57,7 @@ from webhook.store import (
     Posted,
     Released,
     Retry,
+    Skipped,
     Store,
     Tenure,
 )
@@ -108,8 +113,10 @@ class Delivery:
         client: Helicone | None,
         budget: PostBudget,
         policy: RetryPolicy,
+        sample: Sample | None = None,
     ) -> None:
         self.store, self.client, self.budget, self.policy = store, client, budget, policy
+        self.sample = sample or Sample()
         # Calls made here that no recorded outcome carries yet: request id -> calls.
         self._posted: dict[str, Posted] = {}
 
@@ -139,6 +146,12 @@ class Delivery:
         """Make the calls this webhook still needs; record delivered, retry, dead or deferred."""
         assert self.client is not None
         client, rid = self.client, job.request_id
+        if time.time() - job.received_at >= SCORING_WINDOW:
+            reason = "older than Helicone's 30-day scoring window: it would drop the scores"
+            if await self._record(Skipped(job.lease, reason)):
+                metrics.SKIPPED.labels("too_old").inc()
+                event(log, "not posted: too old", request_id=rid, outcome="too_old")
+            return
         posted = self.posted(job)
         scores, rating = job.scores, job.feedback
         calls: list[tuple[Call, Counter, Callable[[], Awaitable[Answer]]]] = []
@@ -171,6 +184,7 @@ class Delivery:
                 status=status,
                 attempts=job.attempts,
                 feedback=job.feedback,
+                **self.sample.fields(),
             )
 
     async def _call(

@@ -20,9 +20,20 @@ import httpx2
 import orjson
 from typing_extensions import TypeVar
 
-__all__ = ["Answer", "Helicone", "id_problem", "request_path", "retry_after_seconds"]
+__all__ = [
+    "SCORING_WINDOW",
+    "Answer",
+    "Helicone",
+    "id_problem",
+    "request_path",
+    "retry_after_seconds",
+]
 
 USER_AGENT = "helicone-scorer/0.1"
+
+SCORING_WINDOW = 30 * 86400.0
+"""Helicone applies scores only to requests created in the last 30 days (older ones are dropped
+after a success answer): nothing older is posted, listed or backfilled."""
 
 T = TypeVar("T", default=Any)
 

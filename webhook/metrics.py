@@ -5,16 +5,22 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 __all__ = [
+    "ARRIVAL_RATE",
+    "BACKLOG_CALLS",
     "DEAD_LETTERS",
+    "DRAIN_SECONDS",
     "FEEDBACK_POSTED",
     "POST_FAILURES",
+    "POST_RATE",
     "QUEUE_DEPTH",
     "RECEIVED",
     "REGISTRY",
     "RETRIES",
+    "SAMPLE_PERCENT",
     "SCORER_DURATION",
     "SCORER_ERRORS",
     "SCORES_POSTED",
+    "SKIPPED",
 ]
 
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -45,6 +51,38 @@ DEAD_LETTERS = Counter(
 )
 QUEUE_DEPTH = Gauge(
     "helicone_scorer_queue_depth", "Stored webhooks, by state.", ["state"], registry=REGISTRY
+)
+SKIPPED = Counter(
+    "helicone_scorer_skipped",
+    "Webhooks finished without posting, by reason (sampled_out, too_old).",
+    ["reason"],
+    registry=REGISTRY,
+)
+# The flow (webhook.flow), read from the store every half minute: the same on every instance.
+ARRIVAL_RATE = Gauge(
+    "helicone_scorer_arrival_rate_per_minute",
+    "Live webhooks stored a minute, over the last 10 minutes.",
+    registry=REGISTRY,
+)
+POST_RATE = Gauge(
+    "helicone_scorer_post_rate_per_minute",
+    "API calls made a minute, over the last 10 minutes.",
+    registry=REGISTRY,
+)
+BACKLOG_CALLS = Gauge(
+    "helicone_scorer_backlog_calls",
+    "API calls the unfinished webhooks still need.",
+    registry=REGISTRY,
+)
+DRAIN_SECONDS = Gauge(
+    "helicone_scorer_drain_seconds",
+    "Time to drain the backlog at the budget's pace, less what arrivals need (+Inf: it grows).",
+    registry=REGISTRY,
+)
+SAMPLE_PERCENT = Gauge(
+    "helicone_scorer_sample_percent",
+    "Share of webhooks scored and posted (SCORER_SAMPLE; 100: all).",
+    registry=REGISTRY,
 )
 SCORER_DURATION = Histogram(
     "helicone_scorer_scorer_duration_seconds",

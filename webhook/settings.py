@@ -111,6 +111,12 @@ class Settings(BaseSettings):
     rate_window_seconds: float = Field(
         default=60.0, gt=0, validation_alias=_env("SCORER_RATE_WINDOW_SECONDS")
     )
+    sample: Annotated[float | Literal["auto"], NoDecode] = Field(
+        default=100.0, validation_alias=_env("SCORER_SAMPLE")
+    )
+    flow_report_seconds: float = Field(
+        default=300.0, gt=0, validation_alias=_env("SCORER_FLOW_REPORT_SECONDS")
+    )
     feedback_rule: str | None = Field(default=None, validation_alias=_env("SCORER_FEEDBACK_RULE"))
     rules_file: Path | None = Field(default=None, validation_alias=_env("SCORER_RULES_FILE"))
     log_format: Literal["text", "json"] = Field(
@@ -145,6 +151,19 @@ class Settings(BaseSettings):
     @classmethod
     def _blank_is_none(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("sample", mode="before")
+    @classmethod
+    def _check_sample(cls, value: object) -> object:
+        if isinstance(value, str) and value.strip().lower() == "auto":
+            return "auto"
+        try:
+            percent = float(value)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            raise ValueError("must be auto, or a percentage above 0 and at most 100") from None
+        if not 0 < percent <= 100:
+            raise ValueError("must be auto, or a percentage above 0 and at most 100")
+        return percent
 
     @field_validator("api_base")
     @classmethod

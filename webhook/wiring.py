@@ -144,6 +144,7 @@ def relay_from(
     ``score``, ``scorers`` and ``backfill`` use this module without loading them.
     """
     from webhook.deliver import RetryPolicy
+    from webhook.flow import Sample
     from webhook.relay import Relay
 
     policy = RetryPolicy(
@@ -162,6 +163,7 @@ def relay_from(
         concurrency=settings.relay_concurrency,
         policy=policy,
         poll_interval=settings.poll_interval,
+        sample=Sample(settings.sample),
     )
 
 

@@ -1,0 +1,201 @@
+"""The flow: how fast webhooks arrive, how fast the API budget lets their calls out, and so how
+long the backlog takes to drain; and the sample that makes the posts fit the budget.
+
+Policy:
+
+- The figures come from the store (:meth:`webhook.store.Reader.flow`), counted over the last
+  ``WINDOW`` seconds, so every instance on one database sees the same ones: live webhooks that
+  arrived, API calls made, and the backlog (webhooks not finished, and the calls they need).
+- The backlog drains at what the budget allows beyond what new arrivals need: ``capacity`` (the
+  budget's limit, a minute) less ``arriving * calls per webhook``. When that is not positive the
+  backlog grows and never drains (``Drain.seconds`` is None). Calls per webhook are the
+  backlog's own mix (scores, plus feedback where a rule rated it), else 1, or 2 with a feedback
+  rule.
+- Every ``SCORER_FLOW_REPORT_SECONDS`` (5 minutes) a log line gives the figures; a warning
+  when the drain time passes ``SCORER_MAX_AGE``, since the oldest webhooks then become dead
+  letters before their turn.
+- ``SCORER_SAMPLE``: a share of webhooks to score and post (100: all, the default), decided per
+  request id so every instance and every retry decides the same. ``auto`` sizes it from the
+  figures, every ``EVERY`` seconds: the share of arrivals whose calls fit ``HEADROOM`` of the
+  budget (the rest is left for retries, the backlog and the reconciliation sweep), never below
+  ``FLOOR`` percent. A webhook left out is finished as sampled out, never a dead letter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+from webhook import metrics
+from webhook.logs import event
+from webhook.sample import in_sample
+from webhook.store import Flow, Reader
+
+__all__ = ["Drain", "Monitor", "Sample", "drain", "duration"]
+
+log = logging.getLogger("webhook.flow")
+
+WINDOW = 600.0  # seconds of history the rates are counted over
+EVERY = 30.0  # seconds between two readings of the figures (at most)
+HEADROOM = 0.9  # share of the budget an automatic sample sizes the posts to
+FLOOR = 1.0  # percent: an automatic sample never scores fewer
+
+
+@dataclass(frozen=True, slots=True)
+class Drain:
+    arriving: float  # live webhooks a minute
+    posting: float  # API calls made a minute
+    capacity: float  # API calls a minute the budget allows
+    backlog: int  # webhooks not finished
+    backlog_calls: int  # the calls they still need
+    calls_per_webhook: float
+    seconds: float | None  # to drain the backlog at this pace; None: it grows
+
+    @property
+    def growth_per_hour(self) -> float:
+        """Calls the backlog gains an hour (negative: it shrinks)."""
+        return (self.arriving * self.calls_per_webhook - self.capacity) * 60
+
+    def auto_percent(self) -> float:
+        """The sample, in percent, whose calls fit ``HEADROOM`` of the budget."""
+        demand = self.arriving * self.calls_per_webhook
+        if demand <= 0:
+            return 100.0
+        return max(FLOOR, min(100.0, 100.0 * HEADROOM * self.capacity / demand))
+
+
+def drain(flow: Flow, limit: int, window: float, feedback: bool) -> Drain:
+    """The figures, from the store's counts and the budget (``limit`` calls a ``window``)."""
+    minutes = flow.window / 60
+    arriving, posting = flow.arrived / minutes, flow.posted / minutes
+    capacity = limit * 60 / window
+    # The backlog's own mix of calls, else what a new webhook needs.
+    per = flow.backlog_calls / flow.backlog if flow.backlog else (2.0 if feedback else 1.0)
+    net = capacity - arriving * per
+    seconds: float | None
+    if flow.backlog_calls == 0:
+        seconds = 0.0
+    elif net <= 0:
+        seconds = None
+    else:
+        seconds = flow.backlog_calls / net * 60
+    return Drain(arriving, posting, capacity, flow.backlog, flow.backlog_calls, per, seconds)
+
+
+def duration(seconds: float | None) -> str:
+    """``45 s``, ``25 min``, ``31 h``, ``4 d``; ``never`` for None."""
+    if seconds is None:
+        return "never"
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 48 * 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} d"
+
+
+class Sample:
+    """Which webhooks are scored and posted: a share in percent, or ``auto`` (see the module)."""
+
+    def __init__(self, setting: float | Literal["auto"] = 100.0) -> None:
+        self.auto = setting == "auto"
+        self.percent = 100.0 if setting == "auto" else float(setting)
+        metrics.SAMPLE_PERCENT.set(self.percent)
+
+    @property
+    def active(self) -> bool:
+        """Whether outcomes mention the sample: it is automatic, or less than all."""
+        return self.auto or self.percent < 100
+
+    def fields(self) -> dict[str, float]:
+        """For an outcome's log line: the sample it was kept in, while one is on."""
+        return {"sample": self.percent} if self.active else {}
+
+    def keeps(self, request_id: str) -> bool:
+        return self.percent >= 100 or in_sample(request_id, self.percent)
+
+    def update(self, figures: Drain) -> None:
+        if self.auto:
+            self.percent = round(figures.auto_percent(), 1)
+            metrics.SAMPLE_PERCENT.set(self.percent)
+
+
+class Monitor:
+    """Reads the figures every ``EVERY`` seconds (or ``report``, if shorter) into the gauges and
+    the sample; logs them every ``report`` seconds."""
+
+    def __init__(
+        self,
+        reader: Reader,
+        *,
+        limit: int,
+        window: float,
+        feedback: bool,
+        max_age: float,
+        sample: Sample,
+        report: float = 300.0,
+    ) -> None:
+        self.reader, self.limit, self.window = reader, limit, window
+        self.feedback, self.max_age, self.sample = feedback, max_age, sample
+        self.report_every, self.every = report, min(EVERY, report)
+        self.figures: Drain | None = None
+
+    async def read(self) -> Drain:
+        figures = drain(await self.reader.flow(WINDOW), self.limit, self.window, self.feedback)
+        self.figures = figures
+        self.sample.update(figures)
+        metrics.ARRIVAL_RATE.set(figures.arriving)
+        metrics.POST_RATE.set(figures.posting)
+        metrics.BACKLOG_CALLS.set(figures.backlog_calls)
+        metrics.DRAIN_SECONDS.set(math.inf if figures.seconds is None else figures.seconds)
+        return figures
+
+    def report(self, figures: Drain) -> None:
+        late = figures.seconds is None or figures.seconds > self.max_age
+        fields = {
+            "arriving_per_min": round(figures.arriving, 1),
+            "posting_per_min": round(figures.posting, 1),
+            "limit_per_min": round(figures.capacity, 1),
+            "backlog": figures.backlog,
+            "backlog_calls": figures.backlog_calls,
+            "drain_seconds": None if figures.seconds is None else round(figures.seconds),
+        }
+        if self.sample.active:
+            fields["sample"] = self.sample.percent
+        text = (
+            f"flow: {figures.arriving:.1f} webhooks/min arriving, {figures.posting:.1f} calls/min"
+            f" posted (limit {figures.capacity:.0f}), backlog {figures.backlog} webhooks"
+            f" ({figures.backlog_calls} calls), drains in {duration(figures.seconds)}"
+        )
+        if not late:
+            event(log, text, **fields)
+            return
+        grows = figures.growth_per_hour
+        growing = f", growing by {grows:.0f} calls an hour" if grows > 0 else ""
+        event(
+            log,
+            f"{text}{growing}: past SCORER_MAX_AGE ({duration(self.max_age)}), the oldest"
+            " will become dead letters first; set SCORER_SAMPLE=auto to post a sample that fits"
+            " the budget, or raise the API's rate limit",
+            level=logging.WARNING,
+            **fields,
+        )
+
+    async def run(self) -> None:
+        """Forever, until cancelled; a failed reading is logged and tried at the next turn."""
+        since_report = self.report_every  # the first reading is reported
+        while True:
+            try:
+                figures = await self.read()
+            except Exception as exc:
+                log.warning("could not read the flow: %s", exc)
+            else:
+                if since_report >= self.report_every:
+                    self.report(figures)
+                    since_report = 0.0
+            await asyncio.sleep(self.every)
+            since_report += self.every
