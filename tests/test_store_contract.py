@@ -34,6 +34,7 @@ from webhook.store import (
     Skipped,
     Stage,
     Store,
+    SweepLease,
     open_reader,
 )
 
@@ -888,7 +889,7 @@ async def test_an_expired_sweep_lease_is_taken_and_its_end_is_stale(
     lapsed = await store.claim_sweep(SHORT)
     assert lapsed is not None
 
-    async def taken() -> object:
+    async def taken() -> SweepLease | None:
         return await other.claim_sweep(LONG)
 
     holder = await eventually_async(taken, 10, what="the expired sweep lease taken")
