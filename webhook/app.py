@@ -20,8 +20,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from webhook.flow import Monitor
 from webhook.metrics import QUEUE_DEPTH, REGISTRY
+from webhook.monitor import Monitor
 from webhook.receive import Ingest, error, json_response, receive
 from webhook.settings import Settings
 from webhook.store import Store, StoreError

@@ -11,6 +11,7 @@ Policy:
   backlog grows and never drains (``Drain.seconds`` is None). Calls per webhook are the
   backlog's own mix (scores, plus feedback where a rule rated it), else 1, or 2 with a feedback
   rule.
+- The server reads them every half minute (:mod:`webhook.monitor`); ``queue`` shows them.
 - Every ``SCORER_FLOW_REPORT_SECONDS`` (5 minutes) a log line gives the figures; a warning
   when the drain time passes ``SCORER_MAX_AGE``, since the oldest webhooks then become dead
   letters before their turn.
@@ -23,23 +24,15 @@ Policy:
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
-from webhook import metrics
-from webhook.logs import event
 from webhook.sample import in_sample
-from webhook.store import Flow, Reader
+from webhook.store import Flow
 
-__all__ = ["Drain", "Monitor", "Sample", "drain", "duration"]
-
-log = logging.getLogger("webhook.flow")
+__all__ = ["WINDOW", "Drain", "Sample", "drain", "duration"]
 
 WINDOW = 600.0  # seconds of history the rates are counted over
-EVERY = 30.0  # seconds between two readings of the figures (at most)
 HEADROOM = 0.9  # share of the budget an automatic sample sizes the posts to
 FLOOR = 1.0  # percent: an automatic sample never scores fewer
 
@@ -104,14 +97,13 @@ class Sample:
     def __init__(self, setting: float | Literal["auto"] = 100.0) -> None:
         self.auto = setting == "auto"
         self.percent = 100.0 if setting == "auto" else float(setting)
-        metrics.SAMPLE_PERCENT.set(self.percent)
 
     @property
     def active(self) -> bool:
         """Whether outcomes mention the sample: it is automatic, or less than all."""
         return self.auto or self.percent < 100
 
-    def fields(self) -> dict[str, float]:
+    def fields(self) -> dict[str, Any]:
         """For an outcome's log line: the sample it was kept in, while one is on."""
         return {"sample": self.percent} if self.active else {}
 
@@ -121,81 +113,3 @@ class Sample:
     def update(self, figures: Drain) -> None:
         if self.auto:
             self.percent = round(figures.auto_percent(), 1)
-            metrics.SAMPLE_PERCENT.set(self.percent)
-
-
-class Monitor:
-    """Reads the figures every ``EVERY`` seconds (or ``report``, if shorter) into the gauges and
-    the sample; logs them every ``report`` seconds."""
-
-    def __init__(
-        self,
-        reader: Reader,
-        *,
-        limit: int,
-        window: float,
-        feedback: bool,
-        max_age: float,
-        sample: Sample,
-        report: float = 300.0,
-    ) -> None:
-        self.reader, self.limit, self.window = reader, limit, window
-        self.feedback, self.max_age, self.sample = feedback, max_age, sample
-        self.report_every, self.every = report, min(EVERY, report)
-        self.figures: Drain | None = None
-
-    async def read(self) -> Drain:
-        figures = drain(await self.reader.flow(WINDOW), self.limit, self.window, self.feedback)
-        self.figures = figures
-        self.sample.update(figures)
-        metrics.ARRIVAL_RATE.set(figures.arriving)
-        metrics.POST_RATE.set(figures.posting)
-        metrics.BACKLOG_CALLS.set(figures.backlog_calls)
-        metrics.DRAIN_SECONDS.set(math.inf if figures.seconds is None else figures.seconds)
-        return figures
-
-    def report(self, figures: Drain) -> None:
-        late = figures.seconds is None or figures.seconds > self.max_age
-        fields = {
-            "arriving_per_min": round(figures.arriving, 1),
-            "posting_per_min": round(figures.posting, 1),
-            "limit_per_min": round(figures.capacity, 1),
-            "backlog": figures.backlog,
-            "backlog_calls": figures.backlog_calls,
-            "drain_seconds": None if figures.seconds is None else round(figures.seconds),
-        }
-        if self.sample.active:
-            fields["sample"] = self.sample.percent
-        text = (
-            f"flow: {figures.arriving:.1f} webhooks/min arriving, {figures.posting:.1f} calls/min"
-            f" posted (limit {figures.capacity:.0f}), backlog {figures.backlog} webhooks"
-            f" ({figures.backlog_calls} calls), drains in {duration(figures.seconds)}"
-        )
-        if not late:
-            event(log, text, **fields)
-            return
-        grows = figures.growth_per_hour
-        growing = f", growing by {grows:.0f} calls an hour" if grows > 0 else ""
-        event(
-            log,
-            f"{text}{growing}: past SCORER_MAX_AGE ({duration(self.max_age)}), the oldest"
-            " will become dead letters first; set SCORER_SAMPLE=auto to post a sample that fits"
-            " the budget, or raise the API's rate limit",
-            level=logging.WARNING,
-            **fields,
-        )
-
-    async def run(self) -> None:
-        """Forever, until cancelled; a failed reading is logged and tried at the next turn."""
-        since_report = self.report_every  # the first reading is reported
-        while True:
-            try:
-                figures = await self.read()
-            except Exception as exc:
-                log.warning("could not read the flow: %s", exc)
-            else:
-                if since_report >= self.report_every:
-                    self.report(figures)
-                    since_report = 0.0
-            await asyncio.sleep(self.every)
-            since_report += self.every
