@@ -22,7 +22,7 @@ import typer
 from scorers import INT64_MAX, INT64_MIN
 from webhook.cli.console import fail, settings_or_exit
 from webhook.helicone import Answer, id_problem
-from webhook.offline.types import iso
+from webhook.logged import iso
 from webhook.score import is_uuid
 from webhook.settings import Settings
 
