@@ -11,6 +11,8 @@ Retry policy, all of it in :class:`RetryPolicy`:
   the calls made (:data:`webhook.store.Posted`), and the store keeps them. Until an outcome is
   recorded, :class:`Delivery` remembers them itself: when recording fails (the database is
   locked), the webhook claimed again here skips them, and a release at shutdown carries them.
+- Each call takes its place in the budget with its class (:func:`priority`): a live webhook's
+  scores first, its feedback next, then reconciled webhooks, then backfill.
 - No call waits for the budget while its webhook is leased: a wait can outlast the lease (a
   429's ``Retry-After`` may be longer), and the webhook would be claimed and posted twice. A
   webhook whose call finds no room is released, with what it posted, due when room is expected.
@@ -52,13 +54,14 @@ from webhook.store import (
     Outcome,
     PostBudget,
     Posted,
+    Priority,
     Released,
     Retry,
     Store,
     Tenure,
 )
 
-__all__ = ["Delivery", "RetryPolicy", "record"]
+__all__ = ["Delivery", "RetryPolicy", "priority", "record"]
 
 log = logging.getLogger("webhook.deliver")
 
@@ -84,6 +87,14 @@ class RetryPolicy:
 
     def gives_up(self, job: Job, now: float) -> bool:
         return job.attempts >= self.max_attempts or now - job.received_at >= self.max_age
+
+
+def priority(job: Job, call: Call) -> Priority:
+    """The budget class of one call: any call of a reconciled or backfilled webhook is of its
+    origin's class; a live webhook's scores are "live", its feedback "feedback"."""
+    if job.origin != "live":
+        return job.origin
+    return "live" if call == "scores" else "feedback"
 
 
 async def record(store: Store, outcome: Outcome) -> bool:
@@ -151,9 +162,9 @@ class Delivery:
             )
         answer: Answer | None = None
         for call, counter, send in calls:  # a call that succeeded before is not repeated
-            made = await self._call(send, tenure)
+            made = await self._call(send, tenure, priority(job, call))
             if not isinstance(made, Answer):
-                await self._defer(job, posted, made)
+                await self._defer(job, posted, made, priority(job, call))
                 return
             answer = made
             if not answer.ok:
@@ -175,7 +186,7 @@ class Delivery:
             )
 
     async def _call(
-        self, send: Callable[[], Awaitable[Answer]], tenure: Tenure
+        self, send: Callable[[], Awaitable[Answer]], tenure: Tenure, priority: Priority
     ) -> Answer | Literal["budget", "lease"]:
         """One API call inside the budget and inside the lease; a 429 pauses every call.
 
@@ -185,7 +196,7 @@ class Delivery:
         needs = min(CALL_NEEDS, self.policy.lease / 4)
         if tenure.left() < needs:
             return "lease"
-        slot = await self.budget.take()
+        slot = await self.budget.take(priority)
         if slot is None:
             return "budget"
         try:
@@ -205,10 +216,13 @@ class Delivery:
             metrics.POST_FAILURES.labels(str(answer.status or "none")).inc()
         return answer
 
-    async def _defer(self, job: Job, posted: Posted, why: Literal["budget", "lease"]) -> None:
-        """Give the webhook back, not as an attempt: until the budget should have room, or at
-        once when its lease is ending (most often already claimed again: then dropped)."""
-        delay = await self.budget.wait_time() if why == "budget" else 0.0
+    async def _defer(
+        self, job: Job, posted: Posted, why: Literal["budget", "lease"], priority: Priority
+    ) -> None:
+        """Give the webhook back, not as an attempt: until the budget should have room for its
+        call's class, or at once when its lease is ending (most often already claimed again:
+        then dropped)."""
+        delay = await self.budget.wait_time(priority) if why == "budget" else 0.0
         if not await self._record(Released(job.lease, posted, delay)):
             return
         if why == "lease":

@@ -4,6 +4,13 @@ Two instances starting at once are safe: the lock is taken in the transaction th
 migrates, so the second waits and then finds the schema made. A database whose version this
 build does not know (a newer build migrated it) is refused with one line, never touched.
 
+Versions are numbered as the SQLite store's, so one number means one feature set: version 2
+(the lease token, which version 1 here already had) changes nothing; version 3 replaces
+``backfill`` with ``origin`` (0 live, 1 reconciled, 2 backfill), adds ``unconfirmed`` and
+``skipped``, leads the claim indexes with the origin, adds the indexes the flow counts over, and
+records ``created`` in ``scorer_meta`` (for a database migrated from an older version: the time
+of the migration, the earliest this build can know).
+
 Times are seconds since the epoch on the database's clock (:func:`scorer_now`), so instances
 on machines whose clocks differ still agree on leases, heartbeats and the posting budget.
 """
@@ -16,7 +23,7 @@ from webhook.store import StoreError
 
 __all__ = ["SCHEMA_VERSION", "check_version", "migrate"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 3
 # pg_advisory_xact_lock key for creating and migrating the schema (any fixed bigint).
 SCHEMA_LOCK = 0x5C0_4E5_C4E3A
 
@@ -69,6 +76,29 @@ CREATE TABLE post_slots (
     ended_at double precision,
     holder   text
 );
+""",
+    2: "",
+    3: """
+ALTER TABLE webhooks ADD COLUMN origin smallint NOT NULL DEFAULT 0;
+ALTER TABLE webhooks ADD COLUMN unconfirmed boolean NOT NULL DEFAULT false;
+ALTER TABLE webhooks ADD COLUMN skipped text;
+UPDATE webhooks SET origin = 2 WHERE backfill;
+DROP INDEX webhooks_to_score;
+DROP INDEX webhooks_to_post;
+ALTER TABLE webhooks DROP COLUMN backfill;
+CREATE INDEX webhooks_to_score ON webhooks (origin, available_at, seq)
+    WHERE state IN ('pending', 'leased') AND scores IS NULL;
+CREATE INDEX webhooks_to_post ON webhooks (origin, posted_scores, available_at, seq)
+    WHERE state IN ('pending', 'leased') AND scores IS NOT NULL;
+CREATE INDEX webhooks_feedback_due ON webhooks (available_at)
+    WHERE state IN ('pending', 'leased') AND feedback IS NOT NULL AND NOT posted_feedback;
+CREATE INDEX webhooks_arrived ON webhooks (received_at) WHERE origin = 0;
+CREATE INDEX webhooks_unconfirmed ON webhooks (seq) WHERE unconfirmed;
+CREATE INDEX webhooks_skipped ON webhooks (seq) WHERE skipped IS NOT NULL;
+CREATE INDEX post_slots_ended ON post_slots (ended_at);
+CREATE INDEX post_slots_open ON post_slots (taken_at) WHERE ended_at IS NULL;
+INSERT INTO scorer_meta (key, value) VALUES ('created', scorer_now()::text)
+    ON CONFLICT (key) DO NOTHING;
 """,
 }
 

@@ -9,18 +9,33 @@ Versions:
 
 1. The first: ``webhooks``, ``post_log`` and ``meta``.
 2. ``webhooks.lease``: the token of the current lease, NULL when none (fencing).
+3. ``webhooks.origin`` (0 live, 1 reconciled, 2 backfill: :data:`ORIGINS` order) replaces
+   ``backfill``; ``unconfirmed`` (re-posted once, see ``Store.confirm``) and ``skipped`` (the
+   reason of a :class:`~webhook.store.Skipped`); the claim indexes lead with the origin; indexes
+   for the flow's counts; ``meta.created``, the store's creation time (for a store migrated
+   from an older version: the time of the migration, the earliest this build can know).
 """
 
 from __future__ import annotations
 
 import sqlite3
+import time
 
-from webhook.store import CALLS, Posted, StoreError
+from webhook.store import CALLS, ORIGINS, Origin, Posted, StoreError
 
-__all__ = ["READABLE", "SCHEMA_VERSION", "bits", "create_or_migrate", "posted", "version_problem"]
+__all__ = [
+    "READABLE",
+    "SCHEMA_VERSION",
+    "bits",
+    "create_or_migrate",
+    "origin_code",
+    "origin_name",
+    "posted",
+    "version_problem",
+]
 
-SCHEMA_VERSION = 2
-READABLE = (1, 2)  # versions the read path understands (it reads no column v2 added)
+SCHEMA_VERSION = 3
+READABLE = (1, 2, 3)  # versions the read path understands (see .sqlite_reader for the older)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS webhooks (
@@ -33,17 +48,24 @@ CREATE TABLE IF NOT EXISTS webhooks (
     scores       TEXT,
     feedback     INTEGER,
     posted       INTEGER NOT NULL DEFAULT 0,
-    backfill     INTEGER NOT NULL DEFAULT 0,
     last_status  INTEGER,
     last_error   TEXT,
     finished_at  REAL,
-    lease        TEXT
+    lease        TEXT,
+    origin       INTEGER NOT NULL DEFAULT 0,
+    unconfirmed  INTEGER NOT NULL DEFAULT 0,
+    skipped      TEXT
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS webhooks_to_score ON webhooks (available_at)
+CREATE INDEX IF NOT EXISTS webhooks_to_score ON webhooks (origin, available_at)
     WHERE state IN ('pending', 'leased') AND scores IS NULL;
-CREATE INDEX IF NOT EXISTS webhooks_to_post ON webhooks (backfill, available_at)
+CREATE INDEX IF NOT EXISTS webhooks_to_post ON webhooks (origin, posted & 1, available_at)
     WHERE state IN ('pending', 'leased') AND scores IS NOT NULL;
 CREATE INDEX IF NOT EXISTS webhooks_state ON webhooks (state, finished_at);
+CREATE INDEX IF NOT EXISTS webhooks_feedback_due ON webhooks (available_at)
+    WHERE state IN ('pending', 'leased') AND feedback IS NOT NULL AND posted & 2 = 0;
+CREATE INDEX IF NOT EXISTS webhooks_arrived ON webhooks (received_at) WHERE origin = 0;
+CREATE INDEX IF NOT EXISTS webhooks_unconfirmed ON webhooks (unconfirmed) WHERE unconfirmed;
+CREATE INDEX IF NOT EXISTS webhooks_skipped ON webhooks (state) WHERE skipped IS NOT NULL;
 CREATE TABLE IF NOT EXISTS post_log (ended_at REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS post_log_ended ON post_log (ended_at);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT) WITHOUT ROWID;
@@ -51,6 +73,15 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT) WITHOUT ROWID
 
 MIGRATIONS = {
     1: ("ALTER TABLE webhooks ADD COLUMN lease TEXT",),  # from version 1 to 2
+    2: (  # from version 2 to 3; SCHEMA then creates the new indexes
+        "ALTER TABLE webhooks ADD COLUMN origin INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE webhooks ADD COLUMN unconfirmed INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE webhooks ADD COLUMN skipped TEXT",
+        "UPDATE webhooks SET origin = 2 WHERE backfill",
+        "DROP INDEX webhooks_to_score",
+        "DROP INDEX webhooks_to_post",
+        "ALTER TABLE webhooks DROP COLUMN backfill",
+    ),
 }
 
 # ``posted`` is an integer of bits, one per call, so a merge is ``posted | ?`` in one statement.
@@ -63,6 +94,14 @@ def bits(calls: Posted) -> int:
 
 def posted(value: int) -> Posted:
     return frozenset(c for c, bit in _BIT.items() if value & bit)
+
+
+def origin_code(origin: Origin) -> int:
+    return ORIGINS.index(origin)
+
+
+def origin_name(code: int) -> Origin:
+    return ORIGINS[code]
 
 
 def version_problem(version: int, known: tuple[int, ...]) -> str | None:
@@ -82,4 +121,8 @@ def create_or_migrate(conn: sqlite3.Connection) -> None:
                 conn.execute(statement)
     for statement in filter(str.strip, SCHEMA.split(";")):
         conn.execute(statement)
+    # Created now, or (migrated from an older version, which never recorded it) now too.
+    conn.execute(
+        "INSERT OR IGNORE INTO meta (key, value) VALUES ('created', ?)", (str(time.time()),)
+    )
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
