@@ -11,7 +11,8 @@ Policy:
   skipping the requests it already read at that instant (:func:`pages`).
 - A query answered 429, 5xx or not at all is tried again up to ``retries`` times, after
   ``Retry-After`` or else ``backoff·2ⁿ`` seconds (at most a minute); then, or on any other
-  failure, :class:`QueryFailed`.
+  failure, :class:`QueryFailed`. With a :class:`Spending`, each query first takes a place in the
+  shared API budget (none free: :class:`NoRoom`, without waiting), and a 429 pauses every call.
 - The rows carry placeholder bodies; the real ones are behind ``signed_body_url``, fetched only
   from a trusted host (https, or the API's own origin) without the API key, and refused past
   :data:`MAX_SIGNED_BODY` bytes. A request whose bodies cannot be had is never scored on a
@@ -26,7 +27,8 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any
 from urllib.parse import urlsplit
@@ -36,6 +38,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter,
 
 from scorers.fetch import FetchError, fetch_json
 from webhook.helicone import USER_AGENT, Answer, Helicone
+from webhook.store import PostBudget, Priority
 
 __all__ = [
     "MAX_OFFSET",
@@ -43,10 +46,12 @@ __all__ = [
     "PLACEHOLDER_KEY",
     "HeliconeRequests",
     "Lenient",
+    "NoRoom",
     "Number",
     "QueryFailed",
     "RequestRow",
     "SignedBody",
+    "Spending",
     "Text",
     "bodies",
     "created_filter",
@@ -263,6 +268,18 @@ class QueryFailed(Exception):
         self.offset = offset
 
 
+class NoRoom(QueryFailed):
+    """No place in the API budget for the next query: nothing was sent."""
+
+
+@dataclass(frozen=True, slots=True)
+class Spending:
+    """Each query takes a place in the shared API budget, at ``priority``."""
+
+    budget: PostBudget
+    priority: Priority
+
+
 def created_filter(since: datetime | str, until: datetime | str) -> dict[str, Any]:
     """``since <= request.created_at < until``, as Helicone's filter tree."""
     start = since if isinstance(since, str) else iso(since)
@@ -281,6 +298,27 @@ def _no_report(answer: Answer, retry: int, retries: int, wait: float) -> None:
     return None
 
 
+async def _ask(
+    client: HeliconeRequests,
+    filter_: dict[str, Any],
+    offset: int,
+    limit: int,
+    spending: Spending | None,
+) -> Answer[list[RequestRow]]:
+    if spending is None:
+        return await client.request_query(filter_, offset=offset, limit=limit)
+    slot = await spending.budget.take(spending.priority)
+    if slot is None:
+        raise NoRoom(Answer(None, error="no room in the API budget"), offset)
+    try:
+        answer = await client.request_query(filter_, offset=offset, limit=limit)
+    finally:
+        await spending.budget.spent(slot)
+    if answer.status == 429:
+        await spending.budget.pause(answer.retry_after if answer.retry_after is not None else 60.0)
+    return answer
+
+
 async def _query(
     client: HeliconeRequests,
     filter_: dict[str, Any],
@@ -289,9 +327,10 @@ async def _query(
     retries: int,
     backoff: float,
     on_retry: OnRetry,
+    spending: Spending | None,
 ) -> list[RequestRow]:
     for attempt in range(retries + 1):
-        answer = await client.request_query(filter_, offset=offset, limit=limit)
+        answer = await _ask(client, filter_, offset, limit, spending)
         if answer.ok and answer.data is not None:
             return answer.data
         transient = answer.status is None or answer.status == 429 or answer.status >= 500
@@ -315,10 +354,11 @@ async def pages(
     retries: int = 4,
     backoff: float = 2.0,
     on_retry: OnRetry = _no_report,
-) -> AsyncIterator[list[RequestRow]]:
+    spending: Spending | None = None,
+) -> AsyncGenerator[list[RequestRow]]:
     """Pages of requests created in ``[since, until)``, oldest first, ``limit`` rows at most.
     ``on_retry`` is told of each failed query before the wait for its retry. Raises
-    :class:`QueryFailed`."""
+    :class:`QueryFailed` (:class:`NoRoom` when ``spending`` finds no place in the budget)."""
     start, offset, read = iso(since), 0, 0
     tail_at: str | None = None  # created_at of the last row read...
     tail_ids: set[str] = set()  # ...and the ids read at that instant
@@ -332,7 +372,7 @@ async def pages(
                 )
             start, offset, skip = tail_at, 0, set(tail_ids)
         window = created_filter(start, until)
-        rows = await _query(client, window, offset, size, retries, backoff, on_retry)
+        rows = await _query(client, window, offset, size, retries, backoff, on_retry, spending)
         offset += len(rows)
         fresh = [r for r in rows if r.request_id not in skip]
         for r in fresh:
