@@ -15,8 +15,8 @@
   request carrying an ``Authorization`` header). Each row carries its ``request_properties`` and
   the ``scores`` Helicone "applied": every score posted to it and answered 2xx, except those
   :meth:`StandIn.drop_scores` made it drop (a boolean shows as ``<name>-hcone-bool``, as 1 or 0).
-  :attr:`StandIn.query_stall` holds each query that long; :attr:`StandIn.most_queries_at_once`
-  says how many were ever in flight together.
+  :attr:`StandIn.query_stall` holds each query that long (cut short by :meth:`StandIn.stop`);
+  :attr:`StandIn.most_queries_at_once` says how many were ever in flight together.
 - Every call's raw request path (``scope["raw_path"]``, before any decoding) is recorded in
   :attr:`StandIn.raw_paths`. A path not of the exact forms above (one percent-encoded id
   segment that is not ``.`` or ``..``) is recorded in :attr:`StandIn.violations` and answered
@@ -371,8 +371,9 @@ class StandIn:
             self._queries_now += 1
             self.most_queries_at_once = max(self.most_queries_at_once, self._queries_now)
         try:
-            if self.query_stall:
-                await asyncio.sleep(self.query_stall)
+            deadline = time.monotonic() + self.query_stall
+            while time.monotonic() < deadline and not self._stopping.is_set():
+                await asyncio.sleep(min(0.05, deadline - time.monotonic()))
             return await self._answer_query(request)
         finally:
             with self._lock:

@@ -212,6 +212,26 @@ def test_a_score_helicone_dropped_is_posted_again_once(
     assert standin.posts() == {dropped: 2, kept: 1}
 
 
+def test_a_shutdown_does_not_wait_for_a_sweep(make_server: ServerFactory, standin: StandIn) -> None:
+    standin.query_stall = 600.0  # the sweep's first query never ends by itself
+    server = make_server(**SWEEP)
+    standin.wait_for(lambda: standin.most_queries_at_once == 1)
+    assert server.terminate(timeout=20)  # well before the query would end
+    line = sweeps(server)[-1]
+    assert "listed 0" in line
+    assert "stopped early at its start (cancelled)" in line
+
+
+def test_in_sample_is_stable_and_takes_the_share_asked() -> None:
+    ids = [str(uuid.uuid4()) for _ in range(4000)]
+    assert [in_sample(rid, 30) for rid in ids] == [in_sample(rid, 30) for rid in ids]
+    assert 1000 < sum(in_sample(rid, 30) for rid in ids) < 1400
+    assert not any(in_sample(rid, 0) for rid in ids)
+    assert all(in_sample(rid, 100) for rid in ids)
+    # A larger sample holds every id of a smaller one.
+    assert all(in_sample(rid, 60) for rid in ids if in_sample(rid, 30))
+
+
 def _create_store(url: str) -> None:
     async def go() -> None:
         store = open_store(url)
