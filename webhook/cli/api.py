@@ -242,10 +242,9 @@ def reconcile(
 ) -> None:
     """Run one reconciliation sweep now: queue the logged requests the store never saw.
 
-    The requests Helicone logged since the last sweep (less a look-back) that match
-    SCORER_RECONCILE_PROPERTIES and SCORER_RECONCILE_SAMPLE and never reached the store are
-    queued there (SCORER_DATABASE_URL); the relay of `helicone-scorer serve` scores and posts
-    them.
+    Those within SCORER_RECONCILE_PROPERTIES and SCORER_RECONCILE_SAMPLE are queued in the store.
+
+    The store is SCORER_DATABASE_URL's; the relay of `helicone-scorer serve` on it posts them.
     """
     from webhook.cli.reconcile import run
 
