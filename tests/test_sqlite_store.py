@@ -1,11 +1,12 @@
-"""What only the SQLite store does: its migration from schema version 1, a read path that never
-waits for the writer, and a posting budget kept in the file. (What every store promises is the
-contract suite's.)"""
+"""What only the SQLite store does: its migrations from schema versions 1 and 2, a read path
+that never waits for the writer, and a posting budget kept in the file. (What every store
+promises is the contract suite's.)"""
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3  # to build a version 1 file
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -94,7 +95,73 @@ def test_a_version_1_database_is_migrated_and_keeps_its_rows(tmp_path: Path) -> 
 
     run(db, work)
     with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone() == (3,)
+
+
+# Version 2: version 1 and the lease token.
+SCHEMA_V2 = (
+    SCHEMA_V1.replace("PRAGMA user_version = 1;", "PRAGMA user_version = 2;")
+    + "ALTER TABLE webhooks ADD COLUMN lease TEXT;"
+)
+
+
+def test_a_version_2_database_is_migrated_to_origins_and_keeps_its_rows(tmp_path: Path) -> None:
+    db = tmp_path / "v2.db"
+    with sqlite3.connect(db) as conn:
+        conn.executescript(SCHEMA_V2)
+        conn.executemany(
+            "INSERT INTO webhooks (request_id, body, state, received_at, available_at, attempts,"
+            " scores, feedback, posted, backfill, last_status, finished_at, lease)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            [
+                # The backfilled one is older: live is posted first all the same.
+                ("backfilled", None, "pending", 1.0, 1.0, 0, '{"a":1}', None, 0, 1, None, None,
+                 None),
+                ("live", None, "pending", 2.0, 2.0, 0, '{"a":2}', None, 0, 0, None, None, None),
+                ("done", None, "done", 3.0, 3.0, 1, '{"a":3}', None, 1, 0, 201, 4.0, None),
+            ],
+        )  # fmt: skip
+
+    async def read_v2() -> dict[str, tuple[str, bool, str | None]]:
+        reader = await open_reader(f"sqlite:///{db}")  # reads version 2 without migrating it
+        try:
+            entries = await reader.entries()
+            assert (await reader.flow(60)).backlog == 2
+            return {rid: (e.origin, e.unconfirmed, e.skipped) for rid, e in entries.items()}
+        finally:
+            await reader.close()
+
+    expected = {
+        "backfilled": ("backfill", False, None),
+        "live": ("live", False, None),
+        "done": ("live", False, None),
+    }
+    assert asyncio.run(read_v2()) == expected
+    with sqlite3.connect(db) as conn:
         assert conn.execute("PRAGMA user_version").fetchone() == (2,)
+    migrated_after = time.time()
+
+    async def work(store: Store) -> None:
+        entries = await store.reader.entries()
+        assert {rid: (e.origin, e.unconfirmed, e.skipped) for rid, e in entries.items()} == (
+            expected
+        )
+        assert (entries["done"].state, entries["done"].posted) == ("done", frozenset({"scores"}))
+        first, second = await store.claim("post", 1, 60), await store.claim("post", 1, 60)
+        assert [j.request_id for j in first + second] == ["live", "backfilled"]
+        assert second[0].origin == "backfill"
+        lease = await store.claim_sweep(60)
+        assert lease is not None
+        # The creation time of a migrated store: its migration (it never recorded one).
+        assert migrated_after <= lease.created <= time.time()
+        assert lease.since is None
+
+    run(db, work)
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone() == (3,)
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(webhooks)")}
+        assert {"origin", "unconfirmed", "skipped"} <= columns
+        assert "backfill" not in columns
 
 
 def test_the_read_path_never_waits_for_the_writer(tmp_path: Path) -> None:

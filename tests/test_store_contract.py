@@ -34,6 +34,7 @@ from webhook.store import (
     Skipped,
     Stage,
     Store,
+    SweepLease,
     open_reader,
 )
 
@@ -827,9 +828,9 @@ async def test_confirm_leaves_everything_else_alone(store: Store) -> None:
     await add(store, "not-posted")  # done without posting anything
     job = await claim_one(store)
     assert await store.record([Scored(job.lease, SCORES, None, finished=True)]) == [True]
-    await add(store, "skipped")
-    job = await claim_one(store)
-    assert await store.record([Skipped(job.lease, "sampled out")]) == [True]
+    await feedback_only(store, "skipped")  # its scores posted, then skipped (too old)
+    job = await claim_one(store, "post")
+    assert await store.record([Skipped(job.lease, "older than 30 days")]) == [True]
     await make_dead(store, "dead")
     mark = time.time()
     await delivered(store, "too-recent")  # finished after the time given
@@ -888,7 +889,7 @@ async def test_an_expired_sweep_lease_is_taken_and_its_end_is_stale(
     lapsed = await store.claim_sweep(SHORT)
     assert lapsed is not None
 
-    async def taken() -> object:
+    async def taken() -> SweepLease | None:
         return await other.claim_sweep(LONG)
 
     holder = await eventually_async(taken, 10, what="the expired sweep lease taken")

@@ -8,6 +8,7 @@ import asyncio
 import re
 import signal
 import sys
+import time
 
 import psycopg
 import pytest
@@ -23,6 +24,7 @@ from webhook.store import (
     open_store,
     with_connection_settings,
 )
+from webhook.store.postgres_schema import MIGRATIONS
 
 pytestmark = pytest.mark.anyio
 
@@ -180,11 +182,61 @@ async def test_a_schema_version_this_build_does_not_know_is_refused(postgres_url
     conninfo = postgres_url
     async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
         await conn.execute("UPDATE scorer_meta SET value = '99' WHERE key = 'schema_version'")
-    message = "the database has schema version 99; this build knows version 1"
+    message = "the database has schema version 99; this build knows version 3"
     with pytest.raises(StoreError, match=f"^{re.escape(message)}$"):
         await open_store(postgres_url).open()
     with pytest.raises(StoreError, match=f"^{re.escape(message)}$"):
         await open_reader(postgres_url)
+
+
+async def test_a_version_1_schema_is_migrated_to_origins_and_keeps_its_rows(
+    postgres_url: str,
+) -> None:
+    # Version 1 here is the SQLite store's version 2 (it had the lease token from the start).
+    connect = psycopg.AsyncConnection.connect(postgres_url, autocommit=True)
+    async with await connect as conn, conn.transaction():
+        for statement in filter(str.strip, MIGRATIONS[1].split(";\n")):
+            await conn.execute(statement.encode())
+        await conn.execute("INSERT INTO scorer_meta VALUES ('schema_version', '1')")
+        await conn.execute(
+            "INSERT INTO webhooks (request_id, received_at, available_at, scores, backfill,"
+            " state, posted_scores, finished_at) VALUES"
+            " ('backfilled', 1, 1, '{\"a\": 1}', true, 'pending', false, NULL),"
+            " ('live', 2, 2, '{\"a\": 2}', false, 'pending', false, NULL),"
+            " ('done', 3, 3, '{\"a\": 3}', false, 'done', true, 4)"
+        )
+    message = (
+        "the database has schema version 1; this build reads version 3: start the server on it"
+        " once to migrate it"
+    )
+    with pytest.raises(StoreError, match=f"^{re.escape(message)}$"):
+        await open_reader(postgres_url)  # the read path never migrates
+    migrated_after = time.time()
+    async with opened(postgres_url) as store:
+        entries = await store.reader.entries()
+        assert {rid: (e.origin, e.unconfirmed, e.skipped) for rid, e in entries.items()} == {
+            "backfilled": ("backfill", False, None),
+            "live": ("live", False, None),
+            "done": ("live", False, None),
+        }
+        assert (entries["done"].state, entries["done"].posted) == ("done", frozenset({"scores"}))
+        first, second = await store.claim("post", 1, 60), await store.claim("post", 1, 60)
+        assert [j.request_id for j in first + second] == ["live", "backfilled"]
+        lease = await store.claim_sweep(60)
+        assert lease is not None
+        # The creation time of a migrated store: its migration (it never recorded one).
+        assert migrated_after - 5 <= lease.created <= time.time() + 5  # the database's clock
+        assert lease.since is None
+    async with await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as conn:
+        cur = await conn.execute("SELECT value FROM scorer_meta WHERE key = 'schema_version'")
+        assert await cur.fetchone() == ("3",)
+        cur = await conn.execute(
+            "SELECT column_name FROM information_schema.columns"
+            " WHERE table_name = 'webhooks' AND table_schema = current_schema()"
+        )
+        columns = {str(name) for (name,) in await cur.fetchall()}
+    assert {"origin", "unconfirmed", "skipped"} <= columns
+    assert "backfill" not in columns
 
 
 async def test_no_server_is_one_line_at_open() -> None:
