@@ -21,6 +21,7 @@ from tests.metrics import metric
 from tests.server import Server, payload, read_rows
 from tests.standin import Call, StandIn
 from webhook.logged import iso
+from webhook.reconcile import landed_names
 from webhook.sample import in_sample
 from webhook.store import open_store
 
@@ -230,6 +231,11 @@ def test_in_sample_is_stable_and_takes_the_share_asked() -> None:
     assert all(in_sample(rid, 100) for rid in ids)
     # A larger sample holds every id of a smaller one.
     assert all(in_sample(rid, 60) for rid in ids if in_sample(rid, 30))
+
+
+def test_landed_names_take_the_boolean_suffix_off() -> None:
+    assert landed_names({"words": 3, "refusal-hcone-bool": 0}) == {"words", "refusal"}
+    assert landed_names({}) == frozenset()
 
 
 def _create_store(url: str) -> None:

@@ -35,10 +35,11 @@ Policy:
   URL (a trusted host only), rebuilt into the payload the webhook would have carried, and stored
   with origin ``"reconciled"``. One whose bodies cannot be had is counted as failed, logged, and
   not queued (a later sweep whose window still holds it tries again).
-- Confirmation: for a considered row the store has seen, Helicone's ``scores`` (a boolean shows as
-  ``<name>-hcone-bool``) are the names it applied. The store re-opens, once ever, a webhook that
-  posted its scores more than ``CONFIRM_AFTER`` seconds ago (well after Helicone's 10-minute
-  delay) and whose names are not all there; it is posted again, and counted as unconfirmed.
+- Confirmation: for each listed row the store has seen (within the filters or not: we posted
+  it), Helicone's ``scores`` (a boolean shows as ``<name>-hcone-bool``) are the names it
+  applied. The store re-opens, once ever, a webhook that posted its scores more than
+  ``CONFIRM_AFTER`` seconds ago (well after Helicone's 10-minute delay) and whose names are not
+  all there; it is posted again, and counted as unconfirmed.
 - The end mark never moves backwards (a ``--since`` run widens its own window only), and a sweep
   cancelled at shutdown records how far it got: the shutdown never waits for a sweep.
 - Each sweep is one log line (its window and counts) and moves the ``reconcile`` metrics.
@@ -250,8 +251,8 @@ class Sweeper:
 
     async def _page(self, page: list[RequestRow], tally: Tally) -> None:
         tally.listed += len(page)
-        rows = [row for row in page if self.policy.considers(row)]
-        missing = await self.store.unseen([row.request_id for row in rows]) if rows else set()
+        unseen = await self.store.unseen([row.request_id for row in page])
+        missing = [row for row in page if row.request_id in unseen and self.policy.considers(row)]
         tally.missing += len(missing)
         gate = asyncio.Semaphore(BODY_FETCHES)
 
@@ -259,11 +260,10 @@ class Sweeper:
             async with gate:
                 await self._queue(row, tally)
 
-        await asyncio.gather(*(queue(row) for row in rows if row.request_id in missing))
+        await asyncio.gather(*(queue(row) for row in missing))
+        # Whatever the store has was posted by us, filters or not: confirm it landed.
         landed = {
-            row.request_id: landed_names(row.scores)
-            for row in rows
-            if row.request_id not in missing
+            row.request_id: landed_names(row.scores) for row in page if row.request_id not in unseen
         }
         if landed:
             again = await self.store.confirm(landed, time.time() - self.policy.confirm_after)
