@@ -201,7 +201,7 @@ class Sweeper:
     async def sweep(self, *, since: float | None = None, skip_recent: bool = False) -> Tally | None:
         """One sweep, if this process gets the sweep lease (None when another holds it, or, with
         ``skip_recent``, when another swept less than half an interval ago)."""
-        lease = await self.store.claim_sweep(self.policy.lease)
+        lease = await self._claim()
         if lease is None:
             return None
         deadline = time.monotonic() + self.policy.lease * 0.75
@@ -232,6 +232,19 @@ class Sweeper:
         finally:
             await self._end(lease, tally)
         return tally
+
+    async def _claim(self) -> SweepLease | None:
+        """The sweep lease; one taken as a shutdown cancels the claim is given back at once,
+        not left to run out (a restart could not sweep until then)."""
+        claim = asyncio.ensure_future(self.store.claim_sweep(self.policy.lease))
+        try:
+            return await asyncio.shield(claim)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                lease = await asyncio.wait_for(claim, END_TIMEOUT)
+                if lease is not None:
+                    await asyncio.wait_for(self.store.end_sweep(lease, None), END_TIMEOUT)
+            raise
 
     async def _list(self, tally: Tally, deadline: float) -> None:
         since = datetime.fromtimestamp(tally.since, UTC)
