@@ -454,7 +454,8 @@ class SQLiteStore:
 
         def op(conn: sqlite3.Connection) -> SweepLease | None:
             now = time.time()
-            meta = dict(conn.execute("SELECT key, value FROM meta WHERE key LIKE 'sweep_%'"))
+            keys = (SWEEP_LEASE, SWEEP_UNTIL)
+            meta = dict(conn.execute("SELECT key, value FROM meta WHERE key IN (?, ?)", keys))
             held = meta.get(SWEEP_LEASE)
             if held is not None and float(held.partition(" ")[2]) > now:
                 return None
