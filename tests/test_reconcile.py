@@ -252,6 +252,10 @@ def test_reconcile_command_runs_one_sweep_and_prints_what_it_found(
 ) -> None:
     env = api_env(standin.base_url, tmp_path, SCORER_RECONCILE_SETTLE="0")
     _create_store(env["SCORER_DATABASE_URL"])
+    result = run(tmp_path, env | {"SCORER_RECONCILE_SETTLE": "120"}, "reconcile")
+    assert result.returncode == 0, result.stderr
+    assert "is empty (the store is younger than SCORER_RECONCILE_SETTLE, 120s)" in result.stdout
+    assert queries(standin) == []
     standin.log_request(  # before the store was created: backfill's, unless --since says so
         str(uuid.uuid4()),
         {},

@@ -42,7 +42,8 @@ Policy:
   all there; it is posted again, and counted as unconfirmed.
 - The end mark never moves backwards (a ``--since`` run widens its own window only), and a sweep
   cancelled at shutdown records how far it got: the shutdown never waits for a sweep.
-- Each sweep is one log line (its window and counts) and moves the ``reconcile`` metrics.
+- Each sweep is one log line (its window and counts) and moves the ``reconcile`` metrics; a
+  sweep with nothing to list yet (the store is younger than the settle time) logs nothing.
 """
 
 from __future__ import annotations
@@ -331,6 +332,8 @@ class Sweeper:
         line = f"reconcile: {tally.summary()}"
         if tally.stopped is None:
             metrics.RECONCILE_LAST_COMPLETED.set(time.time())
+            if tally.since >= tally.until:
+                return  # nothing to list yet (a store younger than the settle time): no line
         else:
             at = _when(tally.reached) if tally.reached is not None else "its start"
             line += f"; stopped early at {at} ({tally.stopped}): the next sweep goes on from there"

@@ -45,6 +45,12 @@ def run(settings: Settings, client: HeliconeRequests, since: float | None) -> No
         fail("reconcile interrupted; what it queued stays queued", 130)
     if tally is None:
         fail("another instance is sweeping now; try again when it is done", 1)
+    if tally.since >= tally.until:
+        typer.echo(
+            f"nothing to list yet: {tally.summary().partition(':')[0]} is empty (the store is"
+            f" younger than SCORER_RECONCILE_SETTLE, {settings.reconcile_settle:g}s)"
+        )
+        return
     typer.echo(tally.summary())
     if tally.reconciled:
         typer.echo(
