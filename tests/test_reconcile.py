@@ -5,6 +5,7 @@ confirmation of landed scores, and ``helicone-scorer reconcile``."""
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -280,6 +281,58 @@ def test_reconcile_command_runs_one_sweep_and_prints_what_it_found(
 
     result = run(tmp_path, env, "reconcile", "--since", "2h")
     assert "listed 4, missing 2, reconciled 1, failed 1" in result.stdout
+
+
+def test_no_room_in_the_budget_stops_a_sweep_at_its_last_page_and_the_next_goes_on(
+    tmp_path: Path, standin: StandIn
+) -> None:
+    env = api_env(
+        standin.base_url,
+        tmp_path,
+        SCORER_RECONCILE_SETTLE="0",
+        SCORER_RECONCILE_INTERVAL="0.1",
+        SCORER_RECONCILE_CONFIRM_AFTER="0.1",  # a look-back of 0.2 s
+        SCORER_RECONCILE_PROPERTIES="app=x",
+        SCORER_RATE_LIMIT_PER_MINUTE="1",  # one query at a time...
+        SCORER_RATE_WINDOW_SECONDS="0.5",  # ...per half second
+    )
+    _create_store(env["SCORER_DATABASE_URL"])
+    created = time.time()
+    eventually(lambda: time.time() > created + 2, 10, what="two seconds passed")
+    # 1,500 requests a millisecond apart: two pages. Two of them are within the filter.
+    rows = []
+    for i in range(1500):
+        at = created + 0.2 + i / 1000
+        rid = str(uuid.uuid4())
+        props = {"app": "x"} if i in (10, 1200) else {}
+        standin.log_request(
+            rid,
+            {},
+            {"choices": [{"message": {"content": "a b"}}]},
+            created_at=iso(datetime.fromtimestamp(at, UTC)),
+            body="inline",
+            request_properties=props,
+        )
+        rows.append((rid, at))
+
+    result = run(tmp_path, env, "reconcile")
+    assert result.returncode == 1
+    assert "listed 1000, missing 1, reconciled 1, failed 0" in result.stdout
+    assert "the sweep stopped early: no room in the API budget" in one_line_error(result)
+    assert set(read_rows(tmp_path / "scorer.db")) == {rows[10][0]}
+    first = len(queries(standin))
+
+    def goes_on() -> Any:
+        again = run(tmp_path, env, "reconcile")
+        return again if again.returncode == 0 else None
+
+    again = eventually(goes_on, 20, what="a sweep with room")
+    # It began at the last row the first sweep handled, less the look-back.
+    start, _ = bounds(queries(standin)[first])
+    assert abs(start - (rows[999][1] - 0.2)) < 0.002
+    # From row 800 on (or 799: times are sent to the millisecond), the second page included.
+    assert re.search(r"listed 70[01], missing 1, reconciled 1, failed 0,", again.stdout)
+    assert set(read_rows(tmp_path / "scorer.db")) == {rows[10][0], rows[1200][0]}
 
 
 @pytest.mark.parametrize(
