@@ -3,8 +3,8 @@
 The scorers and the scoring stage, the store, the Helicone client, the relay, the reconciliation
 sweep, the verifier and the in-flight budget are made here, so the server, ``score``,
 ``scorers``, ``backfill``, ``reconcile`` and the API commands all run what the settings say, the
-same way. The app only adds routes and a
-lifespan (:mod:`webhook.app`); nothing here starts a task or opens a file.
+same way. The app only adds routes and a lifespan (:mod:`webhook.app`); nothing here starts a
+task or opens a file.
 """
 
 from __future__ import annotations
