@@ -17,11 +17,11 @@ Retry policy, all of it in :class:`RetryPolicy`:
   429's ``Retry-After`` may be longer), and the webhook would be claimed and posted twice. A
   webhook whose call finds no room is released, with what it posted, due when room is expected.
 - No call starts with less than ``CALL_NEEDS`` seconds (a quarter of a shorter lease) of its
-  lease surely left (its :class:`~webhook.store.Tenure`), nor runs past it: the store slow to
-  answer (a take, an extend) must never let the webhook be claimed again while its call is
-  still to be made. Such a webhook is given back, not posted; a call cut off is a failed
-  attempt with no answer. With leases extended every third of one, a live store never gets
-  near this.
+  lease surely left (its :class:`~webhook.store.Tenure`): the store slow to answer (a take, an
+  extend) must never let the webhook be claimed again while its call is still to be made. Such
+  a webhook is given back, not posted. With leases extended every third of one, a live store
+  never gets near this. A call under way is not cut off when its lease runs short (its lease is
+  extended while it runs; and what was sent may have been applied all the same).
 - No answer (connection error, timeout), 408, 429 and 5xx are retried with exponential backoff
   and full jitter: attempt *n* waits a random time up to ``base * 2**(n-1)``, capped at ``cap``;
   a ``Retry-After`` that asks for longer wins. A 429 also pauses *all* calls until then.
@@ -33,7 +33,6 @@ Retry policy, all of it in :class:`RetryPolicy`:
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import random
 import time
@@ -188,7 +187,7 @@ class Delivery:
     async def _call(
         self, send: Callable[[], Awaitable[Answer]], tenure: Tenure, priority: Priority
     ) -> Answer | Literal["budget", "lease"]:
-        """One API call inside the budget and inside the lease; a 429 pauses every call.
+        """One API call inside the budget, started inside the lease; a 429 pauses every call.
 
         Without calling, why not: no room in the budget now (never wait holding a lease), or
         too little of the lease surely left.
@@ -200,14 +199,9 @@ class Delivery:
         if slot is None:
             return "budget"
         try:
-            left = tenure.left()  # the take may have waited on a slow store
-            if left < needs:
+            if tenure.left() < needs:  # the take may have waited on a slow store
                 return "lease"
-            try:
-                async with asyncio.timeout(left):
-                    answer = await send()
-            except TimeoutError:
-                answer = Answer(None, error=f"no answer in the {left:.1f} s left of its lease")
+            answer = await send()
         finally:
             await self.budget.spent(slot)
         if answer.status == 429:

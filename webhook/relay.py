@@ -14,7 +14,7 @@ when work may have become due. What a stage does with a webhook is not here: sco
   third of a lease, so a slow scorer or a slow API never gets a webhook claimed twice while it
   is still being worked on. A lease found lost is logged; its outcome will be dropped (fenced).
 - Each job knows, by this process's own clock, until when its lease surely holds (its
-  :class:`Tenure`): no API call starts after that, or runs past it. So a job that waited on a
+  :class:`Tenure`): no API call starts once it may have ended. So a job that waited on a
   database that stopped answering never posts once its lease may have gone to another claim.
 
 - A stage that fails in a way nothing foresaw (a bug, or a plugin raising even ``SystemExit``)
