@@ -17,8 +17,7 @@ from tests.conftest import ServerFactory
 from tests.server import Server, payload, read_rows
 from tests.standin import API_KEY, Injected, StandIn
 from tests.stores import BACKENDS, with_store
-from webhook.offline.backfill import QueryFailed, pages
-from webhook.offline.query import HeliconeQuery
+from webhook.logged import HeliconeRequests, QueryFailed, pages
 from webhook.store import Dead, Delivered, Scored, Store
 
 SINCE = "2024-03-01T00:00:00Z"
@@ -172,7 +171,7 @@ def test_backfill_retries_a_rate_limited_query(tmp_path: Path, standin: StandIn)
 
 def _read_all(standin: StandIn, **paging: Any) -> list[str]:
     async def go() -> list[str]:
-        client = HeliconeQuery(standin.base_url, API_KEY)
+        client = HeliconeRequests(standin.base_url, API_KEY)
         try:
             since = datetime(2024, 3, 1, tzinfo=UTC)
             until = datetime(2024, 3, 2, tzinfo=UTC)

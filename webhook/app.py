@@ -1,8 +1,8 @@
 """The Starlette app: routes, JSON errors, and a lifespan that opens and closes what runs.
 
 What runs is built from the settings by :mod:`webhook.wiring`; the app adds the routes, the
-error answers, and the lifespan that opens the store, starts the relay and the pruning, and
-stops them in order.
+error answers, and the lifespan that opens the store, starts the relay, the reconciliation sweep
+and the pruning, and stops them in order (the sweep first: a shutdown never waits for it).
 """
 
 from __future__ import annotations
@@ -64,6 +64,10 @@ def create_app(settings: Settings) -> Starlette:
             log.info("feedback rule: %s", parts.scoring.feedback_rule.text)
         await store.open(serving=True)
         await relay.start()
+        if parts.sweeper is not None:
+            parts.sweeper.start()
+        elif parts.client is None and settings.reconcile_every > 0:
+            log.warning("SCORER_RECONCILE_INTERVAL is set, but there is no API key: no sweeps")
         keepers = [asyncio.create_task(monitor(store).run(), name="flow")]
         if settings.retention_days > 0:
             days = settings.retention_days
@@ -73,6 +77,8 @@ def create_app(settings: Settings) -> Starlette:
         finally:
             for keeper in keepers:
                 keeper.cancel()
+            if parts.sweeper is not None:
+                await parts.sweeper.stop()
             await relay.stop(settings.shutdown_grace)
             if parts.client is not None:
                 await parts.client.aclose()

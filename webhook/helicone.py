@@ -3,8 +3,9 @@
 It is the one HTTP path to Helicone. It never raises for HTTP or network failures: every call
 returns an :class:`Answer`, and the caller's policy decides what to retry. See
 ``../shared/helicone-facts.md`` for the API's behaviour (201 on success, ints only, 200 requests
-per minute, 429 with ``Retry-After``). The query half, which only the offline tools use, is
-:mod:`webhook.offline.query`: the server never loads it.
+per minute, 429 with ``Retry-After``). Listing logged requests and fetching their bodies is
+:mod:`webhook.logged`'s (the sweep and ``backfill``); the score statistics, which only the offline
+tools read, are :mod:`webhook.offline.query`'s.
 """
 
 from __future__ import annotations

@@ -14,6 +14,12 @@ __all__ = [
     "POST_RATE",
     "QUEUE_DEPTH",
     "RECEIVED",
+    "RECONCILE_FAILED",
+    "RECONCILE_LAST_COMPLETED",
+    "RECONCILE_LISTED",
+    "RECONCILE_MISSING",
+    "RECONCILE_RECONCILED",
+    "RECONCILE_UNCONFIRMED",
     "REGISTRY",
     "RETRIES",
     "SAMPLE_PERCENT",
@@ -95,6 +101,36 @@ SCORER_ERRORS = Counter(
     "helicone_scorer_scorer_errors",
     "Scorer failures (exception, timeout, or a value that is not an int), by scorer.",
     ["scorer"],
+    registry=REGISTRY,
+)
+RECONCILE_LISTED = Counter(
+    "helicone_scorer_reconcile_listed",
+    "Logged requests the reconciliation sweeps listed.",
+    registry=REGISTRY,
+)
+RECONCILE_MISSING = Counter(
+    "helicone_scorer_reconcile_missing",
+    "Listed requests (within the filters and sample) the store had never seen.",
+    registry=REGISTRY,
+)
+RECONCILE_RECONCILED = Counter(
+    "helicone_scorer_reconcile_reconciled",
+    "Missing requests queued for scoring and posting.",
+    registry=REGISTRY,
+)
+RECONCILE_FAILED = Counter(
+    "helicone_scorer_reconcile_failed",
+    "Missing requests not queued: their bodies could not be had.",
+    registry=REGISTRY,
+)
+RECONCILE_UNCONFIRMED = Counter(
+    "helicone_scorer_reconcile_unconfirmed",
+    "Posted requests whose scores Helicone never showed: posted once more.",
+    registry=REGISTRY,
+)
+RECONCILE_LAST_COMPLETED = Gauge(
+    "helicone_scorer_reconcile_last_completed_timestamp_seconds",
+    "When the last reconciliation sweep that reached the end of its window ended (Unix time).",
     registry=REGISTRY,
 )
 

@@ -1,7 +1,8 @@
-"""Sampling by request id: the same answer for one id everywhere, every time.
+"""A sample of requests, decided per request id: the same id is always in or always out.
 
-A hash of the id, not a random draw, so every instance, every retry and every sweep decide
-alike: the first 8 bytes of its SHA-256, as an integer, modulo 10,000, below ``percent * 100``.
+Helicone samples each webhook delivery at random; a stable choice per id lets every process (the
+sweep on any instance, a restart, the webhook path) agree on which requests are in, without
+storing the choice. ``percent`` of ids are in, spread uniformly by a hash of the id.
 """
 
 from __future__ import annotations
@@ -12,8 +13,6 @@ __all__ = ["in_sample"]
 
 
 def in_sample(request_id: str, percent: float) -> bool:
-    """Whether ``request_id`` is in a sample of ``percent`` (0-100) percent."""
-    if percent >= 100:
-        return True
-    digest = hashlib.sha256(request_id.encode()).digest()
+    """Whether ``request_id`` is in a ``percent`` (0-100) sample: 0 takes none, 100 takes all."""
+    digest = hashlib.sha256(request_id.encode("utf-8", "surrogatepass")).digest()
     return int.from_bytes(digest[:8], "big") % 10_000 < percent * 100

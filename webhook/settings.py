@@ -117,6 +117,22 @@ class Settings(BaseSettings):
     flow_report_seconds: float = Field(
         default=300.0, gt=0, validation_alias=_env("SCORER_FLOW_REPORT_SECONDS")
     )
+    # Unset: 600 with an API key, else 0 (off); see ``reconcile_every``.
+    reconcile_interval: float | None = Field(
+        default=None, ge=0, validation_alias=_env("SCORER_RECONCILE_INTERVAL")
+    )
+    reconcile_settle: float = Field(
+        default=120.0, ge=0, le=86400, validation_alias=_env("SCORER_RECONCILE_SETTLE")
+    )
+    reconcile_properties: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=dict, validation_alias=_env("SCORER_RECONCILE_PROPERTIES")
+    )
+    reconcile_sample: float = Field(
+        default=100.0, ge=0, le=100, validation_alias=_env("SCORER_RECONCILE_SAMPLE")
+    )
+    reconcile_confirm_after: float = Field(
+        default=900.0, gt=0, validation_alias=_env("SCORER_RECONCILE_CONFIRM_AFTER")
+    )
     feedback_rule: str | None = Field(default=None, validation_alias=_env("SCORER_FEEDBACK_RULE"))
     rules_file: Path | None = Field(default=None, validation_alias=_env("SCORER_RULES_FILE"))
     log_format: Literal["text", "json"] = Field(
@@ -132,6 +148,25 @@ class Settings(BaseSettings):
             return tuple(s.strip() for s in value.split(",") if s.strip())
         return value
 
+    @field_validator("reconcile_properties", mode="before")
+    @classmethod
+    def _split_properties(cls, value: object) -> object:
+        """``key=value`` pairs, comma separated, as Helicone's webhook property filters."""
+        if not isinstance(value, str):
+            return value
+        pairs: dict[str, str] = {}
+        for item in (i.strip() for i in value.split(",")):
+            if not item:
+                continue
+            key, sep, val = item.partition("=")
+            key, val = key.strip(), val.strip()
+            if not sep or not key:
+                raise ValueError(f"{item!r}: expected key=value pairs, comma separated")
+            if key in pairs:
+                raise ValueError(f"{key!r} is given twice")
+            pairs[key] = val
+        return pairs
+
     @field_validator("body_url_allow")
     @classmethod
     def _check_origins(cls, value: tuple[str, ...]) -> tuple[str, ...]:
@@ -140,6 +175,7 @@ class Settings(BaseSettings):
 
     @field_validator(
         "api_key",
+        "reconcile_interval",
         "feedback_rule",
         "rules_file",
         "max_connections",
@@ -190,6 +226,13 @@ class Settings(BaseSettings):
             connect_timeout=self.database_connect_timeout,
             statement_timeout=self.database_statement_timeout,
         )
+
+    @property
+    def reconcile_every(self) -> float:
+        """Seconds between reconciliation sweeps; 0: none. Unset, every 600 s with an API key."""
+        if self.reconcile_interval is not None:
+            return self.reconcile_interval
+        return 600.0 if self.api_key is not None else 0.0
 
     @property
     def body_origins(self) -> tuple[Origin, ...]:

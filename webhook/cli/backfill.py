@@ -21,8 +21,8 @@ from scorers import UnknownScorerError
 from webhook.cli.api import describe
 from webhook.cli.console import fail
 from webhook.helicone import Answer
-from webhook.offline.backfill import QueryFailed, Tally, backfill
-from webhook.offline.query import HeliconeQuery
+from webhook.logged import HeliconeRequests, QueryFailed
+from webhook.offline.backfill import Tally, backfill
 from webhook.settings import Settings, SettingsError
 from webhook.store import StoreError, open_store, url_without_password
 from webhook.wiring import scoring_from
@@ -38,7 +38,11 @@ def _summary(t: Tally) -> str:
 
 
 def run(
-    settings: Settings, client: HeliconeQuery, since: datetime, until: datetime, limit: int | None
+    settings: Settings,
+    client: HeliconeRequests,
+    since: datetime,
+    until: datetime,
+    limit: int | None,
 ) -> None:
     try:
         scoring = scoring_from(settings)
