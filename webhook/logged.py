@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -274,10 +275,13 @@ class NoRoom(QueryFailed):
 
 @dataclass(frozen=True, slots=True)
 class Spending:
-    """Each query takes a place in the shared API budget, at ``priority``."""
+    """Each query takes a place in the shared API budget, at ``priority``. With ``patience``, a
+    query waits up to that many seconds for one (``backfill``, a command someone waits on);
+    without, none free stops the listing at once (the sweep resumes at its next turn)."""
 
     budget: PostBudget
     priority: Priority
+    patience: float = 0.0
 
 
 def created_filter(since: datetime | str, until: datetime | str) -> dict[str, Any]:
@@ -307,7 +311,12 @@ async def _ask(
 ) -> Answer[list[RequestRow]]:
     if spending is None:
         return await client.request_query(filter_, offset=offset, limit=limit)
-    slot = await spending.budget.take(spending.priority)
+    budget, priority = spending.budget, spending.priority
+    deadline = time.monotonic() + spending.patience
+    slot = await budget.take(priority)
+    while slot is None and (left := deadline - time.monotonic()) > 0:
+        await asyncio.sleep(min(left, max(0.05, await budget.wait_time(priority))))
+        slot = await budget.take(priority)
     if slot is None:
         raise NoRoom(Answer(None, error="no room in the API budget"), offset)
     try:
