@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from tests.cli import api_env, one_line_error, run
@@ -21,8 +22,8 @@ from tests.eventually import eventually
 from tests.metrics import metric
 from tests.server import Server, payload, read_rows
 from tests.standin import Call, StandIn
-from webhook.logged import iso
-from webhook.reconcile import landed_names
+from webhook.logged import RequestRow, iso
+from webhook.reconcile import Policy, landed_names
 from webhook.sample import in_sample
 from webhook.store import open_store
 
@@ -356,3 +357,59 @@ def test_reconcile_command_errors_are_one_line(
     assert result.returncode == 2
     assert message in one_line_error(result)
     assert queries(standin) == []
+
+
+def test_a_request_whose_bodies_failed_is_tried_again_past_the_look_back(
+    tmp_path: Path, standin: StandIn
+) -> None:
+    env = api_env(
+        standin.base_url,
+        tmp_path,
+        SCORER_RECONCILE_SETTLE="0",
+        SCORER_RECONCILE_INTERVAL="0.1",
+        SCORER_RECONCILE_CONFIRM_AFTER="0.1",  # a look-back of 0.2 s
+    )
+    _create_store(env["SCORER_DATABASE_URL"])
+    stuck = log(standin, "a b c d", body="expired")  # its signed URL answers 403, for now
+    result = run(tmp_path, env, "reconcile")
+    assert "missing 1, reconciled 0, failed 1" in result.stdout, result.stdout
+    # Later: its body can be had, and more traffic was logged well past the look-back.
+    eventually(
+        lambda: (
+            time.time()
+            > datetime.fromisoformat(standin.logged[-1]["request_created_at"]).timestamp() + 1
+        ),
+        10,
+        what="a second passed",
+    )
+    standin.bodies[stuck] = (
+        orjson.dumps({"request": {}, "response": {"choices": [{"message": {"content": "a b"}}]}}),
+        {},
+    )
+    later = log(standin, "x x x x", body="inline")
+    again = run(tmp_path, env, "reconcile")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "missing 2, reconciled 2, failed 0" in again.stdout
+    assert set(read_rows(tmp_path / "scorer.db")) == {stuck, later}
+
+
+def test_a_request_is_swept_only_once_settled_after_its_call_ended() -> None:
+    policy = Policy(interval=60, settle=120)
+    now = time.time()
+
+    def row(age: float, took_ms: float | None) -> RequestRow:
+        created = iso(datetime.fromtimestamp(now - age, UTC))
+        return RequestRow(request_id="r", request_created_at=created, delay_ms=took_ms)
+
+    assert policy.settled(row(121, 0), now)
+    assert not policy.settled(row(119, None), now)
+    # A call that ran 5 minutes sends its webhook once it ended: not missing yet at 6 minutes.
+    assert not policy.settled(row(360, 300_000), now)
+    assert policy.settled(row(421, 300_000), now)
+
+
+def test_a_row_that_says_nothing_of_scores_confirms_nothing() -> None:
+    quiet = RequestRow.model_validate({"request_id": "a"})
+    empty = RequestRow.model_validate({"request_id": "b", "scores": {}})
+    assert quiet.scores is None  # so the sweep does not take it for "none applied"
+    assert empty.scores == {}

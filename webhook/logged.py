@@ -123,6 +123,10 @@ def _mapping(value: object) -> dict[str, Any]:
     return {k: v for k, v in value.items() if isinstance(k, str)} if isinstance(value, dict) else {}
 
 
+def _mapping_or_none(value: object) -> dict[str, Any] | None:
+    return None if value is None else _mapping(value)
+
+
 Number = Annotated[int | float | None, BeforeValidator(_number)]
 Text = Annotated[str | None, BeforeValidator(_text)]
 
@@ -157,7 +161,8 @@ class RequestRow(Lenient):
     request_properties: Annotated[dict[str, str], BeforeValidator(_properties)] = Field(
         default_factory=dict
     )
-    scores: Annotated[dict[str, Any], BeforeValidator(_mapping)] = Field(default_factory=dict)
+    # None when the row says nothing of scores (not even {}): nothing can be confirmed from it.
+    scores: Annotated[dict[str, Any] | None, BeforeValidator(_mapping_or_none)] = None
 
 
 class SignedBody(Lenient):

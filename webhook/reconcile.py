@@ -34,12 +34,19 @@ Policy:
 - A considered row the store has never seen is *missing*: its bodies are fetched from its signed
   URL (a trusted host only), rebuilt into the payload the webhook would have carried, and stored
   with origin ``"reconciled"``. One whose bodies cannot be had is counted as failed, logged, and
-  not queued (a later sweep whose window still holds it tries again).
+  not queued; the end mark stays at it (for ``RETRY_FAILED_FOR``, 6 hours, at most), so the
+  next sweeps list it again and try again.
+- A row is missing only once *settled*: ``SETTLE`` seconds after its call ended (created_at
+  plus its ``delay_ms``), since Helicone sends the webhook when the call is done; a younger one
+  is left to the next sweep's look-back.
+- Never past the retention (``SCORER_RETENTION_DAYS``): the store forgets delivered webhooks
+  after it, and would take them for missing.
 - Confirmation: for each listed row the store has seen (within the filters or not: we posted
   it), Helicone's ``scores`` (a boolean shows as ``<name>-hcone-bool``) are the names it
   applied. The store re-opens, once ever, a webhook that posted its scores more than
   ``CONFIRM_AFTER`` seconds ago (well after Helicone's 10-minute delay) and whose names are not
-  all there; it is posted again, and counted as unconfirmed.
+  all there; it is posted again, and counted as unconfirmed. A row with no ``scores`` field at
+  all confirms nothing (it is not taken for "none applied").
 - The end mark never moves backwards (a ``--since`` run widens its own window only), and a sweep
   cancelled at shutdown records how far it got: the shutdown never waits for a sweep.
 - Each sweep is one log line (its window and counts) and moves the ``reconcile`` metrics; a
@@ -85,6 +92,7 @@ PAGE_SIZE = 1000  # jawn's largest page
 BODY_FETCHES = 8  # signed bodies fetched at once
 BOOL_SUFFIX = "-hcone-bool"
 END_TIMEOUT = 10.0  # seconds to record where a sweep ended, even at shutdown
+RETRY_FAILED_FOR = 6 * 3600.0  # a request whose bodies fail holds the end mark this long at most
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +104,7 @@ class Policy:
     properties: Mapping[str, str] = field(default_factory=dict)
     sample: float = 100.0
     confirm_after: float = 900.0
+    retention: float = 0.0  # SCORER_RETENTION_DAYS in seconds; 0: delivered ones are kept
 
     @property
     def lookback(self) -> float:
@@ -104,6 +113,13 @@ class Policy:
     @property
     def lease(self) -> float:
         return max(3 * self.interval, 60.0)
+
+    def settled(self, row: RequestRow, now: float) -> bool:
+        """Old enough that its webhook, if any, has arrived: SETTLE after the call *ended*
+        (Helicone logs it with the time it was made, and sends the webhook once it is done)."""
+        created = _epoch(row.request_created_at)
+        took = (row.delay_ms or 0) / 1000
+        return created is None or created + took + self.settle <= now
 
     def considers(self, row: RequestRow) -> bool:
         """Within the webhook's property filters and sample."""
@@ -125,6 +141,7 @@ class Tally:
     failed: int = 0
     unconfirmed: int = 0
     reached: float | None = None
+    held_back: float | None = None  # created_at of the oldest row whose bodies failed
     stopped: str | None = None  # why it ended before ``until``; None: it got there
     errors: list[str] = field(default_factory=list)  # the first few bodies that failed
 
@@ -195,7 +212,12 @@ class Sweeper:
         start = max(start, lease.created)
         if since is not None:
             start = min(start, since)
-        return max(start, now - SCORING_WINDOW), now - self.policy.settle
+        # Never past Helicone's scoring window; nor past the retention, whose delivered
+        # webhooks the store has forgotten and would queue again.
+        oldest = now - SCORING_WINDOW
+        if self.policy.retention > 0:
+            oldest = max(oldest, now - self.policy.retention)
+        return max(start, oldest), now - self.policy.settle
 
     async def sweep(self, *, since: float | None = None, skip_recent: bool = False) -> Tally | None:
         """One sweep, if this process gets the sweep lease (None when another holds it, or, with
@@ -264,7 +286,14 @@ class Sweeper:
     async def _page(self, page: list[RequestRow], tally: Tally) -> None:
         tally.listed += len(page)
         unseen = await self.store.unseen([row.request_id for row in page])
-        missing = [row for row in page if row.request_id in unseen and self.policy.considers(row)]
+        now = time.time()
+        missing = [
+            row
+            for row in page
+            if row.request_id in unseen
+            and self.policy.considers(row)
+            and self.policy.settled(row, now)  # if not, the next sweep's look-back has it
+        ]
         tally.missing += len(missing)
         gate = asyncio.Semaphore(BODY_FETCHES)
 
@@ -275,7 +304,9 @@ class Sweeper:
         await asyncio.gather(*(queue(row) for row in missing))
         # Whatever the store has was posted by us, filters or not: confirm it landed.
         landed = {
-            row.request_id: landed_names(row.scores) for row in page if row.request_id not in unseen
+            row.request_id: landed_names(row.scores)
+            for row in page
+            if row.request_id not in unseen and row.scores is not None
         }
         if landed:
             again = await self.store.confirm(landed, time.time() - self.policy.confirm_after)
@@ -295,6 +326,9 @@ class Sweeper:
         got = await bodies(self.client, row) if problem is None else problem
         if isinstance(got, str):
             tally.failed += 1
+            created = _epoch(row.request_created_at)
+            if created is not None and (tally.held_back is None or created < tally.held_back):
+                tally.held_back = created
             if len(tally.errors) < 3:
                 tally.errors.append(f"{rid!r}: {got}")
             event(
@@ -313,6 +347,12 @@ class Sweeper:
     async def _end(self, lease: SweepLease, tally: Tally) -> None:
         """Record the end mark (never backwards) and free the lease; count and log the sweep."""
         mark = tally.until if tally.stopped is None and tally.since < tally.until else tally.reached
+        if (
+            mark is not None
+            and tally.held_back is not None
+            and tally.held_back > time.time() - RETRY_FAILED_FOR
+        ):
+            mark = min(mark, tally.held_back)  # its bodies are tried again by the next sweeps
         if mark is not None and lease.since is not None and mark <= lease.since:
             mark = None
         try:

@@ -185,6 +185,7 @@ def sweeper_from(
         properties=settings.reconcile_properties,
         sample=settings.reconcile_sample,
         confirm_after=settings.reconcile_confirm_after,
+        retention=settings.retention_days * 86400,
     )
     return Sweeper(store, client, budget, policy)
 
