@@ -171,7 +171,8 @@ def test_a_backlog_past_the_max_age_is_reported_with_a_way_out(
     assert "arriving: 1.2 webhooks/min (last 10 min)" in shown.stdout
     assert "limit 1/min" in shown.stdout
     assert "drains in never" in shown.stdout
-    assert "warning: the backlog drains in never, past SCORER_MAX_AGE" in shown.stdout
+    assert "warning: the backlog drains in never, growing by 12 calls an hour" in shown.stdout
+    assert "past SCORER_MAX_AGE (2 min)" in shown.stdout
     figures = orjson.loads(run(server.workdir, env, "queue", "--json").stdout)
     assert figures["drain_seconds"] is None
     assert figures["drain_past_max_age"] is True
@@ -195,3 +196,21 @@ async def test_a_webhook_past_helicones_30_day_window_is_not_posted(
     assert standin.calls == []
     assert entry.state == "done"
     assert entry.skipped == "older than Helicone's 30-day scoring window: it would drop the scores"
+
+
+def test_the_drain_time_counts_only_the_sample_s_share_of_arrivals() -> None:
+    busy = flow(arrived=6000, backlog=1200, backlog_calls=1200)  # 600 a minute, 1 call each
+    unsampled = drain(busy, 200, 60, False)
+    assert unsampled.seconds is None
+    assert unsampled.late(86400)
+    auto = drain(busy, 200, 60, False, Sample("auto"))
+    assert auto.sample == pytest.approx(30)  # 90% of 200 over 600
+    assert auto.seconds == pytest.approx(1200 / 20 * MINUTE)  # 200 - 180 a minute left over
+    assert not auto.late(86400)
+    fixed = drain(busy, 200, 60, False, Sample(10))
+    assert fixed.seconds == pytest.approx(1200 / 140 * MINUTE)
+    # Already automatic: the advice does not suggest it again.
+    assert "SCORER_SAMPLE=auto" in unsampled.advice(60, Sample())
+    assert "SCORER_SAMPLE=auto" not in drain(busy, 20, 60, False, Sample("auto")).advice(
+        60, Sample("auto")
+    )

@@ -46,11 +46,29 @@ class Drain:
     backlog_calls: int  # the calls they still need
     calls_per_webhook: float
     seconds: float | None  # to drain the backlog at this pace; None: it grows
+    sample: float = 100.0  # percent of arrivals scored and posted
 
     @property
     def growth_per_hour(self) -> float:
         """Calls the backlog gains an hour (negative: it shrinks)."""
-        return (self.arriving * self.calls_per_webhook - self.capacity) * 60
+        demand = self.arriving * self.calls_per_webhook * self.sample / 100
+        return (demand - self.capacity) * 60
+
+    def late(self, max_age: float) -> bool:
+        """Whether the backlog takes longer than ``max_age`` to drain (or never does)."""
+        return self.seconds is None or self.seconds > max_age
+
+    def advice(self, max_age: float, sample: Sample) -> str:
+        """What to say when :meth:`late`: why it matters, and the ways out."""
+        grows = self.growth_per_hour
+        growing = f", growing by {grows:.0f} calls an hour" if grows > 0 else ""
+        ways = "raise the API's rate limit, or narrow the webhook's filters in Helicone"
+        if not sample.auto:
+            ways = f"set SCORER_SAMPLE=auto to post a sample that fits the budget, or {ways}"
+        return (
+            f"the backlog drains in {duration(self.seconds)}{growing}, past SCORER_MAX_AGE"
+            f" ({duration(max_age)}): the oldest will become dead letters first; {ways}"
+        )
 
     def auto_percent(self) -> float:
         """The sample, in percent, whose calls fit ``HEADROOM`` of the budget."""
@@ -60,14 +78,24 @@ class Drain:
         return max(FLOOR, min(100.0, 100.0 * HEADROOM * self.capacity / demand))
 
 
-def drain(flow: Flow, limit: int, window: float, feedback: bool) -> Drain:
-    """The figures, from the store's counts and the budget (``limit`` calls a ``window``)."""
+def drain(
+    flow: Flow, limit: int, window: float, feedback: bool, sample: Sample | None = None
+) -> Drain:
+    """The figures, from the store's counts and the budget (``limit`` calls a ``window``).
+
+    With a ``sample``, only its share of arrivals needs calls; an automatic one is sized from
+    these very figures, as the server does (so ``queue`` shows the share the server uses)."""
     minutes = flow.window / 60
     arriving, posting = flow.arrived / minutes, flow.posted / minutes
     capacity = limit * 60 / window
     # The backlog's own mix of calls, else what a new webhook needs.
     per = flow.backlog_calls / flow.backlog if flow.backlog else (2.0 if feedback else 1.0)
-    net = capacity - arriving * per
+    share = 100.0
+    if sample is not None and sample.auto:
+        share = Drain(arriving, 0, capacity, 0, 0, per, None).auto_percent()
+    elif sample is not None:
+        share = sample.percent
+    net = capacity - arriving * per * share / 100
     seconds: float | None
     if flow.backlog_calls == 0:
         seconds = 0.0
@@ -75,7 +103,7 @@ def drain(flow: Flow, limit: int, window: float, feedback: bool) -> Drain:
         seconds = None
     else:
         seconds = flow.backlog_calls / net * 60
-    return Drain(arriving, posting, capacity, flow.backlog, flow.backlog_calls, per, seconds)
+    return Drain(arriving, posting, capacity, flow.backlog, flow.backlog_calls, per, seconds, share)
 
 
 def duration(seconds: float | None) -> str:

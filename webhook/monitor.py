@@ -43,7 +43,9 @@ class Monitor:
         metrics.SAMPLE_PERCENT.set(sample.percent)
 
     async def read(self) -> Drain:
-        figures = drain(await self.reader.flow(WINDOW), self.limit, self.window, self.feedback)
+        figures = drain(
+            await self.reader.flow(WINDOW), self.limit, self.window, self.feedback, self.sample
+        )
         self.figures = figures
         self.sample.update(figures)
         metrics.SAMPLE_PERCENT.set(self.sample.percent)
@@ -54,7 +56,6 @@ class Monitor:
         return figures
 
     def report(self, figures: Drain) -> None:
-        late = figures.seconds is None or figures.seconds > self.max_age
         fields: dict[str, Any] = {
             "arriving_per_min": round(figures.arriving, 1),
             "posting_per_min": round(figures.posting, 1),
@@ -70,19 +71,11 @@ class Monitor:
             f" posted (limit {figures.capacity:.0f}), backlog {figures.backlog} webhooks"
             f" ({figures.backlog_calls} calls), drains in {duration(figures.seconds)}"
         )
-        if not late:
+        if not figures.late(self.max_age):
             event(log, text, **fields)
             return
-        grows = figures.growth_per_hour
-        growing = f", growing by {grows:.0f} calls an hour" if grows > 0 else ""
-        event(
-            log,
-            f"{text}{growing}: past SCORER_MAX_AGE ({duration(self.max_age)}), the oldest"
-            " will become dead letters first; set SCORER_SAMPLE=auto to post a sample that fits"
-            " the budget, or raise the API's rate limit",
-            level=logging.WARNING,
-            **fields,
-        )
+        advice = figures.advice(self.max_age, self.sample)
+        event(log, f"{text}: {advice}", level=logging.WARNING, **fields)
 
     async def run(self) -> None:
         """Forever, until cancelled; a failed reading is logged and tried at the next turn."""

@@ -16,7 +16,7 @@ import orjson
 import typer
 
 from webhook.cli.console import age, fail, print_table, settings_or_exit
-from webhook.flow import WINDOW, drain, duration
+from webhook.flow import WINDOW, Sample, drain, duration
 from webhook.store import (
     Flow,
     NoStore,
@@ -120,13 +120,15 @@ def summary(
         return await reader.stats(), await reader.flow(WINDOW)
 
     stats, flow = _read(read)
+    sample = Sample(settings.sample)
     figures = drain(
         flow,
         settings.rate_limit_per_minute,
         settings.rate_window_seconds,
         settings.feedback_rule is not None,
+        sample,
     )
-    late = figures.seconds is None or figures.seconds > settings.max_age
+    late = figures.late(settings.max_age)
     if json:
         typer.echo(
             orjson.dumps(
@@ -140,6 +142,7 @@ def summary(
                     "backlog_calls": figures.backlog_calls,
                     "drain_seconds": figures.seconds,
                     "drain_past_max_age": late,
+                    "sample_percent": figures.sample,
                     "unconfirmed": flow.unconfirmed,
                     "skipped": flow.skipped,
                 }
@@ -159,12 +162,10 @@ def summary(
     )
     typer.echo(f"unconfirmed: {flow.unconfirmed} (scores posted again: Helicone did not show them)")
     typer.echo(f"skipped: {flow.skipped} (sampled out, or past Helicone's 30-day window)")
+    if sample.active:
+        typer.echo(f"sample: {figures.sample:g}% of webhooks scored and posted")
     if late:
-        typer.echo(
-            f"warning: the backlog drains in {duration(figures.seconds)}, past SCORER_MAX_AGE"
-            f" ({duration(settings.max_age)}): the oldest will become dead letters first;"
-            " set SCORER_SAMPLE=auto, or raise the API's rate limit"
-        )
+        typer.echo(f"warning: {figures.advice(settings.max_age, sample)}")
 
 
 @queue_app.command("dead")
