@@ -912,6 +912,33 @@ async def test_an_expired_sweep_lease_nobody_took_still_ends(store: Store) -> No
     assert after.since == 7.0
 
 
+async def test_a_serving_open_alone_frees_the_sweep_lease(backend: Backend) -> None:
+    """A sweeper that crashed holds no lease past a restart: the sweep resumes at once, from
+    where the last one ended."""
+    async with opened(backend.url) as crashed:
+        ended = await crashed.claim_sweep(LONG)
+        assert ended is not None
+        assert await crashed.end_sweep(ended, 1234.5) is True
+        assert await crashed.claim_sweep(LONG) is not None  # then it stops, holding it
+    async with opened(backend.url) as bystander:
+        assert await bystander.claim_sweep(LONG) is None  # an open that is no server frees none
+    async with opened(backend.url, serving=True) as server:
+        resumed = await server.claim_sweep(LONG)
+        assert resumed is not None
+        assert resumed.since == 1234.5
+
+
+async def test_a_serving_open_beside_a_live_server_leaves_the_sweep_lease(
+    backend: Backend,
+) -> None:
+    async with opened(backend.url, serving=True) as first:
+        held = await first.claim_sweep(LONG)
+        assert held is not None
+        async with opened(backend.url, serving=True) as second:
+            assert await second.claim_sweep(LONG) is None
+        assert await first.end_sweep(held, None) is True
+
+
 async def _past(moment: float) -> bool:
     return time.time() > moment
 

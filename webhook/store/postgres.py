@@ -255,7 +255,9 @@ class PostgresStore:
             self._listen()
 
     async def _register(self, conn: Conn) -> None:
-        """Join the live instances; with none alive, every lease is orphaned: take it back."""
+        """Join the live instances; with none alive, every lease is orphaned: take it back,
+        and free the sweep lease (keeping where the last sweep ended), so a restart after a
+        crash sweeps at once rather than after the lease."""
         takeover = self._options.takeover
         async with conn.transaction():
             await conn.execute("LOCK TABLE instances IN EXCLUSIVE MODE")
@@ -272,6 +274,7 @@ class PostgresStore:
                 )
                 if cur.rowcount:
                     event(log, f"took back {cur.rowcount} webhook(s) a stopped server had claimed")
+                await conn.execute("DELETE FROM scorer_meta WHERE key = 'sweep_lease'")
             await conn.execute(
                 "INSERT INTO instances (id, started_at, heartbeat_at, host, pid)"
                 " VALUES (%s, scorer_now(), scorer_now(), %s, %s)",

@@ -568,7 +568,9 @@ def _heartbeat(writer: Writer, size: int, conn: sqlite3.Connection) -> None:
 
 def _recover_orphans(conn: sqlite3.Connection) -> int:
     """Make every lease pending, due now, its attempt not counted (no server holds one), and
-    end its token."""
+    end its token; free the sweep lease too (keeping where the last sweep ended), so a
+    restart after a crash sweeps at once rather than after the lease. Returns the webhooks."""
+    conn.execute("DELETE FROM meta WHERE key = ?", (SWEEP_LEASE,))
     return conn.execute(
         "UPDATE webhooks SET state = 'pending', available_at = ?, lease = NULL,"
         " attempts = MAX(attempts - 1, 0) WHERE state = 'leased'",

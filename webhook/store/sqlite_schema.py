@@ -9,11 +9,16 @@ Versions:
 
 1. The first: ``webhooks``, ``post_log`` and ``meta``.
 2. ``webhooks.lease``: the token of the current lease, NULL when none (fencing).
-3. ``webhooks.origin`` (0 live, 1 reconciled, 2 backfill: :data:`ORIGINS` order) replaces
-   ``backfill``; ``unconfirmed`` (re-posted once, see ``Store.confirm``) and ``skipped`` (the
-   reason of a :class:`~webhook.store.Skipped`); the claim indexes lead with the origin; indexes
-   for the flow's counts; ``meta.created``, the store's creation time (for a store migrated
-   from an older version: the time of the migration, the earliest this build can know).
+3. ``webhooks.origin`` (0 live, 1 reconciled, 2 backfill: :data:`ORIGINS` order) takes the
+   place of ``backfill``; ``unconfirmed`` (re-posted once, see ``Store.confirm``) and
+   ``skipped`` (the reason of a :class:`~webhook.store.Skipped`); the claim indexes lead with
+   the origin; indexes for the flow's counts; ``meta.created``, where the reconciliation
+   sweep's first window starts (see :func:`created`).
+
+Expand, then contract: version 3 keeps ``backfill`` (with its default; a fresh store has it
+too, so one version is one schema), which this build never reads or writes, because during a
+rolling restart a server of the previous build still claims from the same file, ordering by
+it. A later version drops it, once no build that reads it can still be running.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from __future__ import annotations
 import sqlite3
 import time
 
+from webhook.helicone import SCORING_WINDOW
 from webhook.store import CALLS, ORIGINS, Origin, Posted, StoreError
 
 __all__ = [
@@ -28,6 +34,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "bits",
     "create_or_migrate",
+    "created",
     "origin_code",
     "origin_name",
     "posted",
@@ -48,6 +55,7 @@ CREATE TABLE IF NOT EXISTS webhooks (
     scores       TEXT,
     feedback     INTEGER,
     posted       INTEGER NOT NULL DEFAULT 0,
+    backfill     INTEGER NOT NULL DEFAULT 0,  -- unused, kept for the previous build (see above)
     last_status  INTEGER,
     last_error   TEXT,
     finished_at  REAL,
@@ -78,9 +86,14 @@ MIGRATIONS = {
         "ALTER TABLE webhooks ADD COLUMN unconfirmed INTEGER NOT NULL DEFAULT 0",
         "ALTER TABLE webhooks ADD COLUMN skipped TEXT",
         "UPDATE webhooks SET origin = 2 WHERE backfill",
+        # The claim indexes are replaced under their names, and the old (backfill,
+        # available_at) one is not kept: the previous build claims ``INDEXED BY`` these names,
+        # so it must find them, and the new ones serve it (a scan of the due rows, sorted),
+        # for the minutes of a rolling restart, while a second index would cost every write
+        # until the version that drops ``backfill``.
         "DROP INDEX webhooks_to_score",
         "DROP INDEX webhooks_to_post",
-        "ALTER TABLE webhooks DROP COLUMN backfill",
+        # ``backfill`` stays for now (expand, then contract: see above).
     ),
 }
 
@@ -121,8 +134,24 @@ def create_or_migrate(conn: sqlite3.Connection) -> None:
                 conn.execute(statement)
     for statement in filter(str.strip, SCHEMA.split(";")):
         conn.execute(statement)
-    # Created now, or (migrated from an older version, which never recorded it) now too.
-    conn.execute(
-        "INSERT OR IGNORE INTO meta (key, value) VALUES ('created', ?)", (str(time.time()),)
-    )
+    if version < SCHEMA_VERSION:  # a version 3 store recorded its own
+        conn.execute(
+            "INSERT OR IGNORE INTO meta (key, value) VALUES ('created', ?)",
+            (repr(created(conn, migrated=version > 0)),),
+        )
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+def created(conn: sqlite3.Connection, *, migrated: bool) -> float:
+    """The store's ``created`` mark, where the reconciliation sweep's first window starts.
+
+    A fresh store: now. A store migrated from a version that never recorded it: when the
+    last live webhook arrived, the last the previous build received, so the requests Helicone
+    logged while the deploy that migrates it was under way are swept; not before Helicone's
+    scoring window (older ones cannot be scored), and now if it holds none (nothing to go on).
+    """
+    now = time.time()
+    if not migrated:
+        return now
+    (newest,) = conn.execute("SELECT max(received_at) FROM webhooks WHERE origin = 0").fetchone()
+    return now if newest is None else min(max(float(newest), now - SCORING_WINDOW), now)
