@@ -5,6 +5,7 @@ The variable names are a public contract: users' deployments set them.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -154,18 +155,8 @@ class Settings(BaseSettings):
         """``key=value`` pairs, comma separated, as Helicone's webhook property filters."""
         if not isinstance(value, str):
             return value
-        pairs: dict[str, str] = {}
-        for item in (i.strip() for i in value.split(",")):
-            if not item:
-                continue
-            key, sep, val = item.partition("=")
-            key, val = key.strip(), val.strip()
-            if not sep or not key:
-                raise ValueError(f"{item!r}: expected key=value pairs, comma separated")
-            if key in pairs:
-                raise ValueError(f"{key!r} is given twice")
-            pairs[key] = val
-        return pairs
+        items = [i for i in value.split(",") if i.strip()]
+        return key_values(items, "expected key=value pairs, comma separated")
 
     @field_validator("body_url_allow")
     @classmethod
@@ -242,6 +233,21 @@ class Settings(BaseSettings):
     @property
     def secrets(self) -> list[str]:
         return [s.get_secret_value() for s in self.webhook_secrets]
+
+
+def key_values(items: Iterable[str], expected: str = "expected name=value") -> dict[str, str]:
+    """``name=value`` items, each name once, spaces around either stripped; ValueError names the
+    first bad item (``expected`` says what was)."""
+    pairs: dict[str, str] = {}
+    for item in items:
+        key, sep, val = item.partition("=")
+        key, val = key.strip(), val.strip()
+        if not sep or not key:
+            raise ValueError(f"{item.strip()!r}: {expected}")
+        if key in pairs:
+            raise ValueError(f"{key!r} is given twice")
+        pairs[key] = val
+    return pairs
 
 
 class SettingsError(Exception):

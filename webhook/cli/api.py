@@ -24,7 +24,7 @@ from webhook.cli.console import fail, settings_or_exit
 from webhook.helicone import Answer, id_problem
 from webhook.logged import iso
 from webhook.score import is_uuid
-from webhook.settings import Settings
+from webhook.settings import Settings, key_values
 
 if TYPE_CHECKING:
     from webhook.offline.query import HeliconeQuery
@@ -56,13 +56,7 @@ def parse_when(text: str, now: datetime) -> datetime:
 def parse_scores(items: list[str]) -> dict[str, int | bool]:
     """``name=value`` pairs; a value is an Int64 or ``true``/``false``. Raises ValueError."""
     scores: dict[str, int | bool] = {}
-    for item in items:
-        name, sep, value = item.partition("=")
-        name, value = name.strip(), value.strip()
-        if not sep or not name:
-            raise ValueError(f"{item!r}: expected name=value")
-        if name in scores:
-            raise ValueError(f"{name!r} is given twice")
+    for name, value in key_values(items).items():
         if value.lower() in ("true", "false"):
             scores[name] = value.lower() == "true"
         elif _INT.fullmatch(value) and INT64_MIN <= int(value) <= INT64_MAX:
