@@ -12,7 +12,11 @@
   the ``request.created_at`` filter tree, sort, ``offset`` <= :attr:`StandIn.max_offset` and
   ``limit`` <= 1000, bodies replaced by a placeholder, and the real ones behind a
   ``signed_body_url`` serving gzip JSON ``{"request", "response"}``, like S3 (which refuses a
-  request carrying an ``Authorization`` header).
+  request carrying an ``Authorization`` header). Each row carries its ``request_properties`` and
+  the ``scores`` Helicone "applied": every score posted to it and answered 2xx, except those
+  :meth:`StandIn.drop_scores` made it drop (a boolean shows as ``<name>-hcone-bool``, as 1 or 0).
+  :attr:`StandIn.query_stall` holds each query that long (cut short by :meth:`StandIn.stop`);
+  :attr:`StandIn.most_queries_at_once` says how many were ever in flight together.
 - Every call's raw request path (``scope["raw_path"]``, before any decoding) is recorded in
   :attr:`StandIn.raw_paths`. A path not of the exact forms above (one percent-encoded id
   segment that is not ``.`` or ``..``) is recorded in :attr:`StandIn.violations` and answered
@@ -115,6 +119,11 @@ class StandIn:
         self.logged: list[dict[str, Any]] = []
         self.bodies: dict[str, tuple[bytes, dict[str, str]]] = {}
         self.max_offset = 10_000
+        self.applied: dict[str, dict[str, int]] = {}  # request id -> the scores it shows
+        self._drops: Counter[str] = Counter()  # request id -> score posts still to drop
+        self.query_stall = 0.0
+        self.most_queries_at_once = 0
+        self._queries_now = 0
         self.app = Starlette(
             routes=[
                 Route("/v1/evals/query", self._evals, methods=["POST"]),
@@ -132,6 +141,12 @@ class StandIn:
     def fail_next(self, *answers: Injected) -> None:
         with self._lock:
             self._injected.extend(answers)
+
+    def drop_scores(self, request_id: str, times: int = 1) -> None:
+        """Answer the next ``times`` score posts for ``request_id`` 201, and apply none of them,
+        as Helicone may (the row never shows those scores)."""
+        with self._lock:
+            self._drops[request_id] += times
 
     def injected_left(self) -> int:
         """How many injected answers no call has taken yet: 0 once every one is being answered."""
@@ -181,6 +196,7 @@ class StandIn:
             "total_tokens": 12,
             "costUSD": 0.0001,
             "response_status": 200,
+            "request_properties": {},
             **fields,
         }
         content = orjson.dumps({"request": request_body, "response": response_body})
@@ -307,6 +323,16 @@ class StandIn:
             for name, value in scores.items():
                 if not isinstance(value, int):  # bool is an int subclass, and allowed
                     self.violations.append(f"{rid}: {name}={value!r}")
+            with self._lock:
+                if self._drops[rid] > 0:
+                    self._drops[rid] -= 1
+                    return None
+                shown = self.applied.setdefault(rid, {})
+                for name, value in scores.items():
+                    if isinstance(value, bool):
+                        shown[f"{name}-hcone-bool"] = int(value)
+                    elif isinstance(value, int):
+                        shown[name] = value
             return None
 
         return await self._answer(request, "score", check)
@@ -341,6 +367,19 @@ class StandIn:
         return await self._answer(request, "evals", check)
 
     async def _request_query(self, request: Request) -> Response:
+        with self._lock:
+            self._queries_now += 1
+            self.most_queries_at_once = max(self.most_queries_at_once, self._queries_now)
+        try:
+            deadline = time.monotonic() + self.query_stall
+            while time.monotonic() < deadline and not self._stopping.is_set():
+                await asyncio.sleep(min(0.05, deadline - time.monotonic()))
+            return await self._answer_query(request)
+        finally:
+            with self._lock:
+                self._queries_now -= 1
+
+    async def _answer_query(self, request: Request) -> Response:
         def check(rid: str | None, body: Any) -> str | list[dict[str, Any]]:
             if not isinstance(body, dict) or "filter" not in body:
                 return "filter is required"
@@ -353,7 +392,11 @@ class StandIn:
                 return "invalid limit"
             try:
                 with self._lock:
-                    rows = [r for r in self.logged if _matches(body["filter"], r)]
+                    rows = [
+                        r | {"scores": dict(self.applied.get(r["request_id"], {}))}
+                        for r in self.logged
+                        if _matches(body["filter"], r)
+                    ]
             except (KeyError, TypeError, ValueError) as exc:
                 return f"unsupported filter: {exc}"
             descending = (body.get("sort") or {"created_at": "desc"}).get("created_at") != "asc"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +17,13 @@ from tests.conftest import ServerFactory
 from tests.server import Server, payload, read_rows
 from tests.standin import API_KEY, Injected, StandIn
 from tests.stores import BACKENDS, with_store
-from webhook.offline.backfill import QueryFailed, pages
-from webhook.offline.query import HeliconeQuery
+from webhook.logged import HeliconeRequests, QueryFailed, iso, pages
 from webhook.store import Dead, Delivered, Scored, Store
 
-SINCE = "2024-03-01T00:00:00Z"
-UNTIL = "2024-03-02T00:00:00Z"
+# Past traffic: a day of two days ago, well inside Helicone's 30-day scoring window.
+DAY = (datetime.now(UTC) - timedelta(days=2)).date().isoformat()
+SINCE = f"{DAY}T00:00:00Z"
+UNTIL = f"{(datetime.now(UTC) - timedelta(days=1)).date().isoformat()}T00:00:00Z"
 
 # Answer texts and their vocabulary_diversity, the one built-in scorer.
 TEXTS = {"one two two": 67, "a b c d": 100, "x x x x": 25, "hello hello world": 67}
@@ -36,7 +37,7 @@ def log(standin: StandIn, text: str | None, second: int, body: str = "gzip", **f
         rid,
         {"model": "gpt-4o", "messages": [{"role": "user", "content": "Hi"}]},
         answer if text is not None else {"helicone_error": "upstream failed", "body": ""},
-        created_at=f"2024-03-01T10:{second // 60:02d}:{second % 60:02d}.000Z",
+        created_at=f"{DAY}T10:{second // 60:02d}:{second % 60:02d}.000Z",
         body=body,
         **fields,
     )
@@ -78,7 +79,7 @@ def test_backfill_scores_past_traffic_and_the_running_relay_delivers_it(
     until = datetime.fromisoformat(query["filter"]["right"]["request"]["created_at"]["lt"])
     assert abs((datetime.now(UTC) - until).total_seconds()) < 60  # --until defaults to now
     assert query["filter"] == {
-        "left": {"request": {"created_at": {"gte": "2024-03-01T00:00:00.000Z"}}},
+        "left": {"request": {"created_at": {"gte": f"{DAY}T00:00:00.000Z"}}},
         "operator": "and",
         "right": {
             "request": {"created_at": {"lt": until.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"}}
@@ -172,10 +173,10 @@ def test_backfill_retries_a_rate_limited_query(tmp_path: Path, standin: StandIn)
 
 def _read_all(standin: StandIn, **paging: Any) -> list[str]:
     async def go() -> list[str]:
-        client = HeliconeQuery(standin.base_url, API_KEY)
+        client = HeliconeRequests(standin.base_url, API_KEY)
         try:
-            since = datetime(2024, 3, 1, tzinfo=UTC)
-            until = datetime(2024, 3, 2, tzinfo=UTC)
+            since = datetime.fromisoformat(SINCE)
+            until = datetime.fromisoformat(UNTIL)
             found = []
             async for page in pages(client, since, until, **paging):
                 found += [r.request_id for r in page]
@@ -241,3 +242,39 @@ def test_live_webhooks_are_posted_before_backfilled_ones(tmp_path: Path) -> None
         assert [j.request_id for j in first + second] == ["live", "old-backfill"]
 
     with_store(f"sqlite:///{tmp_path / 'q.db'}", go)
+
+
+def test_backfill_leaves_out_requests_past_helicones_30_day_window(
+    tmp_path: Path, standin: StandIn
+) -> None:
+    old = datetime.now(UTC) - timedelta(days=31)
+    stale = str(uuid.uuid4())
+    standin.log_request(
+        stale, {}, {"choices": [{"message": {"content": "a b"}}]}, created_at=iso(old)
+    )
+    fresh = log(standin, "a b c d", 0)
+    env = api_env(standin.base_url, tmp_path)
+    result = run(tmp_path, env, "backfill", "--since", iso(old - timedelta(hours=1)))
+    assert result.returncode == 0, result.stderr
+    assert "1 older than Helicone's 30-day scoring window" in result.stdout
+    assert list(read_rows(tmp_path / "scorer.db")) == [fresh]
+
+
+def test_backfill_queries_wait_their_turn_in_the_shared_budget(
+    tmp_path: Path, standin: StandIn
+) -> None:
+    # Two calls in any 2 s: the stand-in answers 429 past that, and the backfill's five
+    # queries take their places in the store's budget, so none is refused.
+    standin.window_limit, standin.window = 2, 2.0
+    for i in range(450):
+        log(standin, "one two two", i, "inline")
+    env = api_env(
+        standin.base_url,
+        tmp_path,
+        SCORER_RATE_LIMIT_PER_MINUTE="2",
+        SCORER_RATE_WINDOW_SECONDS="2",
+    )
+    result = run(tmp_path, env, "backfill", "--since", SINCE)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("read 450 request(s): 450 queued")
+    assert [status for _, _, status in queries(standin)] == [200] * 5

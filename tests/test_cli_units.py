@@ -11,10 +11,17 @@ import typer
 from scorers import Context
 from scorers.fetch import FetchError, _decode
 from webhook.cli.api import parse_scores, parse_when
-from webhook.offline.backfill import PLACEHOLDER_KEY, _real, created_filter, to_payload
+from webhook.logged import (
+    MAX_SIGNED_BODY,
+    PLACEHOLDER_KEY,
+    RequestRow,
+    created_filter,
+    iso,
+    real_body,
+    to_payload,
+)
 from webhook.offline.evals import mean, series, sparkline, summarize
-from webhook.offline.query import MAX_SIGNED_BODY
-from webhook.offline.types import Eval, RequestRow, iso
+from webhook.offline.types import Eval
 
 NOW = datetime(2024, 5, 10, 12, 0, 0, tzinfo=UTC)
 
@@ -112,9 +119,9 @@ def test_mean_is_weighted_by_counts_and_falls_back_to_average_score() -> None:
 
 
 def test_placeholder_bodies_are_not_bodies() -> None:
-    assert _real({PLACEHOLDER_KEY: "fetching body from signed_url..."}) is None
-    assert _real({PLACEHOLDER_KEY: "x", "choices": []}) == {PLACEHOLDER_KEY: "x", "choices": []}
-    assert _real(None) is None
+    assert real_body({PLACEHOLDER_KEY: "fetching body from signed_url..."}) is None
+    assert real_body({PLACEHOLDER_KEY: "x", "choices": []}) == {PLACEHOLDER_KEY: "x", "choices": []}
+    assert real_body(None) is None
 
 
 def test_to_payload_is_webhook_shaped() -> None:

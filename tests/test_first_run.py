@@ -66,7 +66,7 @@ def test_version(tmp_path: Path) -> None:
 COMMANDS = [
     [], ["serve"], ["send"], ["score"], ["scorers"], ["queue"], ["queue", "dead"],
     ["queue", "retry"], ["queue", "purge"], ["evals"], ["post-scores"], ["feedback"],
-    ["backfill"],
+    ["backfill"], ["reconcile"],
 ]  # fmt: skip
 
 

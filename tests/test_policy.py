@@ -8,6 +8,8 @@ from tests.conftest import ServerFactory
 from tests.eventually import eventually
 from tests.server import Rows, payload
 from tests.standin import Call, Injected, StandIn
+from tests.stores import with_store
+from webhook.store import Store
 
 
 def scored(rows: Rows, state: str) -> int:
@@ -155,3 +157,33 @@ def test_feedback_follows_the_rule_for_uuid_ids_only(
     ratings = {c.request_id: c.body["rating"] for c in standin.ok_calls("feedback")}
     assert ratings == {good: True, poor: False}
     server.wait_rows(lambda rows: all(r["state"] == "done" for r in rows.values()))
+
+
+def test_feedback_leaves_the_last_place_of_the_budget_to_live_scores(
+    make_server: ServerFactory, standin: StandIn
+) -> None:
+    limit, window = 20, 600.0  # a reserve of one place for each class below live scores
+    server = make_server(
+        SCORER_RATE_LIMIT_PER_MINUTE=str(limit),
+        SCORER_RATE_WINDOW_SECONDS=str(window),
+        SCORER_FEEDBACK_RULE="vocabulary_diversity >= 0",
+    )
+
+    async def hold(store: Store) -> None:  # 18 calls made elsewhere: two places are left
+        budget = store.budget(limit, window)
+        for _ in range(18):
+            slot = await budget.take()
+            assert slot is not None
+            await budget.spent(slot)
+
+    with_store(server.store_url, hold)
+    first, second = str(uuid.uuid4()), str(uuid.uuid4())
+    assert server.post(payload(first)).status_code == 202
+    # Its scores take the 19th place; its feedback may not take the last one: it waits.
+    server.wait_rows(
+        lambda rows: rows[first]["posted"] == {"scores"} and rows[first]["state"] == "pending"
+    )
+    assert server.post(payload(second)).status_code == 202
+    standin.wait_for(lambda: second in standin.posted_ids())  # the last place: live scores
+    assert standin.ok_calls("feedback") == []
+    assert [c.request_id for c in standin.ok_calls("score")] == [first, second]

@@ -12,6 +12,7 @@ import pytest
 from tests.cli import api_env, one_line_error, run
 from tests.server import Server, payload, read_rows
 from tests.standin import API_KEY, StandIn
+from tests.test_backfill import DAY, UNTIL
 from webhook.helicone import Helicone
 
 BAD_IDS = [".", "..", "a/b", "../../v1/evals/query", "a\\b", "x\nFAKE outcome=posted", "nul\x00"]
@@ -79,9 +80,9 @@ def test_backfill_skips_a_row_whose_id_could_steer_the_path(
     good = str(uuid.uuid4())
     for rid, second in (("..", 1), (good, 2), ("red\x1b[31m\x1b[2J", 3)):
         answer = {"choices": [{"message": {"role": "assistant", "content": "a b c d"}}]}
-        standin.log_request(rid, {}, answer, created_at=f"2024-03-01T10:00:0{second}.000Z")
+        standin.log_request(rid, {}, answer, created_at=f"{DAY}T10:00:0{second}.000Z")
     env = api_env(standin.base_url, tmp_path)
-    result = run(tmp_path, env, "backfill", "--since", "2024-03-01", "--until", "2024-03-02")
+    result = run(tmp_path, env, "backfill", "--since", DAY, "--until", UNTIL)
     assert result.returncode == 1, result.stderr
     line = one_line_error(result)
     assert "'..': request_id may not be . or .." in line

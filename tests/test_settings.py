@@ -25,6 +25,12 @@ from webhook.settings import Settings, SettingsError, load_settings
         ({"SCORER_DATABASE_POOL_SIZE": "0"}, "SCORER_DATABASE_POOL_SIZE"),
         ({"SCORER_DATABASE_CONNECT_TIMEOUT": "soon"}, "SCORER_DATABASE_CONNECT_TIMEOUT"),
         ({"SCORER_DATABASE_STATEMENT_TIMEOUT": "-1"}, "SCORER_DATABASE_STATEMENT_TIMEOUT"),
+        ({"SCORER_RECONCILE_INTERVAL": "-1"}, "SCORER_RECONCILE_INTERVAL"),
+        ({"SCORER_RECONCILE_SETTLE": "soon"}, "SCORER_RECONCILE_SETTLE"),
+        ({"SCORER_RECONCILE_PROPERTIES": "app"}, "SCORER_RECONCILE_PROPERTIES"),
+        ({"SCORER_RECONCILE_PROPERTIES": "a=1,a=2"}, "SCORER_RECONCILE_PROPERTIES"),
+        ({"SCORER_RECONCILE_SAMPLE": "101"}, "SCORER_RECONCILE_SAMPLE"),
+        ({"SCORER_RECONCILE_CONFIRM_AFTER": "0"}, "SCORER_RECONCILE_CONFIRM_AFTER"),
     ],
 )
 def test_bad_value_stops_start_with_one_line_naming_it(
@@ -93,6 +99,21 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     assert s.max_body_bytes == 16 * 1024 * 1024
     assert s.port == 8080
     assert s.api_key is None  # no key: a dry run
+    assert s.reconcile_every == 0  # nothing to list without a key
+    assert (s.reconcile_settle, s.reconcile_sample, s.reconcile_confirm_after) == (120, 100, 900)
+    assert s.reconcile_properties == {}
+
+
+def test_reconcile_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HELICONE_API_KEY", "sk")
+    assert load_settings().reconcile_every == 600  # with a key, every 10 minutes
+    monkeypatch.setenv("SCORER_RECONCILE_INTERVAL", "0")
+    assert load_settings().reconcile_every == 0  # turned off
+    monkeypatch.setenv("SCORER_RECONCILE_INTERVAL", " ")
+    assert load_settings().reconcile_every == 600
+    monkeypatch.setenv("SCORER_RECONCILE_PROPERTIES", " app = chat ,, env=a=b,")
+    assert load_settings().reconcile_properties == {"app": "chat", "env": "a=b"}
 
 
 def test_dotenv_file_is_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -118,7 +139,7 @@ def test_a_database_from_another_schema_version_stops_the_start(tmp_path: Path) 
     env = {"HELICONE_WEBHOOK_SECRET": "k", "SCORER_DATABASE_URL": f"sqlite:///{db}"}
     result = run(tmp_path, env, "serve")
     assert result.returncode == 2
-    assert "schema version 99; this build knows version 2" in result.stderr
+    assert "schema version 99; this build knows version 3" in result.stderr
 
 
 def test_database_settings_beat_the_urls_options(monkeypatch: pytest.MonkeyPatch) -> None:

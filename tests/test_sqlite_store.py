@@ -1,15 +1,17 @@
-"""What only the SQLite store does: its migration from schema version 1, a read path that never
-waits for the writer, and a posting budget kept in the file. (What every store promises is the
-contract suite's.)"""
+"""What only the SQLite store does: its migrations from schema versions 1 and 2, a read path
+that never waits for the writer, and a posting budget kept in the file. (What every store
+promises is the contract suite's.)"""
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3  # to build a version 1 file
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from tests.stores import sqlite_writes_held, with_store
+from webhook.helicone import SCORING_WINDOW
 from webhook.store import Delivered, Store, open_reader, open_store
 
 # The schema of version 1, as the first release created it.
@@ -94,7 +96,166 @@ def test_a_version_1_database_is_migrated_and_keeps_its_rows(tmp_path: Path) -> 
 
     run(db, work)
     with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone() == (3,)
+
+
+# Version 2: version 1 and the lease token.
+SCHEMA_V2 = (
+    SCHEMA_V1.replace("PRAGMA user_version = 1;", "PRAGMA user_version = 2;")
+    + "ALTER TABLE webhooks ADD COLUMN lease TEXT;"
+)
+
+
+# The previous build's (version 2) writes and claims, frozen as it ran them: during a rolling
+# restart a server of that build still works on a file the new build migrated.
+OLD_INSERT = (
+    "INSERT OR IGNORE INTO webhooks (request_id, body, received_at, available_at)"
+    " VALUES (?, ?, ?, ?)"
+)
+OLD_ENQUEUE = (
+    "INSERT INTO webhooks (request_id, received_at, available_at, scores, backfill)"
+    " VALUES (?, ?, ?, ?, 1)"
+)
+OLD_CLAIM = {
+    "score": (
+        "UPDATE webhooks SET state = 'leased', available_at = ?, attempts = attempts + 1,"
+        " lease = ?"
+        " WHERE request_id IN (SELECT request_id FROM webhooks INDEXED BY webhooks_to_score"
+        "   WHERE state IN ('pending', 'leased') AND scores IS NULL AND available_at <= ?"
+        "   ORDER BY available_at LIMIT ?)"
+        " RETURNING request_id, body, attempts, received_at, scores, feedback, posted"
+    ),
+    "post": (
+        "UPDATE webhooks SET state = 'leased', available_at = ?, attempts = attempts + 1,"
+        " lease = ?"
+        " WHERE request_id IN (SELECT request_id FROM webhooks INDEXED BY webhooks_to_post"
+        "   WHERE state IN ('pending', 'leased') AND scores IS NOT NULL AND available_at <= ?"
+        "   ORDER BY backfill, available_at LIMIT ?)"
+        " RETURNING request_id, NULL, attempts, received_at, scores, feedback, posted"
+    ),
+}
+
+
+def _old_build_works(db: Path) -> None:
+    """The previous build's add, backfill and both claims still run on the migrated file, and
+    its claim still posts live scores before backfilled ones."""
+    now = time.time()
+    with sqlite3.connect(db) as conn:
+        conn.execute(OLD_INSERT, ("old-live", b"{}", now, now))
+        conn.execute(OLD_ENQUEUE, ("old-backfilled", now - 1, now - 1, '{"a":1}'))
+        conn.execute(
+            "INSERT INTO webhooks (request_id, received_at, available_at, scores)"
+            " VALUES ('old-scored', ?, ?, '{\"a\":2}')",
+            (now, now),
+        )
+        claimed = {}
+        for stage, sql in OLD_CLAIM.items():
+            rows = conn.execute(sql, (now + 60, f"old-{stage}", now + 1, 10)).fetchall()
+            claimed[stage] = [row[0] for row in rows]
+    assert claimed["score"] == ["old-live"]
+    assert sorted(claimed["post"]) == ["old-backfilled", "old-scored"]
+    with sqlite3.connect(db) as conn:  # its order: live first, though the backfilled is older
+        conn.execute(
+            "UPDATE webhooks SET state = 'pending', available_at = 0, lease = NULL"
+            " WHERE request_id LIKE 'old-%'"
+        )
+        (row,) = conn.execute(OLD_CLAIM["post"], (now + 60, "again", now + 1, 1)).fetchall()
+    assert row[0] == "old-scored"
+
+
+def test_a_version_2_database_is_migrated_to_origins_and_keeps_its_rows(tmp_path: Path) -> None:
+    db = tmp_path / "v2.db"
+    with sqlite3.connect(db) as conn:
+        conn.executescript(SCHEMA_V2)
+        conn.executemany(
+            "INSERT INTO webhooks (request_id, body, state, received_at, available_at, attempts,"
+            " scores, feedback, posted, backfill, last_status, finished_at, lease)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            [
+                # The backfilled one is older: live is posted first all the same.
+                ("backfilled", None, "pending", 1.0, 1.0, 0, '{"a":1}', None, 0, 1, None, None,
+                 None),
+                ("live", None, "pending", 2.0, 2.0, 0, '{"a":2}', None, 0, 0, None, None, None),
+                ("done", None, "done", 3.0, 3.0, 1, '{"a":3}', None, 1, 0, 201, 4.0, None),
+            ],
+        )  # fmt: skip
+
+    async def read_v2() -> dict[str, tuple[str, bool, str | None]]:
+        reader = await open_reader(f"sqlite:///{db}")  # reads version 2 without migrating it
+        try:
+            entries = await reader.entries()
+            assert (await reader.flow(60)).backlog == 2
+            return {rid: (e.origin, e.unconfirmed, e.skipped) for rid, e in entries.items()}
+        finally:
+            await reader.close()
+
+    expected = {
+        "backfilled": ("backfill", False, None),
+        "live": ("live", False, None),
+        "done": ("live", False, None),
+    }
+    assert asyncio.run(read_v2()) == expected
+    with sqlite3.connect(db) as conn:
         assert conn.execute("PRAGMA user_version").fetchone() == (2,)
+    migrated_after = time.time()
+
+    async def work(store: Store) -> None:
+        entries = await store.reader.entries()
+        assert {rid: (e.origin, e.unconfirmed, e.skipped) for rid, e in entries.items()} == (
+            expected
+        )
+        assert (entries["done"].state, entries["done"].posted) == ("done", frozenset({"scores"}))
+        first, second = await store.claim("post", 1, 60), await store.claim("post", 1, 60)
+        assert [j.request_id for j in first + second] == ["live", "backfilled"]
+        assert second[0].origin == "backfill"
+        lease = await store.claim_sweep(60)
+        assert lease is not None
+        # Its live webhooks arrived long ago: the sweep starts at Helicone's window.
+        window_start = lease.created + SCORING_WINDOW
+        assert migrated_after <= window_start <= time.time()
+        assert lease.since is None
+
+    run(db, work)
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone() == (3,)
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(webhooks)")}
+        assert {"origin", "unconfirmed", "skipped", "backfill"} <= columns  # expand, then contract
+    _old_build_works(db)
+
+
+def test_a_migrated_store_sweeps_from_the_last_live_webhook(tmp_path: Path) -> None:
+    """The requests Helicone logged while the deploy that migrates the store was under way are
+    swept: ``created`` is when the previous build received its last live webhook."""
+    db = tmp_path / "v2.db"
+    last = time.time() - 3600
+    with sqlite3.connect(db) as conn:
+        conn.executescript(SCHEMA_V2)
+        conn.executemany(
+            "INSERT INTO webhooks (request_id, state, received_at, available_at, backfill)"
+            " VALUES (?, 'done', ?, ?, ?)",
+            [("earlier", last - 60, 0, 0), ("last", last, 0, 0), ("backfilled", last + 600, 0, 1)],
+        )
+
+    async def created(store: Store) -> float:
+        lease = await store.claim_sweep(60)
+        assert lease is not None
+        return lease.created
+
+    assert with_store(f"sqlite:///{db}", created) == last
+
+
+def test_a_migrated_store_with_no_webhook_sweeps_from_its_migration(tmp_path: Path) -> None:
+    db = tmp_path / "v2.db"
+    with sqlite3.connect(db) as conn:
+        conn.executescript(SCHEMA_V2)
+    migrated_after = time.time()
+
+    async def created(store: Store) -> float:
+        lease = await store.claim_sweep(60)
+        assert lease is not None
+        return lease.created
+
+    assert migrated_after <= with_store(f"sqlite:///{db}", created) <= time.time()
 
 
 def test_the_read_path_never_waits_for_the_writer(tmp_path: Path) -> None:

@@ -17,19 +17,24 @@ import pytest
 from tests.eventually import eventually_async
 from tests.stores import Backend, opened
 from webhook.store import (
+    PRIORITIES,
     STATES,
     Dead,
     Delivered,
     Entry,
+    Flow,
     Job,
     Lease,
     NoStore,
+    Origin,
     Posted,
     Released,
     Retry,
     Scored,
+    Skipped,
     Stage,
     Store,
+    SweepLease,
     open_reader,
 )
 
@@ -57,10 +62,10 @@ def body(request_id: str) -> bytes:
     return b'{"request_id":"' + request_id.encode() + b'"}'
 
 
-async def add(store: Store, *request_ids: str) -> None:
+async def add(store: Store, *request_ids: str, origin: Origin = "live") -> None:
     """Add in this order, one after the other (so their age is this order)."""
     for rid in request_ids:
-        assert await store.add(rid, body(rid))
+        assert await store.add(rid, body(rid), origin)
 
 
 async def claim_ids(store: Store, stage: Stage, limit: int = 10, lease: float = LONG) -> list[str]:
@@ -77,11 +82,30 @@ async def entry(store: Store, request_id: str) -> Entry:
     return (await store.reader.entries([request_id]))[request_id]
 
 
-async def to_post(store: Store, request_id: str, feedback: bool | None = None) -> None:
+async def to_post(
+    store: Store, request_id: str, feedback: bool | None = None, origin: Origin = "live"
+) -> None:
     """Add and score a webhook, leaving it due in the post stage."""
-    await add(store, request_id)
+    await add(store, request_id, origin=origin)
     job = await claim_one(store)
+    assert job.origin == origin
     assert await store.record([Scored(job.lease, SCORES, feedback, finished=False)]) == [True]
+
+
+async def feedback_only(store: Store, request_id: str, origin: Origin = "live") -> None:
+    """A webhook due in the post stage whose scores are posted: only its feedback is left."""
+    await to_post(store, request_id, feedback=True, origin=origin)
+    job = await claim_one(store, "post")
+    assert await store.record([Released(job.lease, frozenset({"scores"}))]) == [True]
+
+
+async def delivered(store: Store, request_id: str, feedback: bool | None = None) -> None:
+    """A webhook done with every call posted (add it while nothing else is due to post)."""
+    await to_post(store, request_id, feedback)
+    job = await claim_one(store, "post")
+    assert job.request_id == request_id
+    calls: Posted = frozenset({"scores"} if feedback is None else {"scores", "feedback"})
+    assert await store.record([Delivered(job.lease, 201, calls)]) == [True]
 
 
 async def reclaimed(store: Store, stage: Stage, request_id: str) -> Job:
@@ -156,6 +180,33 @@ async def test_live_webhooks_are_posted_before_backfilled_ones(store: Store) -> 
     assert await claim_ids(store, "post", limit=1) == ["live-1"]
     assert await claim_ids(store, "post", limit=1) == ["live-2"]
     assert await claim_ids(store, "post", limit=1) == ["backfilled"]
+
+
+async def test_the_score_stage_claims_live_then_reconciled_then_backfilled(store: Store) -> None:
+    await add(store, "backfill", origin="backfill")  # oldest first, claimed last
+    await add(store, "reconciled", origin="reconciled")
+    await add(store, "live-1", "live-2")
+    order = [await claim_one(store) for _ in range(4)]
+    assert [(j.request_id, j.origin) for j in order] == [
+        ("live-1", "live"), ("live-2", "live"), ("reconciled", "reconciled"),
+        ("backfill", "backfill"),
+    ]  # fmt: skip
+    e = await entry(store, "reconciled")
+    assert (e.origin, e.backfill) == ("reconciled", False)
+
+
+async def test_the_post_stage_claims_by_origin_and_scores_before_feedback(store: Store) -> None:
+    assert await store.enqueue_scores("backfill", SCORES)
+    await feedback_only(store, "reconciled-feedback", origin="reconciled")
+    await to_post(store, "reconciled-scores", origin="reconciled")
+    await feedback_only(store, "live-feedback")  # older than live-scores, but scores come first
+    await to_post(store, "live-scores", feedback=True)
+    order = [await claim_one(store, "post") for _ in range(5)]
+    assert [(j.request_id, j.origin) for j in order] == [
+        ("live-scores", "live"), ("live-feedback", "live"),
+        ("reconciled-scores", "reconciled"), ("reconciled-feedback", "reconciled"),
+        ("backfill", "backfill"),
+    ]  # fmt: skip
 
 
 async def test_a_job_carries_what_the_post_stage_needs(store: Store) -> None:
@@ -693,3 +744,275 @@ async def test_a_serving_store_keeps_its_claims_alive_from_its_open_on(backend: 
         assert (until == float("inf")) == (backend.name == "sqlite")
         if backend.name == "postgres":  # a claim sent before this server joined is not covered
             assert server.alive_until(before) == float("-inf")
+
+
+# Skipped: finished without posting, not a dead letter
+
+
+async def test_skipped_is_done_with_its_reason_from_either_stage(store: Store) -> None:
+    await add(store, "sampled-out")
+    job = await claim_one(store)
+    assert await store.record([Skipped(job.lease, "sampled out")]) == [True]
+    await to_post(store, "too-old")
+    job = await claim_one(store, "post")
+    assert await store.record([Skipped(job.lease, "older than 30 days")]) == [True]
+    for rid, reason in (("sampled-out", "sampled out"), ("too-old", "older than 30 days")):
+        e = await entry(store, rid)
+        assert (e.state, e.skipped, e.has_body, e.posted) == ("done", reason, False, frozenset())
+        assert e.finished_at is not None
+    assert await store.reader.dead_letters(10) == []
+    assert await claim_ids(store, "score") == await claim_ids(store, "post") == []
+
+
+async def test_skipped_is_fenced_by_its_lease(store: Store) -> None:
+    await add(store, "a")
+    stale = await claim_one(store, lease=SHORT)
+    await reclaimed(store, "score", "a")
+    assert await store.record([Skipped(stale.lease, "sampled out")]) == [False]
+    e = await entry(store, "a")
+    assert (e.state, e.skipped) == ("leased", None)
+
+
+# Reconciliation: unseen ids, confirming landed scores, the sweep's lease
+
+
+async def test_unseen_names_the_ids_never_stored_or_pruned(store: Store) -> None:
+    await add(store, "kept")
+    await add(store, "pruned")
+    job = await claim_one(store)
+    assert job.request_id == "kept"
+    job = await claim_one(store)
+    assert await store.record([Scored(job.lease, SCORES, None, finished=True)]) == [True]
+    assert await store.prune_done(time.time() + 1) == 1
+    assert await store.unseen(["kept", "pruned", "new", "kept", "new"]) == {"pruned", "new"}
+    assert await store.unseen([]) == set()
+    many = [f"id-{i}" for i in range(1200)]  # more than one statement's worth of ids
+    assert await store.unseen([*many, "kept"]) == set(many)
+
+
+LANDED_NONE: frozenset[str] = frozenset()
+ALL_LANDED = frozenset(SCORES)
+ONE_LANDED = frozenset({"length"})
+
+
+async def test_confirm_reposts_the_scores_helicone_does_not_show_once(store: Store) -> None:
+    await delivered(store, "missing", feedback=True)
+    await delivered(store, "partly")
+    before = time.time()
+    assert await store.confirm({"missing": LANDED_NONE, "partly": ONE_LANDED}, before) in (
+        ["missing", "partly"], ["partly", "missing"]
+    )  # fmt: skip
+    for rid, calls in (("missing", {"feedback"}), ("partly", set())):
+        e = await entry(store, rid)
+        assert (e.state, e.attempts, e.posted, e.unconfirmed, e.scores, e.finished_at) == (
+            "pending", 0, frozenset(calls), True, SCORES, None
+        ), rid  # fmt: skip
+    # The relay posts its scores again, and not its feedback.
+    jobs = {j.request_id: j for j in await store.claim("post", 10, LONG)}
+    assert set(jobs) == {"missing", "partly"}
+    assert (jobs["missing"].scores, jobs["missing"].feedback) == (SCORES, True)
+    assert jobs["missing"].posted == frozenset({"feedback"})
+    assert await store.record(
+        [Delivered(j.lease, 201, j.posted | {"scores"}) for j in jobs.values()]
+    ) == [True, True]
+    # Still missing after the re-post: never re-posted again.
+    again = {"missing": LANDED_NONE, "partly": LANDED_NONE}
+    assert await store.confirm(again, time.time() + 60) == []
+    e = await entry(store, "missing")
+    assert (e.state, e.posted, e.unconfirmed) == ("done", frozenset({"scores", "feedback"}), True)
+
+
+async def test_confirm_leaves_everything_else_alone(store: Store) -> None:
+    await delivered(store, "all-landed")
+    await delivered(store, "more-landed")
+    await add(store, "not-posted")  # done without posting anything
+    job = await claim_one(store)
+    assert await store.record([Scored(job.lease, SCORES, None, finished=True)]) == [True]
+    await feedback_only(store, "skipped")  # its scores posted, then skipped (too old)
+    job = await claim_one(store, "post")
+    assert await store.record([Skipped(job.lease, "older than 30 days")]) == [True]
+    await make_dead(store, "dead")
+    mark = time.time()
+    await delivered(store, "too-recent")  # finished after the time given
+    await to_post(store, "not-done")  # still to post
+    landed = {
+        "not-done": LANDED_NONE,
+        "not-posted": LANDED_NONE,
+        "skipped": LANDED_NONE,
+        "all-landed": ALL_LANDED,
+        "more-landed": ALL_LANDED | {"another"},
+        "dead": LANDED_NONE,
+        "too-recent": LANDED_NONE,
+        "never-stored": LANDED_NONE,
+    }
+    before = await store.reader.entries()
+    assert await store.confirm(landed, mark) == []
+    assert await store.reader.entries() == before
+    assert await store.confirm({}, time.time()) == []
+    # The same webhook, once it is old enough, is re-posted.
+    assert await store.confirm({"too-recent": LANDED_NONE}, time.time() + 60) == ["too-recent"]
+
+
+async def test_two_confirms_at_once_repost_a_webhook_once(store: Store, other: Store) -> None:
+    ids = [f"id-{i}" for i in range(10)]
+    for rid in ids:
+        await delivered(store, rid)
+    landed = dict.fromkeys(ids, LANDED_NONE)
+    results = await asyncio.gather(
+        store.confirm(landed, time.time() + 60), other.confirm(landed, time.time() + 60)
+    )
+    assert sorted(results[0] + results[1]) == sorted(ids)
+
+
+async def test_only_one_process_holds_the_sweep_lease(store: Store, other: Store) -> None:
+    first = await store.claim_sweep(LONG)
+    assert first is not None
+    assert first.since is None  # no sweep ever ended
+    assert time.time() - 600 < first.created <= time.time()
+    assert await other.claim_sweep(LONG) is None
+    assert await store.claim_sweep(LONG) is None  # held, by this process too
+    assert await store.end_sweep(first, 1000.5) is True
+    second = await other.claim_sweep(LONG)
+    assert second is not None
+    assert (second.since, second.created) == (1000.5, first.created)
+    assert second.token != first.token
+    assert await other.end_sweep(second, None) is True  # the mark stays where it was
+    third = await store.claim_sweep(LONG)
+    assert third is not None
+    assert third.since == 1000.5
+    assert await store.end_sweep(third, 2000.0) is True
+
+
+async def test_an_expired_sweep_lease_is_taken_and_its_end_is_stale(
+    store: Store, other: Store
+) -> None:
+    lapsed = await store.claim_sweep(SHORT)
+    assert lapsed is not None
+
+    async def taken() -> SweepLease | None:
+        return await other.claim_sweep(LONG)
+
+    holder = await eventually_async(taken, 10, what="the expired sweep lease taken")
+    assert await store.end_sweep(lapsed, 5000.0) is False  # changes nothing
+    assert await store.claim_sweep(LONG) is None  # still held by the other
+    assert await other.end_sweep(holder, None) is True
+    after = await store.claim_sweep(LONG)
+    assert after is not None
+    assert after.since is None  # the stale end never recorded its mark
+
+
+async def test_an_expired_sweep_lease_nobody_took_still_ends(store: Store) -> None:
+    lapsed = await store.claim_sweep(0.01)
+    assert lapsed is not None
+    taken = time.time()
+    await eventually_async(lambda: _past(taken + 0.05), 10, what="the sweep lease expired")
+    assert await store.end_sweep(lapsed, 7.0) is True
+    after = await store.claim_sweep(LONG)
+    assert after is not None
+    assert after.since == 7.0
+
+
+async def test_a_serving_open_alone_frees_the_sweep_lease(backend: Backend) -> None:
+    """A sweeper that crashed holds no lease past a restart: the sweep resumes at once, from
+    where the last one ended."""
+    async with opened(backend.url) as crashed:
+        ended = await crashed.claim_sweep(LONG)
+        assert ended is not None
+        assert await crashed.end_sweep(ended, 1234.5) is True
+        assert await crashed.claim_sweep(LONG) is not None  # then it stops, holding it
+    async with opened(backend.url) as bystander:
+        assert await bystander.claim_sweep(LONG) is None  # an open that is no server frees none
+    async with opened(backend.url, serving=True) as server:
+        resumed = await server.claim_sweep(LONG)
+        assert resumed is not None
+        assert resumed.since == 1234.5
+
+
+async def test_a_serving_open_beside_a_live_server_leaves_the_sweep_lease(
+    backend: Backend,
+) -> None:
+    async with opened(backend.url, serving=True) as first:
+        held = await first.claim_sweep(LONG)
+        assert held is not None
+        async with opened(backend.url, serving=True) as second:
+            assert await second.claim_sweep(LONG) is None
+        assert await first.end_sweep(held, None) is True
+
+
+async def _past(moment: float) -> bool:
+    return time.time() > moment
+
+
+# Budget priorities
+
+
+async def test_each_class_leaves_its_reserve_to_the_classes_above(store: Store) -> None:
+    budget = store.budget(20, 60)  # reserve: 1 place per class below live
+    for _ in range(16):
+        assert await budget.take() is not None
+    rooms = [await budget.room(p) for p in PRIORITIES]
+    assert rooms == [4, 3, 2, 1, 0]  # live, feedback, reconciled, query, backfill
+    assert await budget.take("backfill") is None
+    assert await budget.wait_time("backfill") > 0
+    assert await budget.wait_time("query") == 0
+    for _ in range(3):
+        assert await budget.take("live") is not None
+    assert await budget.room("live") == 1
+    assert await budget.room("feedback") == 0
+    assert await budget.take("query") is None
+    assert await budget.take("feedback") is None
+    assert await budget.take("live") is not None  # live can use the whole window
+    assert await budget.take("live") is None
+
+
+async def test_a_budget_with_limit_20_and_19_held_has_one_live_place(store: Store) -> None:
+    budget = store.budget(20, 60)
+    for _ in range(19):
+        assert await budget.take("live") is not None
+    assert await budget.take("query") is None
+    assert await budget.take("live") is not None
+
+
+async def test_a_tiny_budget_still_lets_every_class_call(store: Store) -> None:
+    budget = store.budget(2, 60)
+    assert await budget.room("backfill") == 1  # never the whole budget reserved
+    assert await budget.take("backfill") is not None
+    assert await budget.take("feedback") is None
+    assert await budget.take("live") is not None
+
+
+async def test_a_pause_stops_every_class(store: Store) -> None:
+    budget = store.budget(20, 0.5)
+    await budget.pause(60)
+    for priority in PRIORITIES:
+        assert await budget.room(priority) == 0
+        assert await budget.take(priority) is None
+        assert await budget.wait_time(priority) > 30
+
+
+# The flow, for drain-time reporting
+
+
+async def test_flow_counts_arrivals_posts_backlog_and_its_calls(store: Store) -> None:
+    assert await store.reader.flow(60) == Flow(60, 0, 0, 0, 0, 0, 0)
+    # Each claimed with nothing else due in its stage.
+    await delivered(store, "repost")  # done; re-posted as unconfirmed below: 1 call
+    await feedback_only(store, "feedback")  # 1 call
+    await add(store, "skipped")
+    job = await claim_one(store)
+    assert await store.record([Skipped(job.lease, "sampled out")]) == [True]
+    await to_post(store, "both", feedback=False)  # 2 calls
+    await add(store, "unscored")  # 1 call
+    await add(store, "reconciled", origin="reconciled")  # 1 call, not an arrival
+    assert await store.enqueue_scores("backfilled", SCORES)  # 1 call, not an arrival
+    assert await store.confirm({"repost": LANDED_NONE}, time.time() + 60) == ["repost"]
+    budget = store.budget(10, 60)
+    for _ in range(3):
+        slot = await budget.take()
+        assert slot is not None
+        await budget.spent(slot)
+    flow = await store.reader.flow(600)
+    assert flow == Flow(
+        window=600, arrived=5, posted=3, backlog=6, backlog_calls=7, unconfirmed=1, skipped=1
+    )
+    assert (await store.reader.flow(60)).arrived == 5

@@ -8,6 +8,7 @@ import asyncio
 import re
 import signal
 import sys
+import time
 
 import psycopg
 import pytest
@@ -16,6 +17,7 @@ from tests.eventually import eventually_async
 from tests.link import Link
 from tests.standin import free_port
 from tests.stores import opened, with_query
+from webhook.helicone import SCORING_WINDOW
 from webhook.store import (
     Stage,
     StoreError,
@@ -23,6 +25,7 @@ from webhook.store import (
     open_store,
     with_connection_settings,
 )
+from webhook.store.postgres_schema import MIGRATIONS
 
 pytestmark = pytest.mark.anyio
 
@@ -180,11 +183,134 @@ async def test_a_schema_version_this_build_does_not_know_is_refused(postgres_url
     conninfo = postgres_url
     async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
         await conn.execute("UPDATE scorer_meta SET value = '99' WHERE key = 'schema_version'")
-    message = "the database has schema version 99; this build knows version 1"
+    message = "the database has schema version 99; this build knows version 3"
     with pytest.raises(StoreError, match=f"^{re.escape(message)}$"):
         await open_store(postgres_url).open()
     with pytest.raises(StoreError, match=f"^{re.escape(message)}$"):
         await open_reader(postgres_url)
+
+
+# The previous build's (version 2) backfill insert and claims, frozen as it ran them: during a
+# rolling deploy its instances still work on a database the new build migrated.
+OLD_ENQUEUE = (
+    "INSERT INTO webhooks (request_id, received_at, available_at, scores, backfill)"
+    " VALUES (%(rid)s, scorer_now(), scorer_now(), %(scores)s, true)"
+    " ON CONFLICT (request_id) DO NOTHING"
+)
+_OLD_CLAIM = (
+    "WITH due AS ("
+    " SELECT request_id FROM webhooks w"
+    " WHERE w.state IN ('pending', 'leased') AND {which} AND ("
+    "  w.available_at <= scorer_now() OR (w.state = 'leased' AND w.holder IS NOT NULL"
+    "   AND w.holder IS DISTINCT FROM %(holder)s"
+    "   AND NOT EXISTS (SELECT 1 FROM instances i WHERE i.id = w.holder"
+    "    AND i.heartbeat_at > scorer_now() - %(takeover)s)))"
+    " ORDER BY {order} LIMIT %(limit)s FOR UPDATE SKIP LOCKED)"
+    " UPDATE webhooks w SET state = 'leased', available_at = scorer_now() + %(lease)s,"
+    " attempts = w.attempts + 1, lease = gen_random_uuid()::text, holder = %(holder)s"
+    " FROM due WHERE w.request_id = due.request_id"
+    " RETURNING w.request_id, w.lease, {body}, w.attempts, w.received_at, w.scores,"
+    " w.feedback, w.posted_scores, w.posted_feedback"
+)
+OLD_CLAIM = {
+    "score": _OLD_CLAIM.format(
+        which="w.scores IS NULL", order="w.available_at, w.seq", body="w.body"
+    ),
+    "post": _OLD_CLAIM.format(
+        which="w.scores IS NOT NULL", order="w.backfill, w.available_at, w.seq", body="NULL"
+    ),
+}
+
+
+async def test_a_version_1_schema_is_migrated_to_origins_and_keeps_its_rows(
+    postgres_url: str,
+) -> None:
+    # Version 1 here is the SQLite store's version 2 (it had the lease token from the start).
+    connect = psycopg.AsyncConnection.connect(postgres_url, autocommit=True)
+    async with await connect as conn, conn.transaction():
+        for statement in filter(str.strip, MIGRATIONS[1].split(";\n")):
+            await conn.execute(statement.encode())
+        await conn.execute("INSERT INTO scorer_meta VALUES ('schema_version', '1')")
+        await conn.execute(
+            "INSERT INTO webhooks (request_id, received_at, available_at, scores, backfill,"
+            " state, posted_scores, finished_at) VALUES"
+            " ('backfilled', 1, 1, '{\"a\": 1}', true, 'pending', false, NULL),"
+            " ('live', 2, 2, '{\"a\": 2}', false, 'pending', false, NULL),"
+            " ('done', 3, 3, '{\"a\": 3}', false, 'done', true, 4)"
+        )
+    message = (
+        "the database has schema version 1; this build reads version 3: start the server on it"
+        " once to migrate it"
+    )
+    with pytest.raises(StoreError, match=f"^{re.escape(message)}$"):
+        await open_reader(postgres_url)  # the read path never migrates
+    migrated_after = time.time()
+    async with opened(postgres_url) as store:
+        entries = await store.reader.entries()
+        assert {rid: (e.origin, e.unconfirmed, e.skipped) for rid, e in entries.items()} == {
+            "backfilled": ("backfill", False, None),
+            "live": ("live", False, None),
+            "done": ("live", False, None),
+        }
+        assert (entries["done"].state, entries["done"].posted) == ("done", frozenset({"scores"}))
+        first, second = await store.claim("post", 1, 60), await store.claim("post", 1, 60)
+        assert [j.request_id for j in first + second] == ["live", "backfilled"]
+        lease = await store.claim_sweep(60)
+        assert lease is not None
+        # Its live webhooks arrived long ago: the sweep starts at Helicone's window.
+        window_start = lease.created + SCORING_WINDOW
+        assert migrated_after - 5 <= window_start <= time.time() + 5  # the database's clock
+        assert lease.since is None
+    async with await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as conn:
+        cur = await conn.execute("SELECT value FROM scorer_meta WHERE key = 'schema_version'")
+        assert await cur.fetchone() == ("3",)
+        cur = await conn.execute(
+            "SELECT column_name FROM information_schema.columns"
+            " WHERE table_name = 'webhooks' AND table_schema = current_schema()"
+        )
+        columns = {str(name) for (name,) in await cur.fetchall()}
+    assert {"origin", "unconfirmed", "skipped", "backfill"} <= columns  # expand, then contract
+    # The previous build's backfill and claims still run, and it posts live scores first.
+    async with await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as conn:
+        await conn.execute(
+            "INSERT INTO webhooks (request_id, body, received_at, available_at) VALUES"
+            " ('old-live', '{}', scorer_now(), scorer_now()),"
+            " ('old-scored', NULL, scorer_now(), scorer_now())"
+        )
+        await conn.execute("UPDATE webhooks SET scores = '{}' WHERE request_id = 'old-scored'")
+        await conn.execute(OLD_ENQUEUE.encode(), {"rid": "old-backfilled", "scores": "{}"})
+        await conn.execute(  # the backfilled is the older: live first all the same
+            "UPDATE webhooks SET available_at = available_at - 10 WHERE request_id LIKE 'old-%'"
+            " AND request_id <> 'old-scored'"
+        )
+        claimed = {}
+        for stage, sql in OLD_CLAIM.items():
+            params = {"holder": None, "takeover": 10, "limit": 1, "lease": 60}
+            cur = await conn.execute(sql.encode(), params)
+            claimed[stage] = [str(row[0]) for row in await cur.fetchall()]
+    assert claimed == {"score": ["old-live"], "post": ["old-scored"]}
+
+
+async def test_a_migrated_schema_sweeps_from_the_last_live_webhook(postgres_url: str) -> None:
+    """The requests Helicone logged while the deploy that migrates the database was under way
+    are swept: ``created`` is when the previous build received its last live webhook."""
+    connect = psycopg.AsyncConnection.connect(postgres_url, autocommit=True)
+    async with await connect as conn, conn.transaction():
+        for statement in filter(str.strip, MIGRATIONS[1].split(";\n")):
+            await conn.execute(statement.encode())
+        await conn.execute("INSERT INTO scorer_meta VALUES ('schema_version', '1')")
+        cur = await conn.execute(
+            "INSERT INTO webhooks (request_id, received_at, available_at, state, backfill)"
+            " SELECT rid, scorer_now() - ago, 0, 'done', backfill"
+            " FROM (VALUES ('earlier', 3660, false), ('last', 3600, false),"
+            "  ('backfilled', 600, true)) AS t(rid, ago, backfill)"
+            " RETURNING request_id, received_at"
+        )
+        last = {str(rid): float(at) for rid, at in await cur.fetchall()}["last"]
+    async with opened(postgres_url) as store:
+        lease = await store.claim_sweep(60)
+    assert lease is not None
+    assert lease.created == last
 
 
 async def test_no_server_is_one_line_at_open() -> None:

@@ -1,8 +1,8 @@
 """The Starlette app: routes, JSON errors, and a lifespan that opens and closes what runs.
 
 What runs is built from the settings by :mod:`webhook.wiring`; the app adds the routes, the
-error answers, and the lifespan that opens the store, starts the relay and the pruning, and
-stops them in order.
+error answers, and the lifespan that opens the store, starts the relay, the reconciliation sweep
+and the pruning, and stops them in order (the sweep first: a shutdown never waits for it).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from webhook.metrics import QUEUE_DEPTH, REGISTRY
+from webhook.monitor import Monitor
 from webhook.receive import Ingest, error, json_response, receive
 from webhook.settings import Settings
 from webhook.store import Store, StoreError
@@ -63,18 +64,36 @@ def create_app(settings: Settings) -> Starlette:
             log.info("feedback rule: %s", parts.scoring.feedback_rule.text)
         await store.open(serving=True)
         await relay.start()
-        keeper = None
+        if parts.sweeper is not None:
+            parts.sweeper.start()
+        elif parts.client is None and settings.reconcile_every > 0:
+            log.warning("SCORER_RECONCILE_INTERVAL is set, but there is no API key: no sweeps")
+        keepers = [asyncio.create_task(monitor(store).run(), name="flow")]
         if settings.retention_days > 0:
-            keeper = asyncio.create_task(prune_forever(store, settings.retention_days * 86400))
+            days = settings.retention_days
+            keepers.append(asyncio.create_task(prune_forever(store, days * 86400), name="prune"))
         try:
             yield
         finally:
-            if keeper is not None:
+            for keeper in keepers:
                 keeper.cancel()
+            if parts.sweeper is not None:
+                await parts.sweeper.stop()
             await relay.stop(settings.shutdown_grace)
             if parts.client is not None:
                 await parts.client.aclose()
             await store.close()
+
+    def monitor(store: Store) -> Monitor:
+        return Monitor(
+            store.reader,
+            limit=settings.rate_limit_per_minute,
+            window=settings.rate_window_seconds,
+            feedback=parts.scoring.feedback_rule is not None,
+            max_age=settings.max_age,
+            sample=relay.sample,
+            report=settings.flow_report_seconds,
+        )
 
     async def healthz(request: Request) -> Response:
         return json_response(200, {"status": "ok"})

@@ -11,6 +11,8 @@ Retry policy, all of it in :class:`RetryPolicy`:
   the calls made (:data:`webhook.store.Posted`), and the store keeps them. Until an outcome is
   recorded, :class:`Delivery` remembers them itself: when recording fails (the database is
   locked), the webhook claimed again here skips them, and a release at shutdown carries them.
+- Each call takes its place in the budget with its class (:func:`priority`): a live webhook's
+  scores first, its feedback next, then reconciled webhooks, then backfill.
 - No call waits for the budget while its webhook is leased: a wait can outlast the lease (a
   429's ``Retry-After`` may be longer), and the webhook would be claimed and posted twice. A
   webhook whose call finds no room is released, with what it posted, due when room is expected.
@@ -25,6 +27,9 @@ Retry policy, all of it in :class:`RetryPolicy`:
   a ``Retry-After`` that asks for longer wins. A 429 also pauses *all* calls until then.
 - Any other 4xx is permanent: the webhook goes to the dead letters at once, with its status and
   error. So does one that used up ``max_attempts`` or is older than ``max_age``.
+- A webhook received more than 30 days ago (:data:`webhook.helicone.SCORING_WINDOW`) is not
+  posted: Helicone would answer success and drop the scores. It is finished as skipped, with
+  that reason, not a dead letter (possible only with ``SCORER_MAX_AGE`` above 30 days).
 - An outcome whose lease no longer held (it ran out and the webhook was claimed again) is
   dropped, with a line at INFO: the webhook is someone else's now.
 """
@@ -41,7 +46,8 @@ from typing import Any, Literal
 from prometheus_client import Counter
 
 from webhook import metrics
-from webhook.helicone import Answer, Helicone
+from webhook.flow import Sample
+from webhook.helicone import SCORING_WINDOW, Answer, Helicone
 from webhook.logs import event
 from webhook.store import (
     Call,
@@ -51,13 +57,15 @@ from webhook.store import (
     Outcome,
     PostBudget,
     Posted,
+    Priority,
     Released,
     Retry,
+    Skipped,
     Store,
     Tenure,
 )
 
-__all__ = ["Delivery", "RetryPolicy", "record"]
+__all__ = ["Delivery", "RetryPolicy", "priority", "record"]
 
 log = logging.getLogger("webhook.deliver")
 
@@ -85,6 +93,14 @@ class RetryPolicy:
         return job.attempts >= self.max_attempts or now - job.received_at >= self.max_age
 
 
+def priority(job: Job, call: Call) -> Priority:
+    """The budget class of one call: any call of a reconciled or backfilled webhook is of its
+    origin's class; a live webhook's scores are "live", its feedback "feedback"."""
+    if job.origin != "live":
+        return job.origin
+    return "live" if call == "scores" else "feedback"
+
+
 async def record(store: Store, outcome: Outcome) -> bool:
     """Record one outcome; False, with a line at INFO, when its lease no longer held."""
     (held,) = await store.record([outcome])
@@ -108,8 +124,10 @@ class Delivery:
         client: Helicone | None,
         budget: PostBudget,
         policy: RetryPolicy,
+        sample: Sample | None = None,
     ) -> None:
         self.store, self.client, self.budget, self.policy = store, client, budget, policy
+        self.sample = sample or Sample()
         # Calls made here that no recorded outcome carries yet: request id -> calls.
         self._posted: dict[str, Posted] = {}
 
@@ -139,6 +157,12 @@ class Delivery:
         """Make the calls this webhook still needs; record delivered, retry, dead or deferred."""
         assert self.client is not None
         client, rid = self.client, job.request_id
+        if time.time() - job.received_at >= SCORING_WINDOW:
+            reason = "older than Helicone's 30-day scoring window: it would drop the scores"
+            if await self._record(Skipped(job.lease, reason)):
+                metrics.SKIPPED.labels("too_old").inc()
+                event(log, "not posted: too old", request_id=rid, outcome="too_old")
+            return
         posted = self.posted(job)
         scores, rating = job.scores, job.feedback
         calls: list[tuple[Call, Counter, Callable[[], Awaitable[Answer]]]] = []
@@ -150,9 +174,9 @@ class Delivery:
             )
         answer: Answer | None = None
         for call, counter, send in calls:  # a call that succeeded before is not repeated
-            made = await self._call(send, tenure)
+            made = await self._call(send, tenure, priority(job, call))
             if not isinstance(made, Answer):
-                await self._defer(job, posted, made)
+                await self._defer(job, posted, made, priority(job, call))
                 return
             answer = made
             if not answer.ok:
@@ -171,10 +195,11 @@ class Delivery:
                 status=status,
                 attempts=job.attempts,
                 feedback=job.feedback,
+                **self.sample.fields(),
             )
 
     async def _call(
-        self, send: Callable[[], Awaitable[Answer]], tenure: Tenure
+        self, send: Callable[[], Awaitable[Answer]], tenure: Tenure, priority: Priority
     ) -> Answer | Literal["budget", "lease"]:
         """One API call inside the budget, started inside the lease; a 429 pauses every call.
 
@@ -184,7 +209,7 @@ class Delivery:
         needs = min(CALL_NEEDS, self.policy.lease / 4)
         if tenure.left() < needs:
             return "lease"
-        slot = await self.budget.take()
+        slot = await self.budget.take(priority)
         if slot is None:
             return "budget"
         try:
@@ -199,10 +224,13 @@ class Delivery:
             metrics.POST_FAILURES.labels(str(answer.status or "none")).inc()
         return answer
 
-    async def _defer(self, job: Job, posted: Posted, why: Literal["budget", "lease"]) -> None:
-        """Give the webhook back, not as an attempt: until the budget should have room, or at
-        once when its lease is ending (most often already claimed again: then dropped)."""
-        delay = await self.budget.wait_time() if why == "budget" else 0.0
+    async def _defer(
+        self, job: Job, posted: Posted, why: Literal["budget", "lease"], priority: Priority
+    ) -> None:
+        """Give the webhook back, not as an attempt: until the budget should have room for its
+        call's class, or at once when its lease is ending (most often already claimed again:
+        then dropped)."""
+        delay = await self.budget.wait_time(priority) if why == "budget" else 0.0
         if not await self._record(Released(job.lease, posted, delay)):
             return
         if why == "lease":

@@ -3,8 +3,9 @@
 It is the one HTTP path to Helicone. It never raises for HTTP or network failures: every call
 returns an :class:`Answer`, and the caller's policy decides what to retry. See
 ``../shared/helicone-facts.md`` for the API's behaviour (201 on success, ints only, 200 requests
-per minute, 429 with ``Retry-After``). The query half, which only the offline tools use, is
-:mod:`webhook.offline.query`: the server never loads it.
+per minute, 429 with ``Retry-After``). Listing logged requests and fetching their bodies is
+:mod:`webhook.logged`'s (the sweep and ``backfill``); the score statistics, which only the offline
+tools read, are :mod:`webhook.offline.query`'s.
 """
 
 from __future__ import annotations
@@ -20,9 +21,20 @@ import httpx2
 import orjson
 from typing_extensions import TypeVar
 
-__all__ = ["Answer", "Helicone", "id_problem", "request_path", "retry_after_seconds"]
+__all__ = [
+    "SCORING_WINDOW",
+    "Answer",
+    "Helicone",
+    "id_problem",
+    "request_path",
+    "retry_after_seconds",
+]
 
 USER_AGENT = "helicone-scorer/0.1"
+
+SCORING_WINDOW = 30 * 86400.0
+"""Helicone applies scores only to requests created in the last 30 days (older ones are dropped
+after a success answer): nothing older is posted, listed or backfilled."""
 
 T = TypeVar("T", default=Any)
 

@@ -5,16 +5,28 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 __all__ = [
+    "ARRIVAL_RATE",
+    "BACKLOG_CALLS",
     "DEAD_LETTERS",
+    "DRAIN_SECONDS",
     "FEEDBACK_POSTED",
     "POST_FAILURES",
+    "POST_RATE",
     "QUEUE_DEPTH",
     "RECEIVED",
+    "RECONCILE_FAILED",
+    "RECONCILE_LAST_COMPLETED",
+    "RECONCILE_LISTED",
+    "RECONCILE_MISSING",
+    "RECONCILE_RECONCILED",
+    "RECONCILE_UNCONFIRMED",
     "REGISTRY",
     "RETRIES",
+    "SAMPLE_PERCENT",
     "SCORER_DURATION",
     "SCORER_ERRORS",
     "SCORES_POSTED",
+    "SKIPPED",
 ]
 
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -46,6 +58,38 @@ DEAD_LETTERS = Counter(
 QUEUE_DEPTH = Gauge(
     "helicone_scorer_queue_depth", "Stored webhooks, by state.", ["state"], registry=REGISTRY
 )
+SKIPPED = Counter(
+    "helicone_scorer_skipped",
+    "Webhooks finished without posting, by reason (sampled_out, too_old).",
+    ["reason"],
+    registry=REGISTRY,
+)
+# The flow (webhook.flow), read from the store every half minute: the same on every instance.
+ARRIVAL_RATE = Gauge(
+    "helicone_scorer_arrival_rate_per_minute",
+    "Live webhooks stored a minute, over the last 10 minutes.",
+    registry=REGISTRY,
+)
+POST_RATE = Gauge(
+    "helicone_scorer_post_rate_per_minute",
+    "API calls made a minute, over the last 10 minutes.",
+    registry=REGISTRY,
+)
+BACKLOG_CALLS = Gauge(
+    "helicone_scorer_backlog_calls",
+    "API calls the unfinished webhooks still need.",
+    registry=REGISTRY,
+)
+DRAIN_SECONDS = Gauge(
+    "helicone_scorer_drain_seconds",
+    "Time to drain the backlog at the budget's pace, less what arrivals need (+Inf: it grows).",
+    registry=REGISTRY,
+)
+SAMPLE_PERCENT = Gauge(
+    "helicone_scorer_sample_percent",
+    "Share of webhooks scored and posted (SCORER_SAMPLE; 100: all).",
+    registry=REGISTRY,
+)
 SCORER_DURATION = Histogram(
     "helicone_scorer_scorer_duration_seconds",
     "Time each scorer took.",
@@ -57,6 +101,36 @@ SCORER_ERRORS = Counter(
     "helicone_scorer_scorer_errors",
     "Scorer failures (exception, timeout, or a value that is not an int), by scorer.",
     ["scorer"],
+    registry=REGISTRY,
+)
+RECONCILE_LISTED = Counter(
+    "helicone_scorer_reconcile_listed",
+    "Logged requests the reconciliation sweeps listed.",
+    registry=REGISTRY,
+)
+RECONCILE_MISSING = Counter(
+    "helicone_scorer_reconcile_missing",
+    "Listed requests (within the filters and sample) the store had never seen.",
+    registry=REGISTRY,
+)
+RECONCILE_RECONCILED = Counter(
+    "helicone_scorer_reconcile_reconciled",
+    "Missing requests queued for scoring and posting.",
+    registry=REGISTRY,
+)
+RECONCILE_FAILED = Counter(
+    "helicone_scorer_reconcile_failed",
+    "Missing requests not queued: their bodies could not be had.",
+    registry=REGISTRY,
+)
+RECONCILE_UNCONFIRMED = Counter(
+    "helicone_scorer_reconcile_unconfirmed",
+    "Posted requests whose scores Helicone never showed: posted once more.",
+    registry=REGISTRY,
+)
+RECONCILE_LAST_COMPLETED = Gauge(
+    "helicone_scorer_reconcile_last_completed_timestamp_seconds",
+    "When the last reconciliation sweep that reached the end of its window ended (Unix time).",
     registry=REGISTRY,
 )
 

@@ -37,10 +37,11 @@ from collections.abc import Awaitable, Callable
 
 from webhook import metrics
 from webhook.deliver import Delivery, RetryPolicy, record
+from webhook.flow import Sample
 from webhook.helicone import Helicone
 from webhook.logs import event
 from webhook.score import Scoring
-from webhook.store import Job, PostBudget, Scored, Stage, Store, StoreError, Tenure
+from webhook.store import Job, PostBudget, Scored, Skipped, Stage, Store, StoreError, Tenure
 
 __all__ = ["Relay"]
 
@@ -209,10 +210,12 @@ class Relay:
         concurrency: int = 8,
         policy: RetryPolicy | None = None,
         poll_interval: float = 1.0,
+        sample: Sample | None = None,
     ) -> None:
         self.store, self.scoring, self.client, self.budget = store, scoring, client, budget
         self.policy = policy or RetryPolicy()
-        self.delivery = Delivery(store, client, budget, self.policy)
+        self.sample = sample or Sample()
+        self.delivery = Delivery(store, client, budget, self.policy, self.sample)
 
         def stage(name: Stage, handle: Callable[[Job, Tenure], Awaitable[None]]) -> _Stage:
             return _Stage(
@@ -256,6 +259,18 @@ class Relay:
             event(log, f"released {released} unfinished webhook(s) for the next start")
 
     async def _score(self, job: Job, tenure: Tenure) -> None:
+        if not self.sample.keeps(job.request_id):
+            percent = self.sample.percent
+            if await record(self.store, Skipped(job.lease, f"sampled out ({percent:g}% kept)")):
+                metrics.SKIPPED.labels("sampled_out").inc()
+                event(
+                    log,
+                    "sampled out",
+                    request_id=job.request_id,
+                    outcome="sampled_out",
+                    sample=percent,
+                )
+            return
         scored = await self.scoring.score(job.request_id, job.body)
         for name, seconds in scored.durations.items():
             metrics.SCORER_DURATION.labels(name).observe(seconds)
@@ -273,6 +288,7 @@ class Relay:
             outcome="no_scores" if nothing else "dry_run",
             scores=scored.scores,
             feedback=scored.feedback,
+            **self.sample.fields(),
         )
 
 

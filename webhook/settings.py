@@ -5,6 +5,7 @@ The variable names are a public contract: users' deployments set them.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -111,6 +112,28 @@ class Settings(BaseSettings):
     rate_window_seconds: float = Field(
         default=60.0, gt=0, validation_alias=_env("SCORER_RATE_WINDOW_SECONDS")
     )
+    sample: Annotated[float | Literal["auto"], NoDecode] = Field(
+        default=100.0, validation_alias=_env("SCORER_SAMPLE")
+    )
+    flow_report_seconds: float = Field(
+        default=300.0, gt=0, validation_alias=_env("SCORER_FLOW_REPORT_SECONDS")
+    )
+    # Unset: 600 with an API key, else 0 (off); see ``reconcile_every``.
+    reconcile_interval: float | None = Field(
+        default=None, ge=0, validation_alias=_env("SCORER_RECONCILE_INTERVAL")
+    )
+    reconcile_settle: float = Field(
+        default=120.0, ge=0, le=86400, validation_alias=_env("SCORER_RECONCILE_SETTLE")
+    )
+    reconcile_properties: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=dict, validation_alias=_env("SCORER_RECONCILE_PROPERTIES")
+    )
+    reconcile_sample: float = Field(
+        default=100.0, ge=0, le=100, validation_alias=_env("SCORER_RECONCILE_SAMPLE")
+    )
+    reconcile_confirm_after: float = Field(
+        default=900.0, gt=0, validation_alias=_env("SCORER_RECONCILE_CONFIRM_AFTER")
+    )
     feedback_rule: str | None = Field(default=None, validation_alias=_env("SCORER_FEEDBACK_RULE"))
     rules_file: Path | None = Field(default=None, validation_alias=_env("SCORER_RULES_FILE"))
     log_format: Literal["text", "json"] = Field(
@@ -126,6 +149,15 @@ class Settings(BaseSettings):
             return tuple(s.strip() for s in value.split(",") if s.strip())
         return value
 
+    @field_validator("reconcile_properties", mode="before")
+    @classmethod
+    def _split_properties(cls, value: object) -> object:
+        """``key=value`` pairs, comma separated, as Helicone's webhook property filters."""
+        if not isinstance(value, str):
+            return value
+        items = [i for i in value.split(",") if i.strip()]
+        return key_values(items, "expected key=value pairs, comma separated")
+
     @field_validator("body_url_allow")
     @classmethod
     def _check_origins(cls, value: tuple[str, ...]) -> tuple[str, ...]:
@@ -134,6 +166,7 @@ class Settings(BaseSettings):
 
     @field_validator(
         "api_key",
+        "reconcile_interval",
         "feedback_rule",
         "rules_file",
         "max_connections",
@@ -145,6 +178,19 @@ class Settings(BaseSettings):
     @classmethod
     def _blank_is_none(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("sample", mode="before")
+    @classmethod
+    def _check_sample(cls, value: object) -> object:
+        if isinstance(value, str) and value.strip().lower() == "auto":
+            return "auto"
+        try:
+            percent = float(value)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            raise ValueError("must be auto, or a percentage above 0 and at most 100") from None
+        if not 0 < percent <= 100:
+            raise ValueError("must be auto, or a percentage above 0 and at most 100")
+        return percent
 
     @field_validator("api_base")
     @classmethod
@@ -173,6 +219,13 @@ class Settings(BaseSettings):
         )
 
     @property
+    def reconcile_every(self) -> float:
+        """Seconds between reconciliation sweeps; 0: none. Unset, every 600 s with an API key."""
+        if self.reconcile_interval is not None:
+            return self.reconcile_interval
+        return 600.0 if self.api_key is not None else 0.0
+
+    @property
     def body_origins(self) -> tuple[Origin, ...]:
         """Where "Body too large" webhooks' full bodies may be fetched from."""
         return parse_origins(self.body_url_allow)
@@ -180,6 +233,21 @@ class Settings(BaseSettings):
     @property
     def secrets(self) -> list[str]:
         return [s.get_secret_value() for s in self.webhook_secrets]
+
+
+def key_values(items: Iterable[str], expected: str = "expected name=value") -> dict[str, str]:
+    """``name=value`` items, each name once, spaces around either stripped; ValueError names the
+    first bad item (``expected`` says what was)."""
+    pairs: dict[str, str] = {}
+    for item in items:
+        key, sep, val = item.partition("=")
+        key, val = key.strip(), val.strip()
+        if not sep or not key:
+            raise ValueError(f"{item.strip()!r}: {expected}")
+        if key in pairs:
+            raise ValueError(f"{key!r} is given twice")
+        pairs[key] = val
+    return pairs
 
 
 class SettingsError(Exception):

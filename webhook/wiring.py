@@ -1,9 +1,10 @@
 """Wiring: everything the server and the command line run, built from the settings in one place.
 
-The scorers and the scoring stage, the store, the Helicone client, the relay, the verifier and
-the in-flight budget are made here, so the server, ``score``, ``scorers``, ``backfill`` and the
-API commands all run what the settings say, the same way. The app only adds routes and a
-lifespan (:mod:`webhook.app`); nothing here starts a task or opens a file.
+The scorers and the scoring stage, the store, the Helicone client, the relay, the reconciliation
+sweep, the verifier and the in-flight budget are made here, so the server, ``score``,
+``scorers``, ``backfill``, ``reconcile`` and the API commands all run what the settings say, the
+same way. The app only adds routes and a lifespan (:mod:`webhook.app`); nothing here starts a
+task or opens a file.
 """
 
 from __future__ import annotations
@@ -16,13 +17,15 @@ from typing import TYPE_CHECKING, TypeVar
 from scorers import Scorer, available, select
 from webhook.budget import Budget
 from webhook.helicone import Helicone
+from webhook.logged import HeliconeRequests
 from webhook.rules import RuleError, load_scorer_rules, parse_feedback_rule
 from webhook.score import Scoring
 from webhook.settings import Settings, SettingsError
-from webhook.store import Store, open_store
+from webhook.store import PostBudget, Store, open_store
 from webhook.verify import Verifier
 
 if TYPE_CHECKING:
+    from webhook.reconcile import Sweeper
     from webhook.relay import Relay
 
 __all__ = [
@@ -33,6 +36,7 @@ __all__ = [
     "relay_from",
     "scoring_from",
     "startup_checks",
+    "sweeper_from",
 ]
 
 log = logging.getLogger("webhook")
@@ -48,6 +52,7 @@ class Parts:
     store: Store
     client: Helicone | None  # None: a dry run, scores are stored but not posted
     relay: Relay
+    sweeper: Sweeper | None  # None: no API key, or SCORER_RECONCILE_INTERVAL=0
     verifier: Verifier | None  # None: SCORER_ALLOW_UNSIGNED, webhooks are not verified
     budget: Budget
 
@@ -144,6 +149,7 @@ def relay_from(
     ``score``, ``scorers`` and ``backfill`` use this module without loading them.
     """
     from webhook.deliver import RetryPolicy
+    from webhook.flow import Sample
     from webhook.relay import Relay
 
     policy = RetryPolicy(
@@ -162,7 +168,26 @@ def relay_from(
         concurrency=settings.relay_concurrency,
         policy=policy,
         poll_interval=settings.poll_interval,
+        sample=Sample(settings.sample),
     )
+
+
+def sweeper_from(
+    settings: Settings, store: Store, client: HeliconeRequests, budget: PostBudget
+) -> Sweeper:
+    """The reconciliation sweep with the configured policy, spending the relay's budget.
+    Imported here, not at the top, for the same reason as the relay."""
+    from webhook.reconcile import Policy, Sweeper
+
+    policy = Policy(
+        interval=settings.reconcile_every,
+        settle=settings.reconcile_settle,
+        properties=settings.reconcile_properties,
+        sample=settings.reconcile_sample,
+        confirm_after=settings.reconcile_confirm_after,
+        retention=settings.retention_days * 86400,
+    )
+    return Sweeper(store, client, budget, policy)
 
 
 def build(settings: Settings) -> Parts:
@@ -170,12 +195,17 @@ def build(settings: Settings) -> Parts:
     :class:`scorers.ScorerError` or ``ValueError`` (an unsupported database URL), one line each."""
     scoring = startup_checks(settings)
     store = open_store(settings.store_url)
-    client = helicone_client(settings, Helicone)
+    client = helicone_client(settings, HeliconeRequests)  # it posts, and the sweep lists
+    relay = relay_from(settings, store, scoring, client)
+    sweeper = None
+    if client is not None and settings.reconcile_every > 0:
+        sweeper = sweeper_from(settings, store, client, relay.budget)
     return Parts(
         scoring=scoring,
         store=store,
         client=client,
-        relay=relay_from(settings, store, scoring, client),
+        relay=relay,
+        sweeper=sweeper,
         verifier=Verifier(settings.secrets) if settings.secrets else None,
         budget=Budget(settings.max_inflight_bytes),
     )

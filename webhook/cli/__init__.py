@@ -1,7 +1,8 @@
 """The ``helicone-scorer`` command line: one Typer app, a module per group of commands.
 
 ``serve`` and ``send`` (:mod:`.serve`), ``score`` and ``scorers`` (:mod:`.score`), ``queue``
-(:mod:`.queue`), the API commands (:mod:`.api`) and ``backfill`` (:mod:`.backfill`). Each command
+(:mod:`.queue`), the API commands (:mod:`.api`), ``backfill`` (:mod:`.backfill`) and
+``reconcile`` (:mod:`.reconcile`). Each command
 imports what it runs when it runs: ``--help``, ``--version`` and ``queue`` load neither the web
 server nor the metrics nor Pillow.
 """

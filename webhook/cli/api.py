@@ -1,5 +1,5 @@
 """Helicone's scoring API from the command line: ``evals``, ``post-scores``, ``feedback``,
-``backfill``.
+``backfill``, ``reconcile``.
 
 Every failure is one line on stderr, ``helicone-scorer: ...``: exit 2 for a bad argument or
 setting (nothing was sent), exit 1 when Helicone refused or could not be reached.
@@ -22,9 +22,9 @@ import typer
 from scorers import INT64_MAX, INT64_MIN
 from webhook.cli.console import fail, settings_or_exit
 from webhook.helicone import Answer, id_problem
-from webhook.offline.types import iso
+from webhook.logged import iso
 from webhook.score import is_uuid
-from webhook.settings import Settings
+from webhook.settings import Settings, key_values
 
 if TYPE_CHECKING:
     from webhook.offline.query import HeliconeQuery
@@ -56,13 +56,7 @@ def parse_when(text: str, now: datetime) -> datetime:
 def parse_scores(items: list[str]) -> dict[str, int | bool]:
     """``name=value`` pairs; a value is an Int64 or ``true``/``false``. Raises ValueError."""
     scores: dict[str, int | bool] = {}
-    for item in items:
-        name, sep, value = item.partition("=")
-        name, value = name.strip(), value.strip()
-        if not sep or not name:
-            raise ValueError(f"{item!r}: expected name=value")
-        if name in scores:
-            raise ValueError(f"{name!r} is given twice")
+    for name, value in key_values(items).items():
         if value.lower() in ("true", "false"):
             scores[name] = value.lower() == "true"
         elif _INT.fullmatch(value) and INT64_MIN <= int(value) <= INT64_MAX:
@@ -230,8 +224,37 @@ def backfill(
     run(settings, _client(settings, "backfill"), start, end, limit)
 
 
+def reconcile(
+    since: Annotated[
+        str | None,
+        typer.Option(
+            help="Widen this run's window back to here: a duration (30m, 12h, 7d) or an ISO"
+            " time (at most 30 days back). The stored end mark never moves back.",
+            show_default="where the last sweep ended",
+        ),
+    ] = None,
+) -> None:
+    """Run one reconciliation sweep now: queue the logged requests the store never saw.
+
+    Those within SCORER_RECONCILE_PROPERTIES and SCORER_RECONCILE_SAMPLE are queued in the store.
+
+    The store is SCORER_DATABASE_URL's; the relay of `helicone-scorer serve` on it posts them.
+    """
+    from webhook.cli.reconcile import run
+
+    start = None
+    if since is not None:
+        try:
+            start = parse_when(since, datetime.now(UTC)).timestamp()
+        except typer.BadParameter as exc:
+            fail(str(exc))
+    settings = settings_or_exit()
+    run(settings, _client(settings, "reconcile"), start)
+
+
 def register(app: typer.Typer) -> None:
     app.command("evals")(evals)
     app.command("post-scores")(post_scores)
     app.command("feedback")(feedback)
     app.command("backfill")(backfill)
+    app.command("reconcile")(reconcile)

@@ -21,11 +21,13 @@ from scorers import UnknownScorerError
 from webhook.cli.api import describe
 from webhook.cli.console import fail
 from webhook.helicone import Answer
-from webhook.offline.backfill import QueryFailed, Tally, backfill
-from webhook.offline.query import HeliconeQuery
+from webhook.logged import HeliconeRequests, QueryFailed, Spending
+from webhook.offline.backfill import Tally, backfill
 from webhook.settings import Settings, SettingsError
 from webhook.store import StoreError, open_store, url_without_password
 from webhook.wiring import scoring_from
+
+QUERY_PATIENCE = 600.0  # seconds a query waits for a place in the budget before it gives up
 
 __all__ = ["run"]
 
@@ -34,11 +36,16 @@ def _summary(t: Tally) -> str:
     return (
         f"read {t.read} request(s): {t.queued} queued for delivery, {t.skipped} already queued"
         f" or posted, {t.no_scores} without scores, {t.no_body} without bodies"
+        + (f", {t.too_old} older than Helicone's 30-day scoring window" if t.too_old else "")
     )
 
 
 def run(
-    settings: Settings, client: HeliconeQuery, since: datetime, until: datetime, limit: int | None
+    settings: Settings,
+    client: HeliconeRequests,
+    since: datetime,
+    until: datetime,
+    limit: int | None,
 ) -> None:
     try:
         scoring = scoring_from(settings)
@@ -89,6 +96,11 @@ def run(
                 on_row=on_row,
                 backoff=settings.retry_base,
                 on_retry=on_retry,
+                spending=Spending(
+                    store.budget(settings.rate_limit_per_minute, settings.rate_window_seconds),
+                    "backfill",
+                    patience=QUERY_PATIENCE,
+                ),
             )
         finally:
             await client.aclose()

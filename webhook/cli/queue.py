@@ -16,8 +16,11 @@ import orjson
 import typer
 
 from webhook.cli.console import age, fail, print_table, settings_or_exit
+from webhook.flow import WINDOW, Sample, drain, duration
 from webhook.store import (
+    Flow,
     NoStore,
+    QueueStats,
     Reader,
     Store,
     StoreError,
@@ -107,17 +110,62 @@ def summary(
     ctx: typer.Context,
     json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
-    """Counts by state, and the age of the oldest webhook not yet delivered."""
+    """Counts by state, the oldest webhook not yet delivered, and the flow: how fast webhooks
+    arrive and are posted (last 10 minutes), and how long the backlog takes to drain."""
     if ctx.invoked_subcommand is not None:
         return
-    stats = _read(lambda reader: reader.stats())
+    settings = settings_or_exit()
+
+    async def read(reader: Reader) -> tuple[QueueStats, Flow]:
+        return await reader.stats(), await reader.flow(WINDOW)
+
+    stats, flow = _read(read)
+    sample = Sample(settings.sample)
+    figures = drain(
+        flow,
+        settings.rate_limit_per_minute,
+        settings.rate_window_seconds,
+        settings.feedback_rule is not None,
+        sample,
+    )
+    late = figures.late(settings.max_age)
     if json:
         typer.echo(
-            orjson.dumps({"counts": stats.counts, "oldest_pending_at": stats.oldest_pending_at})
+            orjson.dumps(
+                {
+                    "counts": stats.counts,
+                    "oldest_pending_at": stats.oldest_pending_at,
+                    "arriving_per_minute": figures.arriving,
+                    "posting_per_minute": figures.posting,
+                    "limit_per_minute": figures.capacity,
+                    "backlog": figures.backlog,
+                    "backlog_calls": figures.backlog_calls,
+                    "drain_seconds": figures.seconds,
+                    "drain_past_max_age": late,
+                    "sample_percent": figures.sample,
+                    "unconfirmed": flow.unconfirmed,
+                    "skipped": flow.skipped,
+                }
+            )
         )
         return
     print_table(["state", "count"], [[k, str(v)] for k, v in stats.counts.items()])
     typer.echo(f"oldest pending: {age(stats.oldest_pending_at)}")
+    minutes = f"last {WINDOW / 60:.0f} min"
+    typer.echo(f"arriving: {figures.arriving:.1f} webhooks/min ({minutes})")
+    typer.echo(
+        f"posting: {figures.posting:.1f} calls/min ({minutes}; limit {figures.capacity:.0f}/min)"
+    )
+    typer.echo(
+        f"backlog: {figures.backlog} webhooks, {figures.backlog_calls} calls;"
+        f" drains in {duration(figures.seconds)}"
+    )
+    typer.echo(f"unconfirmed: {flow.unconfirmed} (scores posted again: Helicone did not show them)")
+    typer.echo(f"skipped: {flow.skipped} (sampled out, or past Helicone's 30-day window)")
+    if sample.active:
+        typer.echo(f"sample: {figures.sample:g}% of webhooks scored and posted")
+    if late:
+        typer.echo(f"warning: {figures.advice(settings.max_age, sample)}")
 
 
 @queue_app.command("dead")

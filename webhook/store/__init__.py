@@ -21,7 +21,7 @@ Policy:
   still holds, that is until another claim took the webhook (after the lease ran out), or an
   outcome already ended the lease. ``record`` says, per outcome, whether it applied; one that
   did not is dropped by the caller: someone else owns the webhook now.
-- Each outcome (scored, delivered, retry later, dead, released) is one typed value that a
+- Each outcome (scored, delivered, retry later, dead, released, skipped) is one typed value that a
   backend applies in one statement; ``record`` applies a batch of them in one transaction.
   Scores are stored when computed, so a retry posts the same scores without scoring again.
 - What a webhook has already posted is a :data:`Posted` set the store keeps: an outcome carries
@@ -31,52 +31,69 @@ Policy:
   crash does not wait out the leases.
 - The posting budget (:class:`PostBudget`) is shared by every process on the store.
 - ``subscribe`` wakes the relay when work may have become due, wherever it was stored.
+- Every webhook has an :data:`Origin`: a live webhook, one the reconciliation sweep found
+  missing (``reconciled``), or one queued by ``backfill``. Both stages claim live work first,
+  then reconciled, then backfilled, so neither a sweep nor a backfill ever delays live scores;
+  and the post stage, within one origin, posts scores before feedback-only calls.
+- The posting budget gives each :data:`Priority` of call a reserve it may not take (see
+  :func:`reserve`): the classes above it always find room.
+- Only one process sweeps at a time (:meth:`Store.claim_sweep`); the sweep's progress is kept
+  in the store, so a restart resumes it. A webhook whose scores Helicone does not show is
+  re-posted once at most (:meth:`Store.confirm`).
 - Reads for people and metrics (:class:`Reader`) never wait for a writer.
 - ``ping`` fails at once while the last write of webhooks failed, so readiness never lags the
   503s.
 - Failures a caller reports to a person are :class:`StoreError` (one line, no driver types).
 
 States: ``pending`` (waiting until ``available_at``), ``leased`` (being worked on until its lease
-expires), ``done`` (delivered, or nothing to deliver) and ``dead`` (a dead letter, kept until
-retried or purged).
+expires), ``done`` (delivered, nothing to deliver, or skipped) and ``dead`` (a dead letter, kept
+until retried or purged).
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 __all__ = [
     "CALLS",
+    "ORIGINS",
+    "PRIORITIES",
     "STATES",
     "Call",
     "Dead",
     "DeadLetter",
     "Delivered",
     "Entry",
+    "Flow",
     "Job",
     "Lease",
     "NoStore",
+    "Origin",
     "Outcome",
     "PostBudget",
     "Posted",
+    "Priority",
     "QueueStats",
     "Reader",
     "Released",
     "Retry",
     "Scored",
+    "Skipped",
     "Slot",
     "Stage",
     "Store",
     "StoreError",
+    "SweepLease",
     "Tenure",
     "is_postgres",
     "open_reader",
     "open_store",
+    "reserve",
     "sqlite_path",
     "url_without_password",
     "with_connection_settings",
@@ -90,6 +107,29 @@ Call = Literal["scores", "feedback"]
 CALLS: tuple[Call, ...] = ("scores", "feedback")
 Posted = frozenset[Call]
 """The calls a webhook has already made successfully; they are never made again."""
+
+Origin = Literal["live", "reconciled", "backfill"]
+"""Where a webhook came from: Helicone's webhook, the reconciliation sweep (Helicone logged it
+and the webhook never reached us), or ``backfill``. Claimed in this order in both stages."""
+ORIGINS: tuple[Origin, ...] = ("live", "reconciled", "backfill")
+
+Priority = Literal["live", "feedback", "reconciled", "query", "backfill"]
+"""The class of one API call, highest first: a live webhook's scores, a live webhook's
+feedback, any call for a reconciled webhook, the sweep's own queries, backfill."""
+PRIORITIES: tuple[Priority, ...] = ("live", "feedback", "reconciled", "query", "backfill")
+
+
+def reserve(priority: Priority, limit: int) -> int:
+    """Places of a budget of ``limit`` that a call of ``priority`` leaves to the classes above
+    it: it may take one only while more than this many are free.
+
+    Class *k* (live = 0 ... backfill = 4) reserves ``k * max(1, limit // 20)``: live calls can
+    use the whole window, and under a sustained backlog of live posts the lower classes get
+    nothing. Never the whole budget, though: with a tiny limit (under 5 calls) every class may
+    still use the last place of an otherwise empty window, or it could never call at all.
+    """
+    k = PRIORITIES.index(priority)
+    return max(0, min(k * max(1, limit // 20), limit - 1))
 
 
 class StoreError(Exception):
@@ -119,6 +159,7 @@ class Job:
     scores: dict[str, int] | None  # None until scored
     feedback: bool | None = None  # the rating to post, if a feedback rule gave one
     posted: Posted = frozenset()
+    origin: Origin = "live"
 
     @property
     def request_id(self) -> str:
@@ -180,7 +221,17 @@ class Released:
     delay: float = 0.0
 
 
-Outcome = Scored | Delivered | Retry | Dead | Released
+@dataclass(frozen=True, slots=True)
+class Skipped:
+    """Finished without posting, and not a dead letter: sampled out, or older than Helicone's
+    30-day scoring window (it would drop the scores). Done, with ``reason`` kept (see
+    :attr:`Entry.skipped`); from either stage. The body is dropped."""
+
+    lease: Lease
+    reason: str
+
+
+Outcome = Scored | Delivered | Retry | Dead | Released | Skipped
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,11 +262,39 @@ class Entry:
     scores: dict[str, int] | None
     feedback: bool | None
     posted: Posted
-    backfill: bool
+    origin: Origin
     last_status: int | None
     last_error: str | None
     finished_at: float | None
     has_body: bool = field(default=False)
+    unconfirmed: bool = False  # re-posted once because Helicone did not show its scores
+    skipped: str | None = None  # why it finished as :class:`Skipped`, None otherwise
+
+    @property
+    def backfill(self) -> bool:
+        return self.origin == "backfill"
+
+
+@dataclass(frozen=True, slots=True)
+class Flow:
+    """What goes in and out of the queue, for drain-time reporting (:meth:`Reader.flow`)."""
+
+    window: float
+    arrived: int  # webhooks added with origin "live" in the last ``window`` seconds
+    posted: int  # API calls ended in the last ``window`` seconds (see Reader.flow)
+    backlog: int  # webhooks not finished (pending or leased), any stage
+    backlog_calls: int  # API calls those still need (an unscored webhook counts 1)
+    unconfirmed: int  # stored webhooks ever re-posted as unconfirmed
+    skipped: int  # stored webhooks finished as Skipped
+
+
+@dataclass(frozen=True, slots=True)
+class SweepLease:
+    """The right to run the reconciliation sweep, held by one process at a time."""
+
+    token: str
+    since: float | None  # where the last sweep ended (epoch s), None if none ever did
+    created: float  # when the store was created (epoch s): the first sweep starts there
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,11 +318,14 @@ class PostBudget(Protocol):
     limit: int
     window: float
 
-    async def room(self) -> int:
-        """Calls that may start now (0 while paused)."""
+    async def room(self, priority: Priority = "live") -> int:
+        """Calls of ``priority`` that may start now: the places free beyond its
+        :func:`reserve` (0 while paused)."""
 
-    async def take(self) -> Slot | None:
-        """A place for one call now, or None without waiting when there is none."""
+    async def take(self, priority: Priority = "live") -> Slot | None:
+        """A place for one call of ``priority`` now, or None without waiting when there is
+        none: fewer than its :func:`reserve` plus one free, or a pause. Atomic across
+        processes: two never both take the last place."""
 
     async def spent(self, slot: Slot) -> None:
         """The call holding ``slot`` has ended, now."""
@@ -251,8 +333,9 @@ class PostBudget(Protocol):
     async def pause(self, seconds: float) -> None:
         """A 429: no call from any process for ``seconds`` (a longer pause already set wins)."""
 
-    async def wait_time(self) -> float:
-        """Seconds until a place may free, as far as is known now (0 when one is free)."""
+    async def wait_time(self, priority: Priority = "live") -> float:
+        """Seconds until a place for ``priority`` may free, as far as is known now (0 when one
+        is free)."""
 
 
 class Reader(Protocol):
@@ -265,6 +348,16 @@ class Reader(Protocol):
 
     async def entries(self, request_ids: Sequence[str] | None = None) -> dict[str, Entry]:
         """Stored webhooks by request id (the named ones that exist, or all)."""
+
+    async def flow(self, window: float) -> Flow:
+        """The queue's flow over the last ``window`` seconds, and its backlog now, from counts
+        over indexes (fast on a large queue).
+
+        ``posted`` counts the records of API calls the budget keeps: at least the last 15
+        minutes of them (an hour on SQLite); for a longer ``window`` it counts only those, so
+        divide by ``min(window, 900)`` for a rate. A call still in flight counts from when it
+        was taken on SQLite, once ended on PostgreSQL. ``unconfirmed`` and ``skipped`` count the
+        webhooks still stored (``prune_done`` forgets them with the rest)."""
 
     async def close(self) -> None: ...
 
@@ -289,14 +382,22 @@ class Store(Protocol):
         a webhook added, scores to post recorded, dead letters re-queued, work given back; by
         this process or, for a shared database, by any other."""
 
-    async def add(self, request_id: str, body: bytes) -> bool:
-        """Commit a webhook durably. True if new, False if ``request_id`` was already stored."""
+    async def add(self, request_id: str, body: bytes, origin: Origin = "live") -> bool:
+        """Commit a webhook durably. True if new, False if ``request_id`` was already stored
+        (whatever its origin: a reconciled request that arrived meanwhile as a webhook is a
+        duplicate). Reconciled webhooks come in here too, with their origin."""
+
+    async def unseen(self, request_ids: Sequence[str]) -> set[str]:
+        """The ids of these the store holds no row for: never stored, or pruned after the
+        retention (the sweep then queues them again: keep the retention longer than the
+        sweep looks back)."""
 
     async def claim(self, stage: Stage, limit: int, lease_seconds: float) -> list[Job]:
         """Lease up to ``limit`` webhooks due for ``stage``, each under a new token.
 
-        Oldest first; in the post stage live webhooks before backfilled ones. An expired lease
-        is due: claiming it again counts an attempt and ends the old token."""
+        By origin (live, reconciled, backfill), then in the post stage those that still need
+        their scores posted before those that only need their feedback, then oldest due first.
+        An expired lease is due: claiming it again counts an attempt and ends the old token."""
 
     async def extend(self, leases: Sequence[Lease], lease_seconds: float) -> list[bool]:
         """Hold these leases ``lease_seconds`` from now; per lease, whether it still held."""
@@ -321,6 +422,29 @@ class Store(Protocol):
         Returns False, changing nothing, for that case and for work already pending or leased.
         Safe against concurrent writers (one statement, or one transaction that locks the row).
         """
+
+    async def confirm(
+        self, landed: Mapping[str, frozenset[str]], posted_before: float
+    ) -> list[str]:
+        """Re-post, once ever, the scores Helicone does not show.
+
+        ``landed``: request id -> names of the scores Helicone shows applied (from the sweep's
+        listing). Each of these webhooks that is done (not skipped), has posted its scores,
+        finished before ``posted_before`` (epoch s: Helicone applies scores with a delay),
+        has a stored score name missing from ``landed[id]``, and was never re-posted as
+        unconfirmed, is re-opened for the post stage: pending, due now, fresh attempts, its
+        scores no longer posted (its feedback stays posted: never sent twice), and marked
+        unconfirmed, so it is re-posted at most once. Returns those ids. One transaction,
+        re-checking each condition in it, so concurrent sweeps never re-open one twice."""
+
+    async def claim_sweep(self, lease_seconds: float) -> SweepLease | None:
+        """Take the sweep lease for ``lease_seconds`` if it is free or expired, else None:
+        only one process sweeps at a time."""
+
+    async def end_sweep(self, lease: SweepLease, until: float | None) -> bool:
+        """Record where the sweep ended (epoch s; None leaves the mark as it was) and free the
+        lease. False, changing nothing, if it no longer held (it expired and was taken); an
+        expired lease nobody took still holds."""
 
     async def ping(self) -> None:
         """Raise unless the store accepts a durable write, at once while the last write of

@@ -33,7 +33,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, LiteralString
 
@@ -44,16 +44,20 @@ from psycopg.types.json import Jsonb
 
 from webhook.logs import event
 from webhook.store import (
+    ORIGINS,
     Dead,
     Delivered,
     Job,
     Lease,
+    Origin,
     Outcome,
     Released,
     Retry,
     Scored,
+    Skipped,
     Stage,
     StoreError,
+    SweepLease,
 )
 from webhook.store.postgres_budget import PostgresBudget
 from webhook.store.postgres_db import Conn, Database, Options, one_line
@@ -85,14 +89,18 @@ def _claim_sql(which: LiteralString, order: LiteralString, body: LiteralString) 
         " attempts = w.attempts + 1, lease = gen_random_uuid()::text, holder = %(holder)s"
         " FROM due WHERE w.request_id = due.request_id"
         " RETURNING w.request_id, w.lease, " + body + ", w.attempts, w.received_at, w.scores,"
-        " w.feedback, w.posted_scores, w.posted_feedback"
+        " w.feedback, w.posted_scores, w.posted_feedback, w.origin"
     )
 
 
-# Live webhooks are posted before backfilled ones; the post stage never reads a body back.
+# By origin (live, reconciled, backfill), so a sweep or a backfill never delays live work; in
+# the post stage, within one origin, scores still to post before feedback only. The post stage
+# never reads a body back.
 CLAIM: dict[Stage, LiteralString] = {
-    "score": _claim_sql("w.scores IS NULL", "w.available_at, w.seq", "w.body"),
-    "post": _claim_sql("w.scores IS NOT NULL", "w.backfill, w.available_at, w.seq", "NULL"),
+    "score": _claim_sql("w.scores IS NULL", "w.origin, w.available_at, w.seq", "w.body"),
+    "post": _claim_sql(
+        "w.scores IS NOT NULL", "w.origin, w.posted_scores, w.available_at, w.seq", "NULL"
+    ),
 }
 
 # Each outcome: one UPDATE that applies only while the lease holds, ends it, and returns the
@@ -133,6 +141,10 @@ OUTCOME: dict[type[Outcome], LiteralString] = {
         "UPDATE webhooks SET state = 'dead', last_status = %(status)s, last_error = %(error)s,"
         " finished_at = scorer_now(), " + POSTED + ", " + ENDS + FENCE + " RETURNING NULL"
     ),
+    Skipped: (
+        "UPDATE webhooks SET state = 'done', body = NULL, skipped = %(reason)s, last_error = NULL,"
+        " finished_at = scorer_now(), " + ENDS + FENCE + " RETURNING NULL"
+    ),
     Released: (
         "UPDATE webhooks SET state = 'pending', available_at = scorer_now() + %(delay)s,"
         " attempts = greatest(attempts - 1, 0), "
@@ -164,12 +176,15 @@ def _params(outcome: Outcome) -> dict[str, Any]:
             params |= {"status": outcome.status, "error": outcome.error}
         case Released():
             params["delay"] = outcome.delay
+        case Skipped():
+            params["reason"] = outcome.reason
+            return params
     params |= {"ps": "scores" in outcome.posted, "pf": "feedback" in outcome.posted}
     return params
 
 
 def _job(row: TupleRow) -> Job:
-    rid, token, body, attempts, received, scores, feedback, ps, pf = row
+    rid, token, body, attempts, received, scores, feedback, ps, pf, origin = row
     return Job(
         Lease(rid, token),
         None if body is None else bytes(body),
@@ -178,6 +193,7 @@ def _job(row: TupleRow) -> Job:
         scores,
         feedback,
         posted_set(ps, pf),
+        ORIGINS[origin],
     )
 
 
@@ -197,7 +213,7 @@ class PostgresStore:
         self._reader = PostgresReader(self._read_db, owned=False)
         self._instance = uuid.uuid4().hex
         self._serving = False
-        self._adds: list[tuple[str, bytes, asyncio.Future[bool]]] = []
+        self._adds: list[tuple[str, bytes, int, asyncio.Future[bool]]] = []
         self._flusher: asyncio.Task[None] | None = None
         self._failure: _Failure | None = None
         self._probe: asyncio.Task[None] | None = None
@@ -239,7 +255,9 @@ class PostgresStore:
             self._listen()
 
     async def _register(self, conn: Conn) -> None:
-        """Join the live instances; with none alive, every lease is orphaned: take it back."""
+        """Join the live instances; with none alive, every lease is orphaned: take it back,
+        and free the sweep lease (keeping where the last sweep ended), so a restart after a
+        crash sweeps at once rather than after the lease."""
         takeover = self._options.takeover
         async with conn.transaction():
             await conn.execute("LOCK TABLE instances IN EXCLUSIVE MODE")
@@ -256,6 +274,7 @@ class PostgresStore:
                 )
                 if cur.rowcount:
                     event(log, f"took back {cur.rowcount} webhook(s) a stopped server had claimed")
+                await conn.execute("DELETE FROM scorer_meta WHERE key = 'sweep_lease'")
             await conn.execute(
                 "INSERT INTO instances (id, started_at, heartbeat_at, host, pid)"
                 " VALUES (%s, scorer_now(), scorer_now(), %s, %s)",
@@ -381,11 +400,11 @@ class PostgresStore:
 
     # Adding webhooks
 
-    async def add(self, request_id: str, body: bytes) -> bool:
+    async def add(self, request_id: str, body: bytes, origin: Origin = "live") -> bool:
         # Adds are gathered on the event loop: while one INSERT is in flight, every webhook
         # that arrives joins the next one.
         fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._adds.append((request_id, body, fut))
+        self._adds.append((request_id, body, ORIGINS.index(origin), fut))
         if self._flusher is None:
             self._flusher = asyncio.create_task(self._flush_adds())
         return await fut
@@ -396,7 +415,7 @@ class PostgresStore:
                 batch, self._adds = self._adds, []
                 failure = self._failure
                 try:
-                    inserted = await self._insert_within([(rid, body) for rid, body, _ in batch])
+                    inserted = await self._insert_within([row for *row, _ in batch])
                 except Exception as exc:
                     self._failed(exc)
                     for *_, fut in batch:
@@ -404,7 +423,7 @@ class PostgresStore:
                             fut.set_exception(StoreError(one_line(exc)))
                     continue
                 self._succeeded(failure)
-                for rid, _, fut in batch:
+                for rid, *_, fut in batch:
                     new = rid in inserted
                     inserted.discard(rid)  # a second add of one id in one batch is a duplicate
                     if not fut.done():
@@ -412,7 +431,7 @@ class PostgresStore:
         finally:
             self._flusher = None
 
-    async def _insert_within(self, rows: list[tuple[str, bytes]]) -> set[str]:
+    async def _insert_within(self, rows: list[list[Any]]) -> set[str]:
         """Insert, or fail once a pooled connection and the statement have had their time: a
         database that stopped answering, with no reset to tell (a hung path), fails the
         webhooks with 503 rather than holding them. A commit under way when it gives up may
@@ -423,16 +442,17 @@ class PostgresStore:
         except TimeoutError:
             raise StoreError(f"the database did not answer within {limit:g}s") from None
 
-    async def _insert(self, rows: list[tuple[str, bytes]]) -> set[str]:
-        ids = [rid for rid, _ in rows]
-        bodies = [body for _, body in rows]
+    async def _insert(self, rows: list[list[Any]]) -> set[str]:
+        """Insert rows of (request id, body, origin code)."""
+        ids, bodies, origins = (list(column) for column in zip(*rows, strict=True))
         async with self._db.connection() as conn, conn.transaction():
             cur = await conn.execute(
-                "INSERT INTO webhooks (request_id, body, received_at, available_at)"
-                " SELECT rid, body, scorer_now(), scorer_now()"
-                " FROM unnest(%s::text[], %s::bytea[]) WITH ORDINALITY AS t(rid, body, n)"
+                "INSERT INTO webhooks (request_id, body, received_at, available_at, origin)"
+                " SELECT rid, body, scorer_now(), scorer_now(), origin"
+                " FROM unnest(%s::text[], %s::bytea[], %s::smallint[])"
+                " WITH ORDINALITY AS t(rid, body, origin, n)"
                 " ORDER BY n ON CONFLICT (request_id) DO NOTHING RETURNING request_id",
-                (ids, bodies),
+                (ids, bodies, origins),
             )
             inserted = {str(rid) for (rid,) in await cur.fetchall()}
             if inserted:
@@ -524,15 +544,15 @@ class PostgresStore:
         params = {"rid": request_id, "scores": Jsonb(scores)}
         async with self._db.connection() as conn, conn.transaction():
             cur = await conn.execute(
-                "INSERT INTO webhooks (request_id, received_at, available_at, scores, backfill)"
-                " VALUES (%(rid)s, scorer_now(), scorer_now(), %(scores)s, true)"
+                "INSERT INTO webhooks (request_id, received_at, available_at, scores, origin)"
+                " VALUES (%(rid)s, scorer_now(), scorer_now(), %(scores)s, 2)"
                 " ON CONFLICT (request_id) DO NOTHING",
                 params,
             )
             if cur.rowcount == 0:
                 cur = await conn.execute(
                     "UPDATE webhooks SET state = 'pending', scores = %(scores)s, feedback = NULL,"
-                    " posted_scores = false, posted_feedback = false, backfill = true,"
+                    " posted_scores = false, posted_feedback = false, origin = 2, skipped = NULL,"
                     " received_at = scorer_now(), available_at = scorer_now(), attempts = 0,"
                     " last_status = NULL, last_error = NULL, finished_at = NULL, "
                     + ENDS
@@ -544,6 +564,85 @@ class PostgresStore:
                 return False
             await self._notify(conn, {"post"})
         self._wake({"post"})
+        return True
+
+    # Reconciliation
+
+    async def unseen(self, request_ids: Sequence[str]) -> set[str]:
+        ids = list(dict.fromkeys(request_ids))
+        if not ids:
+            return set()
+        rows = await self._db.fetch(
+            "SELECT request_id FROM webhooks WHERE request_id = ANY(%s)", (ids,)
+        )
+        return set(ids) - {str(rid) for (rid,) in rows}
+
+    async def confirm(
+        self, landed: Mapping[str, frozenset[str]], posted_before: float
+    ) -> list[str]:
+        if not landed:
+            return []
+        names = Jsonb({rid: sorted(shown) for rid, shown in landed.items()})
+        async with self._db.connection() as conn, conn.transaction():
+            cur = await conn.execute(
+                "UPDATE webhooks w SET state = 'pending', available_at = scorer_now(),"
+                " attempts = 0, posted_scores = false, unconfirmed = true, last_status = NULL,"
+                " last_error = NULL, finished_at = NULL, "
+                + ENDS
+                + " FROM jsonb_each(%(landed)s::jsonb) AS l(rid, names)"
+                " WHERE w.request_id = l.rid AND w.state = 'done' AND w.skipped IS NULL"
+                " AND w.posted_scores AND NOT w.unconfirmed AND w.finished_at < %(before)s"
+                " AND EXISTS (SELECT 1 FROM jsonb_object_keys(w.scores) AS k(name)"
+                "  WHERE NOT l.names @> jsonb_build_array(k.name))"
+                " RETURNING w.request_id",
+                {"landed": names, "before": posted_before},
+            )
+            reopened = [str(rid) for (rid,) in await cur.fetchall()]
+            if reopened:
+                await self._notify(conn, {"post"})
+        if reopened:
+            self._wake({"post"})
+        return reopened
+
+    async def claim_sweep(self, lease_seconds: float) -> SweepLease | None:
+        # The sweep's lease is a meta row "token expires_at": taken when there is none, or it
+        # expired, in one statement (the conflicting row is locked while it is decided).
+        async with self._db.connection() as conn, conn.transaction():
+            cur = await conn.execute(
+                "INSERT INTO scorer_meta (key, value) VALUES"
+                " ('sweep_lease', gen_random_uuid()::text || ' ' || (scorer_now() + %s)::text)"
+                " ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+                " WHERE split_part(scorer_meta.value, ' ', 2)::double precision <= scorer_now()"
+                " RETURNING split_part(value, ' ', 1)",
+                (lease_seconds,),
+            )
+            taken = await cur.fetchone()
+            if taken is None:
+                return None
+            cur = await conn.execute(
+                "SELECT key, value FROM scorer_meta WHERE key IN ('created', 'sweep_until')"
+            )
+            meta = {str(k): str(v) for k, v in await cur.fetchall()}
+        until = meta.get("sweep_until")
+        return SweepLease(
+            str(taken[0]), None if until is None else float(until), float(meta["created"])
+        )
+
+    async def end_sweep(self, lease: SweepLease, until: float | None) -> bool:
+        async with self._db.connection() as conn, conn.transaction():
+            cur = await conn.execute(
+                "DELETE FROM scorer_meta WHERE key = 'sweep_lease'"
+                " AND split_part(value, ' ', 1) = %s",
+                (lease.token,),
+            )
+            if cur.rowcount != 1:
+                return False
+            if until is not None:
+                await conn.execute(
+                    "INSERT INTO scorer_meta (key, value) VALUES ('sweep_until', %s)"
+                    " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    (repr(float(until)),),
+                )
         return True
 
     async def requeue_dead(self, request_ids: Sequence[str] | None) -> int:

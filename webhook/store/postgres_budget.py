@@ -8,6 +8,11 @@ instance holds, counts as ended when taken, so it frees on its own. The ``budget
 the 429 pause, and is the lock that makes ``take`` atomic across instances: a taker locks it,
 then counts (a fresh snapshot, after the lock), then inserts.
 
+A call of a :data:`~webhook.store.Priority` may take a place only while more than its
+:func:`~webhook.store.reserve` is free (counted under the same lock), so the classes above it
+always find room; a pause stops every class. Ended places are kept ``KEEP`` seconds at least,
+for the read path's flow (calls posted in the last minutes).
+
 ``spent`` never raises, as the SQLite budget's: the call it ends has been made, and its caller
 must go on to record that. An end that cannot be written (the database is away) is kept and
 written at this budget's next call: later than the call ended, so the place is held a little
@@ -19,7 +24,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from webhook.store import Slot, StoreError
+from webhook.store import Priority, Slot, StoreError, reserve
 
 if TYPE_CHECKING:
     from webhook.store.postgres_db import Database
@@ -33,7 +38,17 @@ ENDED = (
     "coalesce(ended_at, CASE WHEN EXISTS (SELECT 1 FROM instances i WHERE i.id = holder"
     " AND i.heartbeat_at > scorer_now() - %(takeover)s) THEN scorer_now() ELSE taken_at END)"
 )
-HELD = ENDED + " > scorer_now() - %(window)s"
+# Held: the same as ``ENDED > now - window``, written so the indexes on ended_at answer it.
+HELD = (
+    "(ended_at > scorer_now() - %(window)s"
+    " OR (ended_at IS NULL AND " + ENDED + " > scorer_now() - %(window)s))"
+)
+KEEP = 900.0  # seconds an ended place is kept at least (Reader.flow counts them)
+# Places no longer held and older than what is kept: ended ones through the index on ended_at.
+GONE = (
+    "ended_at < scorer_now() - %(keep)s"
+    " OR (ended_at IS NULL AND taken_at < scorer_now() - %(keep)s AND NOT " + HELD + ")"
+)
 
 
 class PostgresBudget:
@@ -44,7 +59,12 @@ class PostgresBudget:
         self.window = window
         self._db = db
         self._holder = holder
-        self._params = {"window": window, "limit": limit, "takeover": takeover}
+        self._params = {
+            "window": window,
+            "limit": limit,
+            "takeover": takeover,
+            "keep": max(window, KEEP),
+        }
         self._unspent: set[str] = set()  # tokens of calls that ended, not yet written
 
     async def _state(self) -> tuple[float, list[float]]:
@@ -65,12 +85,16 @@ class PostgresBudget:
         paused, ages = row
         return float(paused), [float(a) for a in ages]
 
-    async def room(self) -> int:
+    def _limit(self, priority: Priority) -> int:
+        """The places a call of ``priority`` may fill."""
+        return self.limit - reserve(priority, self.limit)
+
+    async def room(self, priority: Priority = "live") -> int:
         await self._write_ends()
         paused, held = await self._state()
-        return 0 if paused > 0 else max(0, self.limit - len(held))
+        return 0 if paused > 0 else max(0, self._limit(priority) - len(held))
 
-    async def take(self) -> Slot | None:
+    async def take(self, priority: Priority = "live") -> Slot | None:
         await self._write_ends()
         async with self._db.connection() as conn, conn.transaction():
             cur = await conn.execute(
@@ -79,8 +103,8 @@ class PostgresBudget:
             row = await cur.fetchone()
             if row is None or row[0]:
                 return None
-            params = self._params | {"holder": self._holder}
-            await conn.execute("DELETE FROM post_slots WHERE NOT (" + HELD + ")", params)
+            params = self._params | {"holder": self._holder, "limit": self._limit(priority)}
+            await conn.execute("DELETE FROM post_slots WHERE " + GONE, params)
             cur = await conn.execute(
                 "INSERT INTO post_slots (token, taken_at, holder)"
                 " SELECT gen_random_uuid()::text, scorer_now(), %(holder)s"
@@ -123,10 +147,11 @@ class PostgresBudget:
         except StoreError as exc:
             log.warning("could not record a pause of the API calls: %s", exc)
 
-    async def wait_time(self) -> float:
+    async def wait_time(self, priority: Priority = "live") -> float:
         paused, held = await self._state()
         wait = max(0.0, paused)
-        if 0 < self.limit <= len(held):
+        limit = self._limit(priority)
+        if 0 < limit <= len(held):
             # The place that frees the one we need: the (len - limit + 1)-th oldest.
-            wait = max(wait, self.window - held[len(held) - self.limit])
+            wait = max(wait, self.window - held[len(held) - limit])
         return max(0.0, wait)

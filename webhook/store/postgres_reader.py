@@ -11,10 +11,12 @@ import psycopg
 from psycopg import errors
 
 from webhook.store import (
+    ORIGINS,
     STATES,
     Call,
     DeadLetter,
     Entry,
+    Flow,
     NoStore,
     Posted,
     QueueStats,
@@ -22,7 +24,7 @@ from webhook.store import (
     url_without_password,
 )
 from webhook.store.postgres_db import Database, Options, one_line
-from webhook.store.postgres_schema import check_version, stored_version
+from webhook.store.postgres_schema import SCHEMA_VERSION, check_version, stored_version
 
 __all__ = ["PostgresReader", "posted_set"]
 
@@ -62,6 +64,11 @@ class PostgresReader:
             if version is None:
                 raise NoStore(f"no store in the database ({url_without_password(url)})")
             check_version(version)
+            if version < SCHEMA_VERSION:
+                raise StoreError(
+                    f"the database has schema version {version}; this build reads version"
+                    f" {SCHEMA_VERSION}: start the server on it once to migrate it"
+                )
         except BaseException:
             await db.close()
             raise
@@ -87,8 +94,8 @@ class PostgresReader:
     async def entries(self, request_ids: Sequence[str] | None = None) -> dict[str, Entry]:
         sql: LiteralString = (
             "SELECT request_id, state, attempts, received_at, available_at, scores, feedback,"
-            " posted_scores, posted_feedback, backfill, last_status, last_error, finished_at,"
-            " body IS NOT NULL FROM webhooks"
+            " posted_scores, posted_feedback, origin, last_status, last_error, finished_at,"
+            " body IS NOT NULL, unconfirmed, skipped FROM webhooks"
         )
         if request_ids is None:
             rows = await self._db.fetch(sql + " ORDER BY seq")
@@ -96,14 +103,60 @@ class PostgresReader:
             rows = await self._db.fetch(sql + " WHERE request_id = ANY(%s)", (list(request_ids),))
         return {row[0]: _entry(row) for row in rows}
 
+    async def flow(self, window: float) -> Flow:
+        # One statement, so one snapshot (and the database's clock); each count over an index.
+        backlog = "state IN ('pending', 'leased')"
+        (
+            (arrived, posted, to_score, to_post, scores_due, feedback_due, unconfirmed, skipped),
+        ) = await self._db.fetch(
+            "SELECT"
+            " (SELECT count(*) FROM webhooks"
+            "  WHERE origin = 0 AND received_at > scorer_now() - %(window)s),"
+            " (SELECT count(*) FROM post_slots WHERE ended_at > scorer_now() - %(window)s),"
+            " (SELECT count(*) FROM webhooks WHERE " + backlog + " AND scores IS NULL),"
+            " (SELECT count(*) FROM webhooks WHERE " + backlog + " AND scores IS NOT NULL),"
+            " (SELECT count(*) FROM webhooks WHERE " + backlog + " AND scores IS NOT NULL"
+            "  AND NOT posted_scores),"
+            " (SELECT count(*) FROM webhooks WHERE " + backlog + " AND feedback IS NOT NULL"
+            "  AND NOT posted_feedback),"
+            " (SELECT count(*) FROM webhooks WHERE unconfirmed),"
+            " (SELECT count(*) FROM webhooks WHERE skipped IS NOT NULL)",
+            {"window": window},
+        )
+        return Flow(
+            window=window,
+            arrived=arrived,
+            posted=posted,
+            backlog=to_score + to_post,
+            backlog_calls=to_score + scores_due + feedback_due,
+            unconfirmed=unconfirmed,
+            skipped=skipped,
+        )
+
     async def close(self) -> None:
         if self._owned:
             await self._db.close()
 
 
 def _entry(row: tuple[Any, ...]) -> Entry:
-    """A row of ``entries``: its columns are Entry's fields, but two posted flags for one set."""
-    rid, state, attempts, received, available, scores, feedback, ps, pf, *rest = row
+    """A row of ``entries``: its columns are Entry's fields, but two posted flags for one set
+    and the origin's code."""
+    rid, state, attempts, received, available, scores, feedback, ps, pf, origin, *rest = row
+    last_status, last_error, finished_at, has_body, unconfirmed, skipped = rest
     return Entry(
-        rid, state, attempts, received, available, scores, feedback, posted_set(ps, pf), *rest
+        rid,
+        state,
+        attempts,
+        received,
+        available,
+        scores,
+        feedback,
+        posted_set(ps, pf),
+        ORIGINS[origin],
+        last_status,
+        last_error,
+        finished_at,
+        has_body,
+        unconfirmed,
+        skipped,
     )

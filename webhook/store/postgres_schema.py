@@ -4,6 +4,21 @@ Two instances starting at once are safe: the lock is taken in the transaction th
 migrates, so the second waits and then finds the schema made. A database whose version this
 build does not know (a newer build migrated it) is refused with one line, never touched.
 
+Versions are numbered as the SQLite store's, so one number means one feature set: version 2
+(the lease token, which version 1 here already had) changes nothing; version 3 puts
+``origin`` (0 live, 1 reconciled, 2 backfill) in the place of ``backfill``, adds
+``unconfirmed`` and ``skipped``, leads the claim indexes with the origin, adds the indexes the
+flow counts over, and records ``created`` in ``scorer_meta``, where the reconciliation sweep's
+first window starts: a fresh store's creation; for a database migrated from an older version,
+which never recorded it, when the last live webhook arrived (the last the previous build
+received, so the requests Helicone logged during the deploy that migrates it are swept), not
+before Helicone's scoring window, and the migration's time if it holds none.
+
+Expand, then contract: version 3 keeps ``backfill`` (with its default), which this build never
+reads or writes, because during a rolling deploy instances of the previous build still claim
+from the same database, ordering by it. A later version drops it, once no build that reads it
+can still be running.
+
 Times are seconds since the epoch on the database's clock (:func:`scorer_now`), so instances
 on machines whose clocks differ still agree on leases, heartbeats and the posting budget.
 """
@@ -12,11 +27,12 @@ from __future__ import annotations
 
 from psycopg import AsyncConnection
 
+from webhook.helicone import SCORING_WINDOW
 from webhook.store import StoreError
 
 __all__ = ["SCHEMA_VERSION", "check_version", "migrate"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 3
 # pg_advisory_xact_lock key for creating and migrating the schema (any fixed bigint).
 SCHEMA_LOCK = 0x5C0_4E5_C4E3A
 
@@ -69,6 +85,34 @@ CREATE TABLE post_slots (
     ended_at double precision,
     holder   text
 );
+""",
+    2: "",
+    # ``backfill`` stays (see above). Its index (backfill, available_at, seq) is not kept: the
+    # previous build's post claim is served by the new index (a scan of the due rows, sorted)
+    # for the minutes of a deploy, while a second index would cost every write until the
+    # version that drops ``backfill``. ``created``: see above (a fresh store has no webhooks).
+    3: f"""
+ALTER TABLE webhooks ADD COLUMN origin smallint NOT NULL DEFAULT 0;
+ALTER TABLE webhooks ADD COLUMN unconfirmed boolean NOT NULL DEFAULT false;
+ALTER TABLE webhooks ADD COLUMN skipped text;
+UPDATE webhooks SET origin = 2 WHERE backfill;
+DROP INDEX webhooks_to_score;
+DROP INDEX webhooks_to_post;
+CREATE INDEX webhooks_to_score ON webhooks (origin, available_at, seq)
+    WHERE state IN ('pending', 'leased') AND scores IS NULL;
+CREATE INDEX webhooks_to_post ON webhooks (origin, posted_scores, available_at, seq)
+    WHERE state IN ('pending', 'leased') AND scores IS NOT NULL;
+CREATE INDEX webhooks_feedback_due ON webhooks (available_at)
+    WHERE state IN ('pending', 'leased') AND feedback IS NOT NULL AND NOT posted_feedback;
+CREATE INDEX webhooks_arrived ON webhooks (received_at) WHERE origin = 0;
+CREATE INDEX webhooks_unconfirmed ON webhooks (seq) WHERE unconfirmed;
+CREATE INDEX webhooks_skipped ON webhooks (seq) WHERE skipped IS NOT NULL;
+CREATE INDEX post_slots_ended ON post_slots (ended_at);
+CREATE INDEX post_slots_open ON post_slots (taken_at) WHERE ended_at IS NULL;
+INSERT INTO scorer_meta (key, value)
+    SELECT 'created', least(scorer_now(), greatest(scorer_now() - {SCORING_WINDOW!r},
+        coalesce(max(received_at), scorer_now())))::text FROM webhooks WHERE origin = 0
+    ON CONFLICT (key) DO NOTHING;
 """,
 }
 

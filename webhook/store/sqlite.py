@@ -31,7 +31,7 @@ import math
 import secrets
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar
@@ -44,17 +44,20 @@ from webhook.store import (
     Delivered,
     Job,
     Lease,
+    Origin,
     Outcome,
     Released,
     Retry,
     Scored,
+    Skipped,
     Stage,
     StoreError,
+    SweepLease,
 )
 from webhook.store.sqlite_budget import SQLiteBudget
 from webhook.store.sqlite_lock import ServerLock
 from webhook.store.sqlite_reader import SQLiteReader, connect
-from webhook.store.sqlite_schema import bits, create_or_migrate, posted
+from webhook.store.sqlite_schema import bits, create_or_migrate, origin_code, origin_name, posted
 from webhook.store.sqlite_writer import Writer
 
 __all__ = ["SQLiteStore", "StoreUnavailable"]
@@ -79,31 +82,32 @@ class WriteFailure:
 
 
 INSERT = (
-    "INSERT OR IGNORE INTO webhooks (request_id, body, received_at, available_at)"
-    " VALUES (?, ?, ?, ?)"
+    "INSERT OR IGNORE INTO webhooks (request_id, body, received_at, available_at, origin)"
+    " VALUES (?, ?, ?, ?, ?)"
 )
 # Each stage claims through its own partial index, so a long backlog of one never slows the other.
-# Live webhooks are posted before backfilled ones, so a large backfill never delays live scores.
+# By origin (live, reconciled, backfill), so a large sweep or backfill never delays live work;
+# in the post stage, within one origin, scores still to post before feedback only.
 CLAIM = {
     "score": (
         "UPDATE webhooks SET state = 'leased', available_at = ?, attempts = attempts + 1,"
         " lease = ?"
         " WHERE request_id IN (SELECT request_id FROM webhooks INDEXED BY webhooks_to_score"
         "   WHERE state IN ('pending', 'leased') AND scores IS NULL AND available_at <= ?"
-        "   ORDER BY available_at LIMIT ?)"
+        "   ORDER BY origin, available_at LIMIT ?)"
     ),
     "post": (
         "UPDATE webhooks SET state = 'leased', available_at = ?, attempts = attempts + 1,"
         " lease = ?"
         " WHERE request_id IN (SELECT request_id FROM webhooks INDEXED BY webhooks_to_post"
         "   WHERE state IN ('pending', 'leased') AND scores IS NOT NULL AND available_at <= ?"
-        "   ORDER BY backfill, available_at LIMIT ?)"
+        "   ORDER BY origin, posted & 1, available_at LIMIT ?)"
     ),
 }
 # The post stage needs no body (its scores are stored), so it never reads one back.
 RETURNING = {
-    "score": " RETURNING request_id, body, attempts, received_at, scores, feedback, posted",
-    "post": " RETURNING request_id, NULL, attempts, received_at, scores, feedback, posted",
+    "score": " RETURNING request_id, body, attempts, received_at, scores, feedback, posted, origin",
+    "post": " RETURNING request_id, NULL, attempts, received_at, scores, feedback, posted, origin",
 }
 # One statement per outcome, each fenced by the lease token (request_id, lease), which it
 # clears. Each returns whether the webhook waits for scoring, so a release wakes the right stage.
@@ -127,12 +131,35 @@ DEAD = (
     " finished_at = ?, lease = NULL"
     " WHERE request_id = ? AND lease = ? RETURNING scores IS NULL"
 )
+SKIPPED = (
+    "UPDATE webhooks SET state = 'done', body = NULL, skipped = ?, last_error = NULL,"
+    " finished_at = ?, lease = NULL"
+    " WHERE request_id = ? AND lease = ? RETURNING scores IS NULL"
+)
 # A claim counted an attempt; giving the lease back undoes that.
 RELEASED = (
     "UPDATE webhooks SET state = 'pending', available_at = ?, attempts = MAX(attempts - 1, 0),"
     " posted = posted | ?, lease = NULL"
     " WHERE request_id = ? AND lease = ? RETURNING scores IS NULL"
 )
+
+
+# Confirming landed scores: done (not skipped), its scores posted before the time given, never
+# re-posted as unconfirmed; re-opened for the post stage with its feedback still posted.
+CONFIRMABLE_AMONG = (
+    "SELECT request_id, scores FROM webhooks WHERE state = 'done' AND skipped IS NULL"
+    " AND posted & 1 AND unconfirmed = 0 AND finished_at < ?"
+)
+REPOST = (
+    "UPDATE webhooks SET state = 'pending', available_at = ?, attempts = 0,"
+    " posted = posted & 2, unconfirmed = 1, last_status = NULL, last_error = NULL,"
+    " finished_at = NULL, lease = NULL WHERE request_id = ? AND state = 'done'"
+    " AND skipped IS NULL AND posted & 1 AND unconfirmed = 0 AND finished_at < ?"
+)
+STORED_AMONG = "SELECT request_id FROM webhooks WHERE"
+# The sweep's lease ("token expires_at") and where the last sweep ended, in ``meta``.
+SWEEP_LEASE, SWEEP_UNTIL = "sweep_lease", "sweep_until"
+CHUNK = 500  # ids per statement, well under SQLite's limit of bound parameters
 
 
 def _statement(outcome: Outcome, now: float) -> tuple[str, tuple[Any, ...]]:
@@ -152,6 +179,8 @@ def _statement(outcome: Outcome, now: float) -> tuple[str, tuple[Any, ...]]:
             return DEAD, (status, error, bits(calls), now, *fence)
         case Released(posted=calls, delay=delay):
             return RELEASED, (now + delay, bits(calls), *fence)
+        case Skipped(reason=reason):
+            return SKIPPED, (reason, now, *fence)
     raise TypeError(f"not an outcome: {outcome!r}")
 
 
@@ -164,11 +193,11 @@ def _wakes(outcome: Outcome, to_score: bool) -> Stage | None:
     return None
 
 
-Row = tuple[str, bytes | None, int, float, str | None, int | None, int]
+Row = tuple[str, bytes | None, int, float, str | None, int | None, int, int]
 
 
 def _job(token: str, row: Row) -> Job:
-    rid, body, attempts, received, scores, feedback, calls = row
+    rid, body, attempts, received, scores, feedback, calls, origin = row
     return Job(
         Lease(rid, token),
         None if body is None else bytes(body),
@@ -177,6 +206,7 @@ def _job(token: str, row: Row) -> Job:
         None if scores is None else orjson.loads(scores),
         None if feedback is None else bool(feedback),
         posted(calls),
+        origin_name(origin),
     )
 
 
@@ -187,7 +217,7 @@ class SQLiteStore:
         self._lock = None if path == ":memory:" else ServerLock(path)
         self._reader: SQLiteReader | None = None
         self._subscribers: list[Callable[[Stage], None]] = []
-        self._adds: list[tuple[str, bytes, float, asyncio.Future[bool]]] = []
+        self._adds: list[tuple[str, bytes, int, float, asyncio.Future[bool]]] = []
         self._flusher: asyncio.Task[None] | None = None
         self._failure: WriteFailure | None = None
         self._probe: asyncio.Task[None] | None = None
@@ -273,11 +303,11 @@ class SQLiteStore:
             self._failure = None
             log.info("store: writes succeed again")
 
-    async def add(self, request_id: str, body: bytes) -> bool:
+    async def add(self, request_id: str, body: bytes, origin: Origin = "live") -> bool:
         # Adds are gathered on the event loop and handed to the writer as one operation: while
         # one commit is in flight, every webhook that arrives joins the next one.
         fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._adds.append((request_id, body, time.time(), fut))
+        self._adds.append((request_id, body, origin_code(origin), time.time(), fut))
         if self._flusher is None:
             self._flusher = asyncio.create_task(self._flush_adds())
         return await fut
@@ -286,7 +316,7 @@ class SQLiteStore:
         try:
             while self._adds:
                 batch, self._adds = self._adds, []
-                rows = [(rid, body, now, now) for rid, body, now, _ in batch]
+                rows = [(rid, body, now, now, origin) for rid, body, origin, now, _ in batch]
                 failure = self._failure
                 try:
                     inserted = await self._writer.run(partial(_insert_all, self._writer, rows))
@@ -353,8 +383,8 @@ class SQLiteStore:
             ).fetchone()
             if row is None:
                 conn.execute(
-                    "INSERT INTO webhooks (request_id, received_at, available_at, scores, backfill)"
-                    " VALUES (?, ?, ?, ?, 1)",
+                    "INSERT INTO webhooks (request_id, received_at, available_at, scores, origin)"
+                    " VALUES (?, ?, ?, ?, 2)",
                     (request_id, now, now, orjson.dumps(scores).decode()),
                 )
                 return True
@@ -365,7 +395,7 @@ class SQLiteStore:
                 return False
             conn.execute(
                 "UPDATE webhooks SET state = 'pending', scores = ?, feedback = NULL, posted = 0,"
-                " backfill = 1, received_at = ?, available_at = ?, attempts = 0,"
+                " origin = 2, received_at = ?, available_at = ?, attempts = 0, skipped = NULL,"
                 " last_status = NULL, last_error = NULL, finished_at = NULL, lease = NULL"
                 " WHERE request_id = ?",
                 (orjson.dumps(scores).decode(), now, now, request_id),
@@ -376,6 +406,85 @@ class SQLiteStore:
         if queued:
             self._wake("post")
         return queued
+
+    async def unseen(self, request_ids: Sequence[str]) -> set[str]:
+        ids = list(dict.fromkeys(request_ids))
+
+        def query(conn: sqlite3.Connection) -> set[str]:
+            found: set[str] = set()
+            for start in range(0, len(ids), CHUNK):
+                chunk = ids[start : start + CHUNK]
+                marks = ", ".join("?" * len(chunk))
+                sql = f"{STORED_AMONG} request_id IN ({marks})"
+                found.update(rid for (rid,) in conn.execute(sql, chunk))
+            return set(ids) - found
+
+        return await self._query(query) if ids else set()
+
+    async def confirm(
+        self, landed: Mapping[str, frozenset[str]], posted_before: float
+    ) -> list[str]:
+        ids = list(landed)
+
+        def op(conn: sqlite3.Connection) -> list[str]:
+            # In the writer's transaction (BEGIN IMMEDIATE): no other process changes these rows
+            # between the read and the update.
+            reopened: list[str] = []
+            now = time.time()
+            for start in range(0, len(ids), CHUNK):
+                chunk = ids[start : start + CHUNK]
+                marks = ", ".join("?" * len(chunk))
+                rows = conn.execute(
+                    f"{CONFIRMABLE_AMONG} AND request_id IN ({marks})", (posted_before, *chunk)
+                ).fetchall()
+                for rid, scores in rows:
+                    if set(orjson.loads(scores)) <= landed[rid]:
+                        continue
+                    conn.execute(REPOST, (now, rid, posted_before))
+                    reopened.append(rid)
+            return reopened
+
+        reopened = await self._writer.run(op) if ids else []
+        if reopened:
+            self._wake("post")
+        return reopened
+
+    async def claim_sweep(self, lease_seconds: float) -> SweepLease | None:
+        token = secrets.token_hex(8)
+
+        def op(conn: sqlite3.Connection) -> SweepLease | None:
+            now = time.time()
+            keys = (SWEEP_LEASE, SWEEP_UNTIL)
+            meta = dict(conn.execute("SELECT key, value FROM meta WHERE key IN (?, ?)", keys))
+            held = meta.get(SWEEP_LEASE)
+            if held is not None and float(held.partition(" ")[2]) > now:
+                return None
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?)"
+                " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (SWEEP_LEASE, f"{token} {now + lease_seconds!r}"),
+            )
+            (created,) = conn.execute("SELECT value FROM meta WHERE key = 'created'").fetchone()
+            until = meta.get(SWEEP_UNTIL)
+            return SweepLease(token, None if until is None else float(until), float(created))
+
+        return await self._writer.run(op)
+
+    async def end_sweep(self, lease: SweepLease, until: float | None) -> bool:
+        def op(conn: sqlite3.Connection) -> bool:
+            freed = conn.execute(
+                "DELETE FROM meta WHERE key = ? AND substr(value, 1, instr(value, ' ') - 1) = ?",
+                (SWEEP_LEASE, lease.token),
+            ).rowcount
+            if freed and until is not None:
+                conn.execute(
+                    "INSERT INTO meta (key, value) VALUES (?, ?)"
+                    " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    (SWEEP_UNTIL, repr(float(until))),
+                )
+            return freed == 1
+
+        return await self._writer.run(op)
 
     async def ping(self) -> None:
         failure = self._failure
@@ -436,7 +545,7 @@ class SQLiteStore:
 
 
 def _insert_all(
-    writer: Writer, rows: list[tuple[str, bytes, float, float]], conn: sqlite3.Connection
+    writer: Writer, rows: list[tuple[str, bytes, float, float, int]], conn: sqlite3.Connection
 ) -> list[bool]:
     """Insert each webhook unless its request_id is stored; True for each one inserted.
 
@@ -459,7 +568,9 @@ def _heartbeat(writer: Writer, size: int, conn: sqlite3.Connection) -> None:
 
 def _recover_orphans(conn: sqlite3.Connection) -> int:
     """Make every lease pending, due now, its attempt not counted (no server holds one), and
-    end its token."""
+    end its token; free the sweep lease too (keeping where the last sweep ended), so a
+    restart after a crash sweeps at once rather than after the lease. Returns the webhooks."""
+    conn.execute("DELETE FROM meta WHERE key = ?", (SWEEP_LEASE,))
     return conn.execute(
         "UPDATE webhooks SET state = 'pending', available_at = ?, lease = NULL,"
         " attempts = MAX(attempts - 1, 0) WHERE state = 'leased'",

@@ -5,6 +5,9 @@ taken and moved to the call's end by :meth:`SQLiteBudget.spent`; so a call whose
 before its end counts as ended when taken, and frees on its own. A 429's pause is kept in
 ``meta``. The arithmetic is :class:`webhook.limit.SlidingWindow`'s, over those rows.
 
+- A call of a :data:`~webhook.store.Priority` sees a window of ``limit`` minus its
+  :func:`~webhook.store.reserve`: the places reserved for the classes above it are never free
+  to it. A pause stops every class.
 - ``take`` decides in the writer's transaction (``BEGIN IMMEDIATE``), so two processes never
   both take the last place.
 - ``room`` and ``wait_time`` read on the read path, never waiting for the writer.
@@ -28,7 +31,7 @@ from functools import partial
 from typing import Protocol, TypeVar
 
 from webhook.limit import SlidingWindow
-from webhook.store import Slot
+from webhook.store import Priority, Slot, reserve
 
 __all__ = ["SQLiteBudget"]
 
@@ -66,28 +69,32 @@ class SQLiteBudget:
         self._held: dict[str, int | None] = {}  # places in flight here: token -> post_log row
         self._paused_until = 0.0  # this process's latest pause, in case it could not be stored
 
-    def _window(self, places: Places, now: float, held: dict[str, int | None]) -> SlidingWindow:
-        """The window as ``places`` (read at ``now``) and this process's places ``held`` say."""
+    def _window(
+        self, places: Places, now: float, held: dict[str, int | None], priority: Priority
+    ) -> SlidingWindow:
+        """The window a call of ``priority`` sees, as ``places`` (read at ``now``) and this
+        process's places ``held`` say."""
         rows, paused_until = places
         mine = {row for row in held.values() if row is not None}
-        window = SlidingWindow(self.limit, self.window, clock=lambda: now)
+        limit = self.limit - reserve(priority, self.limit)
+        window = SlidingWindow(limit, self.window, clock=lambda: now)
         window.seed(ended for row, ended in rows if row not in mine)
         window.hold(len(held))
         window.pause(max(paused_until, self._paused_until) - now)
         return window
 
-    async def _now(self) -> SlidingWindow:
+    async def _now(self, priority: Priority) -> SlidingWindow:
         now = time.time()
         places = await self._read(partial(_places, self.window, now))
-        return self._window(places, now, dict(self._held))
+        return self._window(places, now, dict(self._held), priority)
 
-    async def room(self) -> int:
-        return (await self._now()).free()
+    async def room(self, priority: Priority = "live") -> int:
+        return (await self._now(priority)).free()
 
-    async def wait_time(self) -> float:
-        return (await self._now()).wait_time()
+    async def wait_time(self, priority: Priority = "live") -> float:
+        return (await self._now(priority)).wait_time()
 
-    async def take(self) -> Slot | None:
+    async def take(self, priority: Priority = "live") -> Slot | None:
         token = secrets.token_hex(8)
         self._held[token] = None
 
@@ -95,7 +102,7 @@ class SQLiteBudget:
             now = time.time()
             # Every place taken, here or elsewhere, is a row by now: the writer took them in
             # turn, so none is counted from memory (that would count this process's twice).
-            if self._window(_places(self.window, now, conn), now, {}).free() <= 0:
+            if self._window(_places(self.window, now, conn), now, {}, priority).free() <= 0:
                 return None
             conn.execute("DELETE FROM post_log WHERE ended_at < ?", (now - KEEP,))
             return conn.execute("INSERT INTO post_log (ended_at) VALUES (?)", (now,)).lastrowid

@@ -4,7 +4,8 @@ In WAL mode a reader sees the last commit and never waits for a writer, nor a wr
 queries run in a thread (:func:`asyncio.to_thread`), so neither the event loop nor the writer
 thread ever waits on a read. The connection is opened read-only (``mode=ro``): the read path
 never creates a store, never migrates one, and a missing file is :class:`NoStore`, not a new
-empty database.
+empty database. So it reads older versions as they are: before version 3, a webhook's origin is
+its ``backfill`` flag, and none is unconfirmed or skipped.
 """
 
 from __future__ import annotations
@@ -12,14 +13,15 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import orjson
 
-from webhook.store import STATES, DeadLetter, Entry, NoStore, QueueStats, StoreError
-from webhook.store.sqlite_schema import READABLE, posted, version_problem
+from webhook.store import STATES, DeadLetter, Entry, Flow, NoStore, QueueStats, StoreError
+from webhook.store.sqlite_schema import READABLE, origin_name, posted, version_problem
 
 __all__ = ["SQLiteReader"]
 
@@ -27,14 +29,43 @@ T = TypeVar("T")
 
 ENTRY = (
     "SELECT request_id, state, attempts, received_at, available_at, scores, feedback, posted,"
-    " backfill, last_status, last_error, finished_at, body IS NOT NULL FROM webhooks"
+    " {origin}, last_status, last_error, finished_at, body IS NOT NULL, {unconfirmed}, {skipped}"
+    " FROM webhooks"
 )
+# The columns version 3 added, as an older version reads them.
+COLUMNS = {"origin": "origin", "unconfirmed": "unconfirmed", "skipped": "skipped"}
+COLUMNS_BEFORE_3 = {
+    "origin": "CASE WHEN backfill THEN 2 ELSE 0 END",
+    "unconfirmed": "0",
+    "skipped": "NULL",
+}
 CHUNK = 500  # ids per query, well under SQLite's limit of bound parameters
+
+# The flow's counts, each over an index (partial where it can be), in one snapshot.
+FLOW = {
+    "arrived": "SELECT COUNT(*) FROM webhooks WHERE {origin} = 0 AND received_at > ?",
+    "posted": "SELECT COUNT(*) FROM post_log WHERE ended_at > ?",
+    "to_score": "SELECT COUNT(*) FROM webhooks"
+    " WHERE state IN ('pending', 'leased') AND scores IS NULL",
+    "to_post": "SELECT COUNT(*) FROM webhooks"
+    " WHERE state IN ('pending', 'leased') AND scores IS NOT NULL",
+    "scores_due": "SELECT COUNT(*) FROM webhooks"
+    " WHERE state IN ('pending', 'leased') AND scores IS NOT NULL AND posted & 1 = 0",
+    "feedback_due": "SELECT COUNT(*) FROM webhooks"
+    " WHERE state IN ('pending', 'leased') AND feedback IS NOT NULL AND posted & 2 = 0",
+    "unconfirmed": "SELECT COUNT(*) FROM webhooks WHERE {unconfirmed}",
+    "skipped": "SELECT COUNT(*) FROM webhooks WHERE {skipped} IS NOT NULL",
+}
+
+
+def _columns(conn: sqlite3.Connection) -> dict[str, str]:
+    (version,) = conn.execute("PRAGMA user_version").fetchone()
+    return COLUMNS if version >= 3 else COLUMNS_BEFORE_3
 
 
 def _entry(row: tuple[Any, ...]) -> Entry:
-    rid, state, attempts, received, available, scores, feedback, bits, backfill, *rest = row
-    last_status, last_error, finished_at, has_body = rest
+    rid, state, attempts, received, available, scores, feedback, bits, origin, *rest = row
+    last_status, last_error, finished_at, has_body, unconfirmed, skipped = rest
     return Entry(
         request_id=rid,
         state=state,
@@ -44,11 +75,13 @@ def _entry(row: tuple[Any, ...]) -> Entry:
         scores=None if scores is None else orjson.loads(scores),
         feedback=None if feedback is None else bool(feedback),
         posted=posted(bits),
-        backfill=bool(backfill),
+        origin=origin_name(origin),
         last_status=last_status,
         last_error=last_error,
         finished_at=finished_at,
         has_body=bool(has_body),
+        unconfirmed=bool(unconfirmed),
+        skipped=skipped,
     )
 
 
@@ -144,16 +177,41 @@ class SQLiteReader:
 
     async def entries(self, request_ids: Sequence[str] | None = None) -> dict[str, Entry]:
         def query(conn: sqlite3.Connection) -> dict[str, Entry]:
+            entry = ENTRY.format_map(_columns(conn))
             if request_ids is None:
-                return {row[0]: _entry(row) for row in conn.execute(ENTRY)}
+                return {row[0]: _entry(row) for row in conn.execute(entry)}
             found: dict[str, Entry] = {}
             ids = list(dict.fromkeys(request_ids))
             for start in range(0, len(ids), CHUNK):
                 chunk = ids[start : start + CHUNK]
                 marks = ", ".join("?" * len(chunk))
-                for row in conn.execute(f"{ENTRY} WHERE request_id IN ({marks})", chunk):
+                for row in conn.execute(f"{entry} WHERE request_id IN ({marks})", chunk):
                     found[row[0]] = _entry(row)
             return found
+
+        return await self.query(query)
+
+    async def flow(self, window: float) -> Flow:
+        def query(conn: sqlite3.Connection) -> Flow:
+            since = time.time() - window
+            counts: dict[str, int] = {}
+            conn.execute("BEGIN")  # one snapshot for every count
+            try:
+                columns = _columns(conn)
+                for name, sql in FLOW.items():
+                    params = (since,) if "?" in sql else ()
+                    (counts[name],) = conn.execute(sql.format_map(columns), params).fetchone()
+            finally:
+                conn.execute("COMMIT")
+            return Flow(
+                window=window,
+                arrived=counts["arrived"],
+                posted=counts["posted"],
+                backlog=counts["to_score"] + counts["to_post"],
+                backlog_calls=counts["to_score"] + counts["scores_due"] + counts["feedback_due"],
+                unconfirmed=counts["unconfirmed"],
+                skipped=counts["skipped"],
+            )
 
         return await self.query(query)
 

@@ -9,18 +9,40 @@ Versions:
 
 1. The first: ``webhooks``, ``post_log`` and ``meta``.
 2. ``webhooks.lease``: the token of the current lease, NULL when none (fencing).
+3. ``webhooks.origin`` (0 live, 1 reconciled, 2 backfill: :data:`ORIGINS` order) takes the
+   place of ``backfill``; ``unconfirmed`` (re-posted once, see ``Store.confirm``) and
+   ``skipped`` (the reason of a :class:`~webhook.store.Skipped`); the claim indexes lead with
+   the origin; indexes for the flow's counts; ``meta.created``, where the reconciliation
+   sweep's first window starts (see :func:`created`).
+
+Expand, then contract: version 3 keeps ``backfill`` (with its default; a fresh store has it
+too, so one version is one schema), which this build never reads or writes, because during a
+rolling restart a server of the previous build still claims from the same file, ordering by
+it. A later version drops it, once no build that reads it can still be running.
 """
 
 from __future__ import annotations
 
 import sqlite3
+import time
 
-from webhook.store import CALLS, Posted, StoreError
+from webhook.helicone import SCORING_WINDOW
+from webhook.store import CALLS, ORIGINS, Origin, Posted, StoreError
 
-__all__ = ["READABLE", "SCHEMA_VERSION", "bits", "create_or_migrate", "posted", "version_problem"]
+__all__ = [
+    "READABLE",
+    "SCHEMA_VERSION",
+    "bits",
+    "create_or_migrate",
+    "created",
+    "origin_code",
+    "origin_name",
+    "posted",
+    "version_problem",
+]
 
-SCHEMA_VERSION = 2
-READABLE = (1, 2)  # versions the read path understands (it reads no column v2 added)
+SCHEMA_VERSION = 3
+READABLE = (1, 2, 3)  # versions the read path understands (see .sqlite_reader for the older)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS webhooks (
@@ -33,17 +55,25 @@ CREATE TABLE IF NOT EXISTS webhooks (
     scores       TEXT,
     feedback     INTEGER,
     posted       INTEGER NOT NULL DEFAULT 0,
-    backfill     INTEGER NOT NULL DEFAULT 0,
+    backfill     INTEGER NOT NULL DEFAULT 0,  -- unused, kept for the previous build (see above)
     last_status  INTEGER,
     last_error   TEXT,
     finished_at  REAL,
-    lease        TEXT
+    lease        TEXT,
+    origin       INTEGER NOT NULL DEFAULT 0,
+    unconfirmed  INTEGER NOT NULL DEFAULT 0,
+    skipped      TEXT
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS webhooks_to_score ON webhooks (available_at)
+CREATE INDEX IF NOT EXISTS webhooks_to_score ON webhooks (origin, available_at)
     WHERE state IN ('pending', 'leased') AND scores IS NULL;
-CREATE INDEX IF NOT EXISTS webhooks_to_post ON webhooks (backfill, available_at)
+CREATE INDEX IF NOT EXISTS webhooks_to_post ON webhooks (origin, posted & 1, available_at)
     WHERE state IN ('pending', 'leased') AND scores IS NOT NULL;
 CREATE INDEX IF NOT EXISTS webhooks_state ON webhooks (state, finished_at);
+CREATE INDEX IF NOT EXISTS webhooks_feedback_due ON webhooks (available_at)
+    WHERE state IN ('pending', 'leased') AND feedback IS NOT NULL AND posted & 2 = 0;
+CREATE INDEX IF NOT EXISTS webhooks_arrived ON webhooks (received_at) WHERE origin = 0;
+CREATE INDEX IF NOT EXISTS webhooks_unconfirmed ON webhooks (unconfirmed) WHERE unconfirmed;
+CREATE INDEX IF NOT EXISTS webhooks_skipped ON webhooks (state) WHERE skipped IS NOT NULL;
 CREATE TABLE IF NOT EXISTS post_log (ended_at REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS post_log_ended ON post_log (ended_at);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT) WITHOUT ROWID;
@@ -51,6 +81,20 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT) WITHOUT ROWID
 
 MIGRATIONS = {
     1: ("ALTER TABLE webhooks ADD COLUMN lease TEXT",),  # from version 1 to 2
+    2: (  # from version 2 to 3; SCHEMA then creates the new indexes
+        "ALTER TABLE webhooks ADD COLUMN origin INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE webhooks ADD COLUMN unconfirmed INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE webhooks ADD COLUMN skipped TEXT",
+        "UPDATE webhooks SET origin = 2 WHERE backfill",
+        # The claim indexes are replaced under their names, and the old (backfill,
+        # available_at) one is not kept: the previous build claims ``INDEXED BY`` these names,
+        # so it must find them, and the new ones serve it (a scan of the due rows, sorted),
+        # for the minutes of a rolling restart, while a second index would cost every write
+        # until the version that drops ``backfill``.
+        "DROP INDEX webhooks_to_score",
+        "DROP INDEX webhooks_to_post",
+        # ``backfill`` stays for now (expand, then contract: see above).
+    ),
 }
 
 # ``posted`` is an integer of bits, one per call, so a merge is ``posted | ?`` in one statement.
@@ -63,6 +107,14 @@ def bits(calls: Posted) -> int:
 
 def posted(value: int) -> Posted:
     return frozenset(c for c, bit in _BIT.items() if value & bit)
+
+
+def origin_code(origin: Origin) -> int:
+    return ORIGINS.index(origin)
+
+
+def origin_name(code: int) -> Origin:
+    return ORIGINS[code]
 
 
 def version_problem(version: int, known: tuple[int, ...]) -> str | None:
@@ -82,4 +134,24 @@ def create_or_migrate(conn: sqlite3.Connection) -> None:
                 conn.execute(statement)
     for statement in filter(str.strip, SCHEMA.split(";")):
         conn.execute(statement)
+    if version < SCHEMA_VERSION:  # a version 3 store recorded its own
+        conn.execute(
+            "INSERT OR IGNORE INTO meta (key, value) VALUES ('created', ?)",
+            (repr(created(conn, migrated=version > 0)),),
+        )
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+def created(conn: sqlite3.Connection, *, migrated: bool) -> float:
+    """The store's ``created`` mark, where the reconciliation sweep's first window starts.
+
+    A fresh store: now. A store migrated from a version that never recorded it: when the
+    last live webhook arrived, the last the previous build received, so the requests Helicone
+    logged while the deploy that migrates it was under way are swept; not before Helicone's
+    scoring window (older ones cannot be scored), and now if it holds none (nothing to go on).
+    """
+    now = time.time()
+    if not migrated:
+        return now
+    (newest,) = conn.execute("SELECT max(received_at) FROM webhooks WHERE origin = 0").fetchone()
+    return now if newest is None else min(max(float(newest), now - SCORING_WINDOW), now)
