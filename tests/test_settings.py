@@ -31,6 +31,10 @@ from webhook.settings import Settings, SettingsError, load_settings
         ({"SCORER_RECONCILE_PROPERTIES": "a=1,a=2"}, "SCORER_RECONCILE_PROPERTIES"),
         ({"SCORER_RECONCILE_SAMPLE": "101"}, "SCORER_RECONCILE_SAMPLE"),
         ({"SCORER_RECONCILE_CONFIRM_AFTER": "0"}, "SCORER_RECONCILE_CONFIRM_AFTER"),
+        ({"SCORER_SAMPLE": "most"}, "SCORER_SAMPLE"),
+        ({"SCORER_SAMPLE": "0"}, "SCORER_SAMPLE"),
+        ({"SCORER_SAMPLE": "101"}, "SCORER_SAMPLE"),
+        ({"SCORER_FLOW_REPORT_SECONDS": "0"}, "SCORER_FLOW_REPORT_SECONDS"),
     ],
 )
 def test_bad_value_stops_start_with_one_line_naming_it(
@@ -114,6 +118,18 @@ def test_reconcile_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> 
     assert load_settings().reconcile_every == 600
     monkeypatch.setenv("SCORER_RECONCILE_PROPERTIES", " app = chat ,, env=a=b,")
     assert load_settings().reconcile_properties == {"app": "chat", "env": "a=b"}
+
+
+def test_sample_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert load_settings().sample == 100  # all, by default
+    monkeypatch.setenv("SCORER_SAMPLE", " Auto ")
+    assert load_settings().sample == "auto"
+    monkeypatch.setenv("SCORER_SAMPLE", "12.5")
+    assert load_settings().sample == 12.5
+    monkeypatch.setenv("SCORER_SAMPLE", "nan")
+    with pytest.raises(SettingsError, match=r"^invalid setting SCORER_SAMPLE: must be auto, or a"):
+        load_settings()
 
 
 def test_dotenv_file_is_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
