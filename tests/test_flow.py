@@ -7,7 +7,6 @@ figures in ``queue`` and ``/metrics``, and a webhook past Helicone's 30-day wind
 
 from __future__ import annotations
 
-import dataclasses
 import re
 import time
 import uuid
@@ -25,7 +24,7 @@ from tests.standin import API_KEY, StandIn
 from tests.stores import opened
 from webhook.deliver import Delivery, RetryPolicy
 from webhook.flow import Drain, Sample, drain, duration
-from webhook.helicone import SCORING_WINDOW, Helicone
+from webhook.helicone import Helicone
 from webhook.sample import in_sample
 from webhook.store import Entry, Flow, Tenure
 
@@ -180,22 +179,31 @@ def test_a_backlog_past_the_max_age_is_reported_with_a_way_out(
 
 
 @pytest.mark.anyio
-async def test_a_webhook_past_helicones_30_day_window_is_not_posted(
+async def test_a_request_logged_past_helicones_30_day_window_is_not_posted(
     tmp_path: Path, standin: StandIn
 ) -> None:
+    # Backfilled scores of a request logged 29 days ago, 29 days and a bit in Helicone's eyes by
+    # now, and one of 31 days: only the younger is posted (the age is Helicone's logging time,
+    # not the time it was queued).
     url = f"sqlite:///{tmp_path / 'old.db'}"
     client = Helicone(standin.base_url, API_KEY)
+    now = time.time()
     async with opened(url, serving=True) as store:
-        await store.enqueue_scores("old", {"word_count": 3})
-        (job,) = await store.claim("post", 1, 60)
-        old = dataclasses.replace(job, received_at=time.time() - SCORING_WINDOW - 1)
+        assert await store.enqueue_scores("fresh", {"word_count": 3}, logged_at=now - 29 * 86400)
+        assert await store.enqueue_scores("old", {"word_count": 3}, logged_at=now - 31 * 86400)
         delivery = Delivery(store, client, store.budget(200, 60), RetryPolicy())
-        await delivery.post(old, Tenure(store, time.monotonic(), 60))
-        (entry,) = (await store.reader.entries(["old"])).values()
+        for job in await store.claim("post", 2, 60):
+            await delivery.post(job, Tenure(store, time.monotonic(), 60))
+        stored = await store.reader.entries(["old", "fresh"])
     await client.aclose()
-    assert standin.calls == []
-    assert entry.state == "done"
-    assert entry.skipped == "older than Helicone's 30-day scoring window: it would drop the scores"
+    assert [c.request_id for c in standin.calls] == ["fresh"]
+    assert stored["fresh"].state == "done"
+    assert stored["fresh"].posted == frozenset({"scores"})
+    assert stored["old"].state == "done"
+    assert stored["old"].skipped == (
+        "older than Helicone's 30-day scoring window: it would drop the scores"
+    )
+    assert stored["old"].posted == frozenset()
 
 
 def test_the_drain_time_counts_only_the_sample_s_share_of_arrivals() -> None:

@@ -209,6 +209,26 @@ async def test_the_post_stage_claims_by_origin_and_scores_before_feedback(store:
     ]  # fmt: skip
 
 
+async def test_a_job_carries_when_helicone_logged_it_where_known(store: Store) -> None:
+    logged = time.time() - 5 * 86400
+    assert await store.add("swept", body("swept"), "reconciled", logged_at=logged)
+    await add(store, "live")
+    live, swept = await claim_one(store), await claim_one(store)  # live first
+    assert (live.request_id, live.logged_at, live.logged) == ("live", None, live.received_at)
+    assert swept.logged_at == pytest.approx(logged)
+    assert swept.logged == pytest.approx(logged)
+    # Scored, then claimed to post: it still knows.
+    assert await store.record([Scored(swept.lease, SCORES, None, finished=False)]) == [True]
+    assert (await claim_one(store, "post")).logged_at == pytest.approx(logged)
+    # Backfilled scores carry it too, also when re-opened.
+    assert await store.enqueue_scores("old", SCORES, logged_at=logged - 1)
+    job = await claim_one(store, "post")
+    assert job.logged_at == pytest.approx(logged - 1)
+    assert await store.record([Dead(job.lease, 400, "no", frozenset())]) == [True]
+    assert await store.enqueue_scores("old", SCORES, logged_at=logged - 2)
+    assert (await claim_one(store, "post")).logged_at == pytest.approx(logged - 2)
+
+
 async def test_a_job_carries_what_the_post_stage_needs(store: Store) -> None:
     await to_post(store, "a", feedback=True)
     job = await claim_one(store, "post")

@@ -27,9 +27,10 @@ Retry policy, all of it in :class:`RetryPolicy`:
   a ``Retry-After`` that asks for longer wins. A 429 also pauses *all* calls until then.
 - Any other 4xx is permanent: the webhook goes to the dead letters at once, with its status and
   error. So does one that used up ``max_attempts`` or is older than ``max_age``.
-- A webhook received more than 30 days ago (:data:`webhook.helicone.SCORING_WINDOW`) is not
-  posted: Helicone would answer success and drop the scores. It is finished as skipped, with
-  that reason, not a dead letter (possible only with ``SCORER_MAX_AGE`` above 30 days).
+- A request Helicone logged more than 30 days ago (:data:`webhook.helicone.SCORING_WINDOW`;
+  :attr:`webhook.store.Job.logged`) is not posted: Helicone would answer success and drop the
+  scores. It is finished as skipped, with that reason, not a dead letter (a backfilled or
+  reconciled one that waited in a backlog, or a live one with ``SCORER_MAX_AGE`` past 30 days).
 - An outcome whose lease no longer held (it ran out and the webhook was claimed again) is
   dropped, with a line at INFO: the webhook is someone else's now.
 """
@@ -157,7 +158,7 @@ class Delivery:
         """Make the calls this webhook still needs; record delivered, retry, dead or deferred."""
         assert self.client is not None
         client, rid = self.client, job.request_id
-        if time.time() - job.received_at >= SCORING_WINDOW:
+        if time.time() - job.logged >= SCORING_WINDOW:
             reason = "older than Helicone's 30-day scoring window: it would drop the scores"
             if await self._record(Skipped(job.lease, reason)):
                 metrics.SKIPPED.labels("too_old").inc()

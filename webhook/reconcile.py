@@ -340,7 +340,8 @@ class Sweeper:
             )
             return
         body = orjson.dumps(to_payload(row, *got))
-        if await self.store.add(rid, body, origin="reconciled"):
+        logged = _epoch(row.request_created_at)
+        if await self.store.add(rid, body, origin="reconciled", logged_at=logged):
             tally.reconciled += 1
             event(log, "missed request queued", request_id=rid, outcome="reconciled")
 

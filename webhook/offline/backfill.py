@@ -76,7 +76,9 @@ async def backfill(
         outcome = await scoring.score_payload(row.request_id, to_payload(row, *got))
         if not outcome.scores:
             tally.no_scores += 1
-        elif await store.enqueue_scores(row.request_id, outcome.scores):
+        elif await store.enqueue_scores(
+            row.request_id, outcome.scores, None if created is None else created.timestamp()
+        ):
             tally.queued += 1
         else:
             tally.skipped += 1

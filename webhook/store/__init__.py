@@ -160,6 +160,13 @@ class Job:
     feedback: bool | None = None  # the rating to post, if a feedback rule gave one
     posted: Posted = frozenset()
     origin: Origin = "live"
+    logged_at: float | None = None  # when Helicone logged it, where known (not a live webhook)
+
+    @property
+    def logged(self) -> float:
+        """When Helicone logged the request: as given, else when the webhook was received
+        (Helicone sends it about 30 s after logging)."""
+        return self.received_at if self.logged_at is None else self.logged_at
 
     @property
     def request_id(self) -> str:
@@ -382,10 +389,17 @@ class Store(Protocol):
         a webhook added, scores to post recorded, dead letters re-queued, work given back; by
         this process or, for a shared database, by any other."""
 
-    async def add(self, request_id: str, body: bytes, origin: Origin = "live") -> bool:
+    async def add(
+        self,
+        request_id: str,
+        body: bytes,
+        origin: Origin = "live",
+        logged_at: float | None = None,
+    ) -> bool:
         """Commit a webhook durably. True if new, False if ``request_id`` was already stored
         (whatever its origin: a reconciled request that arrived meanwhile as a webhook is a
-        duplicate). Reconciled webhooks come in here too, with their origin."""
+        duplicate). Reconciled webhooks come in here too, with their origin and when Helicone
+        logged them (epoch seconds; :attr:`Job.logged_at`)."""
 
     async def unseen(self, request_ids: Sequence[str]) -> set[str]:
         """The ids of these the store holds no row for: never stored, or pruned after the
@@ -413,9 +427,12 @@ class Store(Protocol):
         """Apply outcomes in one transaction; per outcome, whether its lease still held (an
         outcome whose lease did not hold changes nothing)."""
 
-    async def enqueue_scores(self, request_id: str, scores: dict[str, int]) -> bool:
+    async def enqueue_scores(
+        self, request_id: str, scores: dict[str, int], logged_at: float | None = None
+    ) -> bool:
         """Queue already-computed scores for delivery (backfill), so the relay posts them as
-        they are, under the same retries and budget, without scoring again.
+        they are, under the same retries and budget, without scoring again. ``logged_at``:
+        when Helicone logged the request (epoch seconds; :attr:`Job.logged_at`).
 
         A new ``request_id`` is inserted as pending; a finished one (done or dead) is re-opened
         with fresh attempts and age, unless it is done with these very scores already posted.

@@ -89,7 +89,7 @@ def _claim_sql(which: LiteralString, order: LiteralString, body: LiteralString) 
         " attempts = w.attempts + 1, lease = gen_random_uuid()::text, holder = %(holder)s"
         " FROM due WHERE w.request_id = due.request_id"
         " RETURNING w.request_id, w.lease, " + body + ", w.attempts, w.received_at, w.scores,"
-        " w.feedback, w.posted_scores, w.posted_feedback, w.origin"
+        " w.feedback, w.posted_scores, w.posted_feedback, w.origin, w.logged_at"
     )
 
 
@@ -184,7 +184,7 @@ def _params(outcome: Outcome) -> dict[str, Any]:
 
 
 def _job(row: TupleRow) -> Job:
-    rid, token, body, attempts, received, scores, feedback, ps, pf, origin = row
+    rid, token, body, attempts, received, scores, feedback, ps, pf, origin, logged = row
     return Job(
         Lease(rid, token),
         None if body is None else bytes(body),
@@ -194,6 +194,7 @@ def _job(row: TupleRow) -> Job:
         feedback,
         posted_set(ps, pf),
         ORIGINS[origin],
+        logged,
     )
 
 
@@ -213,7 +214,7 @@ class PostgresStore:
         self._reader = PostgresReader(self._read_db, owned=False)
         self._instance = uuid.uuid4().hex
         self._serving = False
-        self._adds: list[tuple[str, bytes, int, asyncio.Future[bool]]] = []
+        self._adds: list[tuple[str, bytes, int, float | None, asyncio.Future[bool]]] = []
         self._flusher: asyncio.Task[None] | None = None
         self._failure: _Failure | None = None
         self._probe: asyncio.Task[None] | None = None
@@ -400,11 +401,17 @@ class PostgresStore:
 
     # Adding webhooks
 
-    async def add(self, request_id: str, body: bytes, origin: Origin = "live") -> bool:
+    async def add(
+        self,
+        request_id: str,
+        body: bytes,
+        origin: Origin = "live",
+        logged_at: float | None = None,
+    ) -> bool:
         # Adds are gathered on the event loop: while one INSERT is in flight, every webhook
         # that arrives joins the next one.
         fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._adds.append((request_id, body, ORIGINS.index(origin), fut))
+        self._adds.append((request_id, body, ORIGINS.index(origin), logged_at, fut))
         if self._flusher is None:
             self._flusher = asyncio.create_task(self._flush_adds())
         return await fut
@@ -443,16 +450,17 @@ class PostgresStore:
             raise StoreError(f"the database did not answer within {limit:g}s") from None
 
     async def _insert(self, rows: list[list[Any]]) -> set[str]:
-        """Insert rows of (request id, body, origin code)."""
-        ids, bodies, origins = (list(column) for column in zip(*rows, strict=True))
+        """Insert rows of (request id, body, origin code, logged_at)."""
+        ids, bodies, origins, logged = (list(column) for column in zip(*rows, strict=True))
         async with self._db.connection() as conn, conn.transaction():
             cur = await conn.execute(
-                "INSERT INTO webhooks (request_id, body, received_at, available_at, origin)"
-                " SELECT rid, body, scorer_now(), scorer_now(), origin"
-                " FROM unnest(%s::text[], %s::bytea[], %s::smallint[])"
-                " WITH ORDINALITY AS t(rid, body, origin, n)"
+                "INSERT INTO webhooks"
+                " (request_id, body, received_at, available_at, origin, logged_at)"
+                " SELECT rid, body, scorer_now(), scorer_now(), origin, logged"
+                " FROM unnest(%s::text[], %s::bytea[], %s::smallint[], %s::float8[])"
+                " WITH ORDINALITY AS t(rid, body, origin, logged, n)"
                 " ORDER BY n ON CONFLICT (request_id) DO NOTHING RETURNING request_id",
-                (ids, bodies, origins),
+                (ids, bodies, origins, logged),
             )
             inserted = {str(rid) for (rid,) in await cur.fetchall()}
             if inserted:
@@ -540,12 +548,15 @@ class PostgresStore:
 
     # Backfill and dead letters
 
-    async def enqueue_scores(self, request_id: str, scores: dict[str, int]) -> bool:
-        params = {"rid": request_id, "scores": Jsonb(scores)}
+    async def enqueue_scores(
+        self, request_id: str, scores: dict[str, int], logged_at: float | None = None
+    ) -> bool:
+        params = {"rid": request_id, "scores": Jsonb(scores), "logged": logged_at}
         async with self._db.connection() as conn, conn.transaction():
             cur = await conn.execute(
-                "INSERT INTO webhooks (request_id, received_at, available_at, scores, origin)"
-                " VALUES (%(rid)s, scorer_now(), scorer_now(), %(scores)s, 2)"
+                "INSERT INTO webhooks"
+                " (request_id, received_at, available_at, scores, origin, logged_at)"
+                " VALUES (%(rid)s, scorer_now(), scorer_now(), %(scores)s, 2, %(logged)s)"
                 " ON CONFLICT (request_id) DO NOTHING",
                 params,
             )
@@ -554,7 +565,8 @@ class PostgresStore:
                     "UPDATE webhooks SET state = 'pending', scores = %(scores)s, feedback = NULL,"
                     " posted_scores = false, posted_feedback = false, origin = 2, skipped = NULL,"
                     " received_at = scorer_now(), available_at = scorer_now(), attempts = 0,"
-                    " last_status = NULL, last_error = NULL, finished_at = NULL, "
+                    " last_status = NULL, last_error = NULL, finished_at = NULL,"
+                    " logged_at = %(logged)s, "
                     + ENDS
                     + " WHERE request_id = %(rid)s AND state IN ('done', 'dead')"
                     " AND NOT (state = 'done' AND posted_scores AND scores = %(scores)s)",

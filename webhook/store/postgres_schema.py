@@ -4,15 +4,15 @@ Two instances starting at once are safe: the lock is taken in the transaction th
 migrates, so the second waits and then finds the schema made. A database whose version this
 build does not know (a newer build migrated it) is refused with one line, never touched.
 
-Versions are numbered as the SQLite store's, so one number means one feature set: version 2
-(the lease token, which version 1 here already had) changes nothing; version 3 puts
-``origin`` (0 live, 1 reconciled, 2 backfill) in the place of ``backfill``, adds
-``unconfirmed`` and ``skipped``, leads the claim indexes with the origin, adds the indexes the
-flow counts over, and records ``created`` in ``scorer_meta``, where the reconciliation sweep's
-first window starts: a fresh store's creation; for a database migrated from an older version,
-which never recorded it, when the last live webhook arrived (the last the previous build
-received, so the requests Helicone logged during the deploy that migrates it are swept), not
-before Helicone's scoring window, and the migration's time if it holds none.
+Versions are numbered as the SQLite store's, so one number means one feature set: version 2 (the
+lease token, which version 1 here already had) changes nothing; version 3 puts ``origin`` (0 live,
+1 reconciled, 2 backfill) in the place of ``backfill``, adds ``unconfirmed``, ``skipped`` and
+``logged_at``, leads the claim indexes with the origin, adds the indexes the flow counts over, and
+records ``created`` in ``scorer_meta``, where the reconciliation sweep's first window starts: a
+fresh store's creation; for a database migrated from an older version, which never recorded it,
+when the last live webhook arrived (the last the previous build received, so the requests Helicone
+logged during the deploy that migrates it are swept), not before Helicone's scoring window, and the
+migration's time if it holds none.
 
 Expand, then contract: version 3 keeps ``backfill`` (with its default), which this build never
 reads or writes, because during a rolling deploy instances of the previous build still claim
@@ -95,6 +95,7 @@ CREATE TABLE post_slots (
 ALTER TABLE webhooks ADD COLUMN origin smallint NOT NULL DEFAULT 0;
 ALTER TABLE webhooks ADD COLUMN unconfirmed boolean NOT NULL DEFAULT false;
 ALTER TABLE webhooks ADD COLUMN skipped text;
+ALTER TABLE webhooks ADD COLUMN logged_at double precision;
 UPDATE webhooks SET origin = 2 WHERE backfill;
 DROP INDEX webhooks_to_score;
 DROP INDEX webhooks_to_post;

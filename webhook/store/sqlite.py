@@ -82,8 +82,9 @@ class WriteFailure:
 
 
 INSERT = (
-    "INSERT OR IGNORE INTO webhooks (request_id, body, received_at, available_at, origin)"
-    " VALUES (?, ?, ?, ?, ?)"
+    "INSERT OR IGNORE INTO webhooks"
+    " (request_id, body, received_at, available_at, origin, logged_at)"
+    " VALUES (?, ?, ?, ?, ?, ?)"
 )
 # Each stage claims through its own partial index, so a long backlog of one never slows the other.
 # By origin (live, reconciled, backfill), so a large sweep or backfill never delays live work;
@@ -106,8 +107,10 @@ CLAIM = {
 }
 # The post stage needs no body (its scores are stored), so it never reads one back.
 RETURNING = {
-    "score": " RETURNING request_id, body, attempts, received_at, scores, feedback, posted, origin",
-    "post": " RETURNING request_id, NULL, attempts, received_at, scores, feedback, posted, origin",
+    "score": " RETURNING request_id, body, attempts, received_at, scores, feedback, posted, origin,"
+    " logged_at",
+    "post": " RETURNING request_id, NULL, attempts, received_at, scores, feedback, posted, origin,"
+    " logged_at",
 }
 # One statement per outcome, each fenced by the lease token (request_id, lease), which it
 # clears. Each returns whether the webhook waits for scoring, so a release wakes the right stage.
@@ -193,11 +196,11 @@ def _wakes(outcome: Outcome, to_score: bool) -> Stage | None:
     return None
 
 
-Row = tuple[str, bytes | None, int, float, str | None, int | None, int, int]
+Row = tuple[str, bytes | None, int, float, str | None, int | None, int, int, float | None]
 
 
 def _job(token: str, row: Row) -> Job:
-    rid, body, attempts, received, scores, feedback, calls, origin = row
+    rid, body, attempts, received, scores, feedback, calls, origin, logged = row
     return Job(
         Lease(rid, token),
         None if body is None else bytes(body),
@@ -207,6 +210,7 @@ def _job(token: str, row: Row) -> Job:
         None if feedback is None else bool(feedback),
         posted(calls),
         origin_name(origin),
+        logged,
     )
 
 
@@ -217,7 +221,7 @@ class SQLiteStore:
         self._lock = None if path == ":memory:" else ServerLock(path)
         self._reader: SQLiteReader | None = None
         self._subscribers: list[Callable[[Stage], None]] = []
-        self._adds: list[tuple[str, bytes, int, float, asyncio.Future[bool]]] = []
+        self._adds: list[tuple[str, bytes, int, float | None, float, asyncio.Future[bool]]] = []
         self._flusher: asyncio.Task[None] | None = None
         self._failure: WriteFailure | None = None
         self._probe: asyncio.Task[None] | None = None
@@ -303,11 +307,17 @@ class SQLiteStore:
             self._failure = None
             log.info("store: writes succeed again")
 
-    async def add(self, request_id: str, body: bytes, origin: Origin = "live") -> bool:
+    async def add(
+        self,
+        request_id: str,
+        body: bytes,
+        origin: Origin = "live",
+        logged_at: float | None = None,
+    ) -> bool:
         # Adds are gathered on the event loop and handed to the writer as one operation: while
         # one commit is in flight, every webhook that arrives joins the next one.
         fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._adds.append((request_id, body, origin_code(origin), time.time(), fut))
+        self._adds.append((request_id, body, origin_code(origin), logged_at, time.time(), fut))
         if self._flusher is None:
             self._flusher = asyncio.create_task(self._flush_adds())
         return await fut
@@ -316,7 +326,10 @@ class SQLiteStore:
         try:
             while self._adds:
                 batch, self._adds = self._adds, []
-                rows = [(rid, body, now, now, origin) for rid, body, origin, now, _ in batch]
+                rows = [
+                    (rid, body, now, now, origin, logged)
+                    for rid, body, origin, logged, now, _ in batch
+                ]
                 failure = self._failure
                 try:
                     inserted = await self._writer.run(partial(_insert_all, self._writer, rows))
@@ -375,7 +388,9 @@ class SQLiteStore:
                 self._wake(stage)
         return [held for held, _ in results]
 
-    async def enqueue_scores(self, request_id: str, scores: dict[str, int]) -> bool:
+    async def enqueue_scores(
+        self, request_id: str, scores: dict[str, int], logged_at: float | None = None
+    ) -> bool:
         def op(conn: sqlite3.Connection) -> bool:
             now = time.time()
             row = conn.execute(
@@ -383,9 +398,10 @@ class SQLiteStore:
             ).fetchone()
             if row is None:
                 conn.execute(
-                    "INSERT INTO webhooks (request_id, received_at, available_at, scores, origin)"
-                    " VALUES (?, ?, ?, ?, 2)",
-                    (request_id, now, now, orjson.dumps(scores).decode()),
+                    "INSERT INTO webhooks"
+                    " (request_id, received_at, available_at, scores, origin, logged_at)"
+                    " VALUES (?, ?, ?, ?, 2, ?)",
+                    (request_id, now, now, orjson.dumps(scores).decode(), logged_at),
                 )
                 return True
             state, stored, calls = row
@@ -396,9 +412,9 @@ class SQLiteStore:
             conn.execute(
                 "UPDATE webhooks SET state = 'pending', scores = ?, feedback = NULL, posted = 0,"
                 " origin = 2, received_at = ?, available_at = ?, attempts = 0, skipped = NULL,"
-                " last_status = NULL, last_error = NULL, finished_at = NULL, lease = NULL"
-                " WHERE request_id = ?",
-                (orjson.dumps(scores).decode(), now, now, request_id),
+                " last_status = NULL, last_error = NULL, finished_at = NULL, lease = NULL,"
+                " logged_at = ? WHERE request_id = ?",
+                (orjson.dumps(scores).decode(), now, now, logged_at, request_id),
             )
             return True
 
@@ -545,7 +561,9 @@ class SQLiteStore:
 
 
 def _insert_all(
-    writer: Writer, rows: list[tuple[str, bytes, float, float, int]], conn: sqlite3.Connection
+    writer: Writer,
+    rows: list[tuple[str, bytes, float, float, int, float | None]],
+    conn: sqlite3.Connection,
 ) -> list[bool]:
     """Insert each webhook unless its request_id is stored; True for each one inserted.
 

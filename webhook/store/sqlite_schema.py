@@ -11,7 +11,8 @@ Versions:
 2. ``webhooks.lease``: the token of the current lease, NULL when none (fencing).
 3. ``webhooks.origin`` (0 live, 1 reconciled, 2 backfill: :data:`ORIGINS` order) takes the
    place of ``backfill``; ``unconfirmed`` (re-posted once, see ``Store.confirm``) and
-   ``skipped`` (the reason of a :class:`~webhook.store.Skipped`); the claim indexes lead with
+   ``skipped`` (the reason of a :class:`~webhook.store.Skipped`); ``logged_at`` (when Helicone
+   logged a reconciled or backfilled request: its 30-day window); the claim indexes lead with
    the origin; indexes for the flow's counts; ``meta.created``, where the reconciliation
    sweep's first window starts (see :func:`created`).
 
@@ -62,7 +63,8 @@ CREATE TABLE IF NOT EXISTS webhooks (
     lease        TEXT,
     origin       INTEGER NOT NULL DEFAULT 0,
     unconfirmed  INTEGER NOT NULL DEFAULT 0,
-    skipped      TEXT
+    skipped      TEXT,
+    logged_at    REAL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS webhooks_to_score ON webhooks (origin, available_at)
     WHERE state IN ('pending', 'leased') AND scores IS NULL;
@@ -85,6 +87,7 @@ MIGRATIONS = {
         "ALTER TABLE webhooks ADD COLUMN origin INTEGER NOT NULL DEFAULT 0",
         "ALTER TABLE webhooks ADD COLUMN unconfirmed INTEGER NOT NULL DEFAULT 0",
         "ALTER TABLE webhooks ADD COLUMN skipped TEXT",
+        "ALTER TABLE webhooks ADD COLUMN logged_at REAL",
         "UPDATE webhooks SET origin = 2 WHERE backfill",
         # The claim indexes are replaced under their names, and the old (backfill,
         # available_at) one is not kept: the previous build claims ``INDEXED BY`` these names,
