@@ -34,8 +34,11 @@ Policy:
 - A considered row the store has never seen is *missing*: its bodies are fetched from its signed
   URL (a trusted host only), rebuilt into the payload the webhook would have carried, and stored
   with origin ``"reconciled"``. One whose bodies cannot be had is counted as failed, logged, and
-  not queued; the end mark stays at it (for ``RETRY_FAILED_FOR``, 6 hours, at most), so the
-  next sweeps list it again and try again.
+  not queued. When the sweep got to its end, the end mark stays at the oldest such row, so the
+  next sweeps list it again and try again, for ``HOLD_FAILED_FOR`` (an hour) at most: so a
+  body that never comes (an expired URL) costs each sweep at most an hour of listing more, and
+  a sweep that stopped early (no room) moves the mark on all the same, or it would list the
+  same pages and stop at the same place every time.
 - A row is missing only once *settled*: ``SETTLE`` seconds after its call ended (created_at
   plus its ``delay_ms``), since Helicone sends the webhook when the call is done; a younger one
   is left to the next sweep's look-back.
@@ -92,7 +95,7 @@ PAGE_SIZE = 1000  # jawn's largest page
 BODY_FETCHES = 8  # signed bodies fetched at once
 BOOL_SUFFIX = "-hcone-bool"
 END_TIMEOUT = 10.0  # seconds to record where a sweep ended, even at shutdown
-RETRY_FAILED_FOR = 6 * 3600.0  # a request whose bodies fail holds the end mark this long at most
+HOLD_FAILED_FOR = 3600.0  # a request whose bodies fail holds the end mark this long at most
 
 
 @dataclass(frozen=True, slots=True)
@@ -350,8 +353,9 @@ class Sweeper:
         mark = tally.until if tally.stopped is None and tally.since < tally.until else tally.reached
         if (
             mark is not None
+            and tally.stopped is None
             and tally.held_back is not None
-            and tally.held_back > time.time() - RETRY_FAILED_FOR
+            and tally.held_back > time.time() - HOLD_FAILED_FOR
         ):
             mark = min(mark, tally.held_back)  # its bodies are tried again by the next sweeps
         if mark is not None and lease.since is not None and mark <= lease.since:
