@@ -48,7 +48,7 @@ from prometheus_client import Counter
 
 from webhook import metrics
 from webhook.flow import Sample
-from webhook.helicone import SCORING_WINDOW, Answer, Helicone
+from webhook.helicone import SCORING_WINDOW, Answer, Helicone, spend
 from webhook.logs import event
 from webhook.store import (
     Call,
@@ -213,14 +213,10 @@ class Delivery:
         slot = await self.budget.take(priority)
         if slot is None:
             return "budget"
-        try:
-            if tenure.left() < needs:  # the take may have waited on a slow store
-                return "lease"
-            answer = await send()
-        finally:
+        if tenure.left() < needs:  # the take may have waited on a slow store
             await self.budget.spent(slot)
-        if answer.status == 429:
-            await self.budget.pause(answer.retry_after if answer.retry_after is not None else 60.0)
+            return "lease"
+        answer = await spend(self.budget, slot, send)
         if not answer.ok:
             metrics.POST_FAILURES.labels(str(answer.status or "none")).inc()
         return answer

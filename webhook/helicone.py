@@ -13,13 +13,17 @@ from __future__ import annotations
 import email.utils
 import re
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Generic
+from typing import TYPE_CHECKING, Any, Generic
 from urllib.parse import quote
 
 import httpx2
 import orjson
 from typing_extensions import TypeVar
+
+if TYPE_CHECKING:
+    from webhook.store import PostBudget, Slot
 
 __all__ = [
     "SCORING_WINDOW",
@@ -28,6 +32,7 @@ __all__ = [
     "id_problem",
     "request_path",
     "retry_after_seconds",
+    "spend",
 ]
 
 USER_AGENT = "helicone-scorer/0.1"
@@ -75,6 +80,21 @@ def retry_after_seconds(headers: httpx2.Headers, now: float | None = None) -> fl
             continue
         return max(0.0, when - (time.time() if now is None else now))
     return None
+
+
+async def spend(
+    budget: PostBudget, slot: Slot, send: Callable[[], Awaitable[Answer[T]]]
+) -> Answer[T]:
+    """Make one call on a place taken in the shared budget (every call to the API, posts and
+    queries alike): the place ends when the call does, and a 429 pauses every call of every
+    process, for its ``Retry-After`` (else a minute)."""
+    try:
+        answer = await send()
+    finally:
+        await budget.spent(slot)
+    if answer.status == 429:
+        await budget.pause(answer.retry_after if answer.retry_after is not None else 60.0)
+    return answer
 
 
 def id_problem(request_id: str) -> str | None:

@@ -38,7 +38,7 @@ import httpx2
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError
 
 from scorers.fetch import FetchError, fetch_json
-from webhook.helicone import USER_AGENT, Answer, Helicone
+from webhook.helicone import USER_AGENT, Answer, Helicone, spend
 from webhook.store import PostBudget, Priority
 
 __all__ = [
@@ -163,6 +163,12 @@ class RequestRow(Lenient):
     )
     # None when the row says nothing of scores (not even {}): nothing can be confirmed from it.
     scores: Annotated[dict[str, Any] | None, BeforeValidator(_mapping_or_none)] = None
+
+    @property
+    def created(self) -> float | None:
+        """When Helicone logged it, in epoch seconds (None when the row does not say)."""
+        when = instant(self.request_created_at) if self.request_created_at else None
+        return None if when is None else when.timestamp()
 
 
 class SignedBody(Lenient):
@@ -324,13 +330,9 @@ async def _ask(
         slot = await budget.take(priority)
     if slot is None:
         raise NoRoom(Answer(None, error="no room in the API budget"), offset)
-    try:
-        answer = await client.request_query(filter_, offset=offset, limit=limit)
-    finally:
-        await spending.budget.spent(slot)
-    if answer.status == 429:
-        await spending.budget.pause(answer.retry_after if answer.retry_after is not None else 60.0)
-    return answer
+    return await spend(
+        budget, slot, lambda: client.request_query(filter_, offset=offset, limit=limit)
+    )
 
 
 async def _query(

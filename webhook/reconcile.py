@@ -78,7 +78,6 @@ from webhook.logged import (
     RequestRow,
     Spending,
     bodies,
-    instant,
     iso,
     pages,
     to_payload,
@@ -120,7 +119,7 @@ class Policy:
     def settled(self, row: RequestRow, now: float) -> bool:
         """Old enough that its webhook, if any, has arrived: SETTLE after the call *ended*
         (Helicone logs it with the time it was made, and sends the webhook once it is done)."""
-        created = _epoch(row.request_created_at)
+        created = row.created
         took = (row.delay_ms or 0) / 1000
         return created is None or created + took + self.settle <= now
 
@@ -158,11 +157,6 @@ class Tally:
 
 def _when(epoch: float) -> str:
     return iso(datetime.fromtimestamp(epoch, UTC))
-
-
-def _epoch(text: str | None) -> float | None:
-    when = instant(text) if text else None
-    return when.timestamp() if when is not None else None
 
 
 def landed_names(scores: Mapping[str, Any]) -> frozenset[str]:
@@ -280,7 +274,7 @@ class Sweeper:
         async with contextlib.aclosing(listing):
             async for page in listing:
                 await self._page(page, tally)
-                if (at := _epoch(page[-1].request_created_at)) is not None:
+                if (at := page[-1].created) is not None:
                     tally.reached = at
                 if time.monotonic() > deadline:
                     tally.stopped = "its lease is ending"
@@ -329,7 +323,7 @@ class Sweeper:
         got = await bodies(self.client, row) if problem is None else problem
         if isinstance(got, str):
             tally.failed += 1
-            created = _epoch(row.request_created_at)
+            created = row.created
             if created is not None and (tally.held_back is None or created < tally.held_back):
                 tally.held_back = created
             if len(tally.errors) < 3:
@@ -343,7 +337,7 @@ class Sweeper:
             )
             return
         body = orjson.dumps(to_payload(row, *got))
-        logged = _epoch(row.request_created_at)
+        logged = row.created
         if await self.store.add(rid, body, origin="reconciled", logged_at=logged):
             tally.reconciled += 1
             event(log, "missed request queued", request_id=rid, outcome="reconciled")

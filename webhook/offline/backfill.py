@@ -26,7 +26,7 @@ from datetime import datetime
 from typing import Any
 
 from webhook.helicone import SCORING_WINDOW, id_problem
-from webhook.logged import HeliconeRequests, RequestRow, bodies, instant, pages, to_payload
+from webhook.logged import HeliconeRequests, RequestRow, bodies, pages, to_payload
 from webhook.score import Scoring
 from webhook.store import Store
 
@@ -62,8 +62,8 @@ async def backfill(
     gate = asyncio.Semaphore(concurrency)
 
     async def handle(row: RequestRow) -> None:
-        created = instant(row.request_created_at) if row.request_created_at else None
-        if created is not None and time.time() - created.timestamp() > SCORING_WINDOW:
+        created = row.created
+        if created is not None and time.time() - created > SCORING_WINDOW:
             tally.too_old += 1
             return
         problem = id_problem(row.request_id)
@@ -76,9 +76,7 @@ async def backfill(
         outcome = await scoring.score_payload(row.request_id, to_payload(row, *got))
         if not outcome.scores:
             tally.no_scores += 1
-        elif await store.enqueue_scores(
-            row.request_id, outcome.scores, None if created is None else created.timestamp()
-        ):
+        elif await store.enqueue_scores(row.request_id, outcome.scores, created):
             tally.queued += 1
         else:
             tally.skipped += 1
