@@ -39,14 +39,12 @@ class Monitor:
         self.reader, self.limit, self.window = reader, limit, window
         self.feedback, self.max_age, self.sample = feedback, max_age, sample
         self.report_every, self.every = report, min(EVERY, report)
-        self.figures: Drain | None = None
         metrics.SAMPLE_PERCENT.set(sample.percent)
 
     async def read(self) -> Drain:
         figures = drain(
             await self.reader.flow(WINDOW), self.limit, self.window, self.feedback, self.sample
         )
-        self.figures = figures
         self.sample.update(figures)
         metrics.SAMPLE_PERCENT.set(self.sample.percent)
         metrics.ARRIVAL_RATE.set(figures.arriving)
