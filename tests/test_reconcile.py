@@ -284,20 +284,31 @@ def test_reconcile_command_runs_one_sweep_and_prints_what_it_found(
     assert "listed 4, missing 2, reconciled 1, failed 1" in result.stdout
 
 
-def test_no_room_in_the_budget_stops_a_sweep_at_its_last_page_and_the_next_goes_on(
-    tmp_path: Path, standin: StandIn
-) -> None:
+def swept_store(standin: StandIn, tmp_path: Path, **extra: str) -> dict[str, str]:
+    """A store for ``reconcile`` runs, made now; their settings: no settle time, and a
+    look-back of 0.2 s (an interval and a confirmation delay of 0.1 s)."""
     env = api_env(
         standin.base_url,
         tmp_path,
         SCORER_RECONCILE_SETTLE="0",
         SCORER_RECONCILE_INTERVAL="0.1",
-        SCORER_RECONCILE_CONFIRM_AFTER="0.1",  # a look-back of 0.2 s
+        SCORER_RECONCILE_CONFIRM_AFTER="0.1",
+        **extra,
+    )
+    _create_store(env["SCORER_DATABASE_URL"])
+    return env
+
+
+def test_no_room_in_the_budget_stops_a_sweep_at_its_last_page_and_the_next_goes_on(
+    tmp_path: Path, standin: StandIn
+) -> None:
+    env = swept_store(
+        standin,
+        tmp_path,
         SCORER_RECONCILE_PROPERTIES="app=x",
         SCORER_RATE_LIMIT_PER_MINUTE="1",  # one query at a time...
         SCORER_RATE_WINDOW_SECONDS="0.5",  # ...per half second
     )
-    _create_store(env["SCORER_DATABASE_URL"])
     created = time.time()
     eventually(lambda: time.time() > created + 2, 10, what="two seconds passed")
     # 1,500 requests a millisecond apart: two pages. Two of them are within the filter.
@@ -362,14 +373,7 @@ def test_reconcile_command_errors_are_one_line(
 def test_a_request_whose_bodies_failed_is_tried_again_past_the_look_back(
     tmp_path: Path, standin: StandIn
 ) -> None:
-    env = api_env(
-        standin.base_url,
-        tmp_path,
-        SCORER_RECONCILE_SETTLE="0",
-        SCORER_RECONCILE_INTERVAL="0.1",
-        SCORER_RECONCILE_CONFIRM_AFTER="0.1",  # a look-back of 0.2 s
-    )
-    _create_store(env["SCORER_DATABASE_URL"])
+    env = swept_store(standin, tmp_path)
     stuck = log(standin, "a b c d", body="expired")  # its signed URL answers 403, for now
     result = run(tmp_path, env, "reconcile")
     assert "missing 1, reconciled 0, failed 1" in result.stdout, result.stdout
