@@ -9,8 +9,12 @@ figure's spread). The server runs dry (no API key) so the relay scores but posts
 PostgreSQL in a fresh schema per round of a database the run creates on ``--postgres-url`` and
 drops at its end.
 
-    .venv/bin/python bench/ingest.py [--seconds 10] [--rounds 3] [--connections 64]
-        [--stores sqlite,postgres] [--postgres-url postgresql://root@127.0.0.1:5432/test]
+    .venv/bin/python bench/ingest.py [--seconds 10] [--rounds 3] [--connections 32] [--threads 1]
+        [--workers 1] [--stores sqlite,postgres]
+        [--postgres-url postgresql://root@127.0.0.1:5432/test]
+
+Each server's 99th percentile latency (wrk's) is reported too. ``--workers N`` runs N processes
+of each server, ours (``serve --workers``) and bare Starlette (uvicorn's) alike.
 
 Needs wrk (Debian: apt-get install wrk).
 """
@@ -108,7 +112,9 @@ def start(cmd: list[str], env: dict[str, str], port: int, cwd: Path) -> subproce
     raise RuntimeError(f"{cmd} did not start")
 
 
-def wrk(port: int, lines: Path, seconds: int, connections: int, threads: int) -> tuple[float, int]:
+def wrk(
+    port: int, lines: Path, seconds: int, connections: int, threads: int
+) -> tuple[float, int, float]:
     out = subprocess.run(
         [
             "wrk",
@@ -132,7 +138,14 @@ def wrk(port: int, lines: Path, seconds: int, connections: int, threads: int) ->
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     if errors:
         raise RuntimeError(f"{errors.group(1)} non-2xx answers:\n{out}")
-    return rps, total
+    return rps, total, _millis(re.search(r"99%\s+([\d.]+)(us|ms|s)\b", out))
+
+
+def _millis(match: re.Match[str] | None) -> float:
+    """wrk's 99th percentile latency, in milliseconds."""
+    assert match is not None, "wrk printed no latency distribution"
+    value, unit = float(match.group(1)), match.group(2)
+    return value * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
 class Place:
@@ -186,8 +199,10 @@ def postgres_database(server: str) -> Iterator[str]:
             admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
-def server_command(name: str, port: int) -> list[str]:
+def server_command(name: str, port: int, workers: int) -> list[str]:
     quiet = ["--port", str(port), "--log-level", "warning"]
+    if workers > 1:
+        quiet += ["--workers", str(workers)]
     if name == "bare":
         return [sys.executable, "-m", "uvicorn", "bench.bare:app", "--no-access-log", *quiet]
     return [sys.executable, "-m", "webhook", "serve", "--host", "127.0.0.1", *quiet]
@@ -201,8 +216,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--connections", type=int, default=64)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--connections", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="server processes, for ours and for bare Starlette alike (default: 1)",
+    )
     ap.add_argument("--bodies", type=int, default=150_000)
     ap.add_argument(
         "--stores",
@@ -245,6 +266,7 @@ def run(args: argparse.Namespace, stores: list[str], work: Path, database: str |
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HELICONE_", "SCORER_"))}
     names = ["bare", *stores]
     results: dict[str, list[float]] = {name: [] for name in names}
+    p99: dict[str, list[float]] = {name: [] for name in names}
     for r in range(args.rounds):
         # Each round runs every server in turn, so the shared machine's noise hits all alike.
         for name in names:
@@ -254,21 +276,26 @@ def run(args: argparse.Namespace, stores: list[str], work: Path, database: str |
             if place is not None:
                 run_env |= {"HELICONE_WEBHOOK_SECRET": SECRET, "SCORER_DATABASE_URL": place.url}
                 run_env |= dict(item.split("=", 1) for item in args.env)
-            proc = start(server_command(name, port), run_env, port, HERE.parent)
+            proc = start(server_command(name, port, args.workers), run_env, port, HERE.parent)
             try:
-                rps, total = wrk(port, lines, args.seconds, args.connections, args.threads)
+                rps, total, late = wrk(port, lines, args.seconds, args.connections, args.threads)
             finally:
                 proc.send_signal(signal.SIGTERM)
                 proc.wait(60)
             results[name].append(rps)
+            p99[name].append(late)
             if place is not None:
                 stored = place.stored()
                 # Every answered request was stored; those cut off at the end may be stored too.
                 assert total <= stored <= total + args.connections, (name, stored, total)
-            print(f"round {r + 1} {name:>8}: {rps:9.0f} req/s ({total} requests)", flush=True)
+            print(
+                f"round {r + 1} {name:>8}: {rps:9.0f} req/s ({total} requests), p99 {late:.1f} ms",
+                flush=True,
+            )
     print("median (min-max) over", args.rounds, "rounds:")
     for name in names:
-        print(f"  {name:>8}: {spread(results[name])}")
+        late = statistics.median(p99[name])
+        print(f"  {name:>8}: {spread(results[name])}, p99 {late:.1f} ms (median of rounds)")
     median = {name: statistics.median(values) for name, values in results.items()}
     for store in stores:
         print(f"  {store}/bare: {median[store] / median['bare']:.2f}")

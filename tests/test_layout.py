@@ -25,7 +25,7 @@ from tests.server import payload
 from webhook.store import open_store
 
 ROOT = Path(__file__).resolve().parents[1]
-HEAVY = ("starlette", "uvicorn", "PIL", "prometheus_client", "psycopg", "psycopg_pool")
+HEAVY = ("starlette", "uvicorn", "PIL", "prometheus_client", "psycopg", "psycopg_pool", "aiohttp")
 
 # Runs the command line as ``python -m webhook`` does, then writes the loaded modules to a file
 # (stdout is the command's own).

@@ -19,6 +19,7 @@ from tests.standin import free_port
 from tests.stores import opened, with_query
 from webhook.helicone import SCORING_WINDOW
 from webhook.store import (
+    Scored,
     Stage,
     StoreError,
     open_reader,
@@ -56,6 +57,27 @@ async def test_concurrent_adds_are_committed_together(postgres_url: str) -> None
             row = await cur.fetchone()
         assert row is not None
         assert row[0] < 5  # a handful of transactions (group commit), not one per webhook
+
+
+async def test_concurrent_outcomes_are_recorded_together(postgres_url: str) -> None:
+    async with opened(postgres_url) as store:
+        ids = [f"id-{i}" for i in range(50)]
+        await asyncio.gather(*(store.add(rid, b"{}") for rid in ids))
+        jobs = await store.claim("score", 50, 60)
+        assert len(jobs) == 50
+        outcomes = [Scored(job.lease, {"s": 1}, None, True) for job in jobs]
+        held = await asyncio.gather(*(store.record([outcome]) for outcome in outcomes))
+        assert held == [[True]] * 50
+        async with await psycopg.AsyncConnection.connect(postgres_url) as conn:
+            cur = await conn.execute(
+                "SELECT count(DISTINCT xmin::text), count(*) FILTER (WHERE state = 'done')"
+                " FROM webhooks"
+            )
+            row = await cur.fetchone()
+        assert row is not None
+        transactions, done = row
+        assert done == 50
+        assert transactions < 5  # gathered, not one transaction per outcome
 
 
 async def test_a_killed_instances_leases_are_taken_over(postgres_url: str) -> None:

@@ -13,16 +13,18 @@ from __future__ import annotations
 import email.utils
 import re
 import time
-from collections.abc import Awaitable, Callable
+import urllib.request
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
-import httpx2
 import orjson
 from typing_extensions import TypeVar
 
 if TYPE_CHECKING:
+    import aiohttp
+
     from webhook.store import PostBudget, Slot
 
 __all__ = [
@@ -63,7 +65,7 @@ class Answer(Generic[T]):
         return self.status is not None and 200 <= self.status < 300
 
 
-def retry_after_seconds(headers: httpx2.Headers, now: float | None = None) -> float | None:
+def retry_after_seconds(headers: Mapping[str, str], now: float | None = None) -> float | None:
     """Seconds to wait, from ``Retry-After`` (seconds or HTTP date) or ``RateLimit-Reset``."""
     for name in ("retry-after", "ratelimit-reset"):
         value = headers.get(name)
@@ -123,7 +125,14 @@ def request_path(request_id: str, action: str) -> str:
 
 
 class Helicone:
-    """One pooled async client for the whole process."""
+    """One pooled async client for the whole process.
+
+    Its transport is aiohttp: posting is the relay's hot path, and on loopback an httpx2 post
+    cost about four times the CPU of an aiohttp one (``bench/http_client.py``). Connections are
+    kept alive and reused; a call never follows a redirect (the API key would go with it); a
+    proxy set in the environment is used, as httpx2 would. The session is made on the first
+    call, inside the loop that uses it, and aiohttp is imported only then.
+    """
 
     def __init__(
         self,
@@ -134,19 +143,30 @@ class Helicone:
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
-        self._client = httpx2.AsyncClient(
-            base_url=self.base_url,
-            headers={
-                "Authorization": f"Bearer {api_key}",
-                "Content-Type": "application/json",
-                "User-Agent": USER_AGENT,
-            },
-            timeout=timeout,
-            limits=httpx2.Limits(max_connections=64, max_keepalive_connections=16),
-        )
+        self._headers = {
+            "Authorization": f"Bearer {api_key}",
+            "Content-Type": "application/json",
+            "User-Agent": USER_AGENT,
+        }
+        self._session: aiohttp.ClientSession | None = None
+
+    def _open(self) -> aiohttp.ClientSession:
+        import aiohttp
+
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                headers=self._headers,
+                timeout=aiohttp.ClientTimeout(total=self.timeout),
+                connector=aiohttp.TCPConnector(limit=64, keepalive_timeout=30),
+                proxy=_proxy_for(self.base_url),
+                auto_decompress=True,
+            )
+        return self._session
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
 
     # -- scores and feedback --------------------------------------------------------------------
 
@@ -168,31 +188,56 @@ class Helicone:
     # -- transport ------------------------------------------------------------------------------
 
     async def post(self, path: str, body: dict[str, Any]) -> Answer:
-        """POST JSON to the API; the answer's ``data`` is the body's ``data``, untyped."""
+        """POST JSON to the API; the answer's ``data`` is the body's ``data``, untyped.
+
+        ``path`` is sent exactly as given (already percent-encoded, never normalised)."""
+        import aiohttp
+        from yarl import URL
+
+        url = URL(self.base_url + path, encoded=True)
         try:
-            response = await self._client.post(path, content=orjson.dumps(body))
-        except httpx2.HTTPError as exc:
+            async with self._open().post(
+                url, data=orjson.dumps(body), allow_redirects=False
+            ) as response:
+                status, reason = response.status, response.reason
+                content = await response.read()
+                retry_after = retry_after_seconds(response.headers)
+        except (aiohttp.ClientError, TimeoutError) as exc:
             return Answer(None, error=_describe(exc))
         data: Any = None
         error: str | None = None
         try:
-            parsed = orjson.loads(response.content) if response.content else None
+            parsed = orjson.loads(content) if content else None
         except orjson.JSONDecodeError:
             parsed = None
-            error = response.text[:200] or None
+            error = content[:200].decode(errors="replace") or None
         if isinstance(parsed, dict):
             data = parsed.get("data")
             err = parsed.get("error")
             error = None if err is None else (err if isinstance(err, str) else str(err))
-        if not (200 <= response.status_code < 300) and error is None:
-            error = response.reason_phrase or f"HTTP {response.status_code}"
-        return Answer(
-            response.status_code,
-            data=data,
-            error=error,
-            retry_after=retry_after_seconds(response.headers),
-        )
+        if not (200 <= status < 300) and error is None:
+            error = reason or f"HTTP {status}"
+        return Answer(status, data=data, error=error, retry_after=retry_after)
 
 
-def _describe(exc: httpx2.HTTPError) -> str:
+def _proxy_for(url: str) -> str | None:
+    """The proxy ``HTTP(S)_PROXY`` and ``NO_PROXY`` give for ``url``, read once: aiohttp's
+    ``trust_env`` reads them again on every call, which doubled a post's CPU."""
+    parts = urlsplit(url)
+    if not parts.hostname or urllib.request.proxy_bypass(parts.hostname):
+        return None
+    return urllib.request.getproxies().get(parts.scheme)
+
+
+def _describe(exc: BaseException) -> str:
+    """One line for a call that got no answer, named as before the transport was aiohttp
+    (``ConnectError``, ``ReadTimeout``, ``RemoteProtocolError``), for logs and dead letters."""
+    import aiohttp
+
+    if isinstance(exc, TimeoutError):
+        return "ReadTimeout: no answer in time"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return f"ConnectError: cannot connect to {exc.host}:{exc.port}: {exc.os_error}"
+    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError):
+        return f"RemoteProtocolError: {exc}".rstrip(": ")
     return f"{type(exc).__name__}: {exc}".rstrip(": ")

@@ -45,6 +45,9 @@ from webhook.store import Job, PostBudget, Scored, Skipped, Stage, Store, StoreE
 
 __all__ = ["Relay"]
 
+BATCH_WAIT = 0.005
+"""Seconds free places may wait for others to join their claim while work is in flight."""
+
 # The relay's lines keep the logger name they always had, which log filters may rely on.
 log = logging.getLogger("webhook.deliver")
 
@@ -72,6 +75,7 @@ class _Stage:
         self._task: asyncio.Task[None] | None = None
         self._heartbeat: asyncio.Task[None] | None = None
         self._stopping = False
+        self._short_since: float | None = None  # since when free places wait for a batch
 
     def wake(self) -> None:
         self._wake.set()
@@ -102,8 +106,20 @@ class _Stage:
         return left
 
     async def _room(self) -> tuple[int, float | None]:
-        """How many jobs to claim now, and how long to wait when none."""
+        """How many jobs to claim now, and how long to wait when none.
+
+        Claims come in batches: while work is in flight, a claim waits until half the places
+        are free, or ``BATCH_WAIT`` has passed, so a busy stage makes one claim per several
+        jobs, not one each, and a stalled one still fills its places.
+        """
         free = self.concurrency - len(self._inflight)
+        if self._inflight and 0 < free < max(1, self.concurrency // 2):
+            now = time.monotonic()
+            if self._short_since is None:
+                self._short_since = now
+            if now - self._short_since < BATCH_WAIT:
+                return 0, self._short_since + BATCH_WAIT - now
+        self._short_since = None
         if self.budget is not None and free > 0:
             free = min(free, await self.budget.room())
             if free <= 0:

@@ -59,6 +59,7 @@ from webhook.store import (
     StoreError,
     SweepLease,
 )
+from webhook.store.gather import Gatherer
 from webhook.store.postgres_budget import PostgresBudget
 from webhook.store.postgres_db import Conn, Database, Options, one_line
 from webhook.store.postgres_reader import PostgresReader, posted_set
@@ -67,6 +68,9 @@ from webhook.store.postgres_schema import migrate
 __all__ = ["Options", "PostgresReader", "PostgresStore"]
 
 log = logging.getLogger("webhook.store")
+
+# A webhook to insert: request_id, body, origin code, logged_at
+_Row = tuple[str, bytes, int, float | None]
 
 CHANNEL = "scorer_wake"
 
@@ -214,8 +218,8 @@ class PostgresStore:
         self._reader = PostgresReader(self._read_db, owned=False)
         self._instance = uuid.uuid4().hex
         self._serving = False
-        self._adds: list[tuple[str, bytes, int, float | None, asyncio.Future[bool]]] = []
-        self._flusher: asyncio.Task[None] | None = None
+        self._adds: Gatherer[_Row, bool] = Gatherer(self._flush_adds)
+        self._outcomes: Gatherer[Outcome, bool] = Gatherer(self._apply)
         self._failure: _Failure | None = None
         self._probe: asyncio.Task[None] | None = None
         self._subscribers: list[Callable[[Stage], None]] = []
@@ -335,9 +339,9 @@ class PostgresStore:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         self._tasks.clear()
-        if self._flusher is not None:
+        for gatherer in (self._adds, self._outcomes):
             with contextlib.suppress(Exception):
-                await self._flusher
+                await gatherer.drain()
         if self._serving:
             with contextlib.suppress(StoreError):
                 await self._db.execute("DELETE FROM instances WHERE id = %s", (self._instance,))
@@ -408,37 +412,25 @@ class PostgresStore:
         origin: Origin = "live",
         logged_at: float | None = None,
     ) -> bool:
-        # Adds are gathered on the event loop: while one INSERT is in flight, every webhook
-        # that arrives joins the next one.
-        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._adds.append((request_id, body, ORIGINS.index(origin), logged_at, fut))
-        if self._flusher is None:
-            self._flusher = asyncio.create_task(self._flush_adds())
-        return await fut
+        # Gathered on the event loop: one INSERT for a burst (see .gather).
+        (new,) = await self._adds.submit([(request_id, body, ORIGINS.index(origin), logged_at)])
+        return new
 
-    async def _flush_adds(self) -> None:
+    async def _flush_adds(self, rows: list[_Row]) -> list[bool]:
+        failure = self._failure
         try:
-            while self._adds:
-                batch, self._adds = self._adds, []
-                failure = self._failure
-                try:
-                    inserted = await self._insert_within([row for *row, _ in batch])
-                except Exception as exc:
-                    self._failed(exc)
-                    for *_, fut in batch:
-                        if not fut.done():
-                            fut.set_exception(StoreError(one_line(exc)))
-                    continue
-                self._succeeded(failure)
-                for rid, *_, fut in batch:
-                    new = rid in inserted
-                    inserted.discard(rid)  # a second add of one id in one batch is a duplicate
-                    if not fut.done():
-                        fut.set_result(new)
-        finally:
-            self._flusher = None
+            inserted = await self._insert_within(rows)
+        except Exception as exc:
+            self._failed(exc)
+            raise StoreError(one_line(exc)) from exc
+        self._succeeded(failure)
+        new = []
+        for rid, *_ in rows:
+            new.append(rid in inserted)
+            inserted.discard(rid)  # a second add of one id in one batch is a duplicate
+        return new
 
-    async def _insert_within(self, rows: list[list[Any]]) -> set[str]:
+    async def _insert_within(self, rows: list[_Row]) -> set[str]:
         """Insert, or fail once a pooled connection and the statement have had their time: a
         database that stopped answering, with no reset to tell (a hung path), fails the
         webhooks with 503 rather than holding them. A commit under way when it gives up may
@@ -449,7 +441,7 @@ class PostgresStore:
         except TimeoutError:
             raise StoreError(f"the database did not answer within {limit:g}s") from None
 
-    async def _insert(self, rows: list[list[Any]]) -> set[str]:
+    async def _insert(self, rows: list[_Row]) -> set[str]:
         """Insert rows of (request id, body, origin code, logged_at)."""
         ids, bodies, origins, logged = (list(column) for column in zip(*rows, strict=True))
         async with self._db.connection() as conn, conn.transaction():
@@ -533,18 +525,25 @@ class PostgresStore:
         return [(x.request_id, x.token) in held for x in leases]
 
     async def record(self, outcomes: Sequence[Outcome]) -> list[bool]:
-        applied: list[bool] = []
+        # Concurrent records are gathered into one transaction (see .gather).
+        return await self._outcomes.submit(outcomes) if outcomes else []
+
+    async def _apply(self, outcomes: list[Outcome]) -> list[bool]:
+        """Every outcome in one transaction, its statements pipelined: one round trip."""
         wake: set[Stage] = set()
         async with self._db.connection() as conn, conn.transaction():
-            for outcome in outcomes:
-                cur = await conn.execute(OUTCOME[type(outcome)], _params(outcome))
-                row = await cur.fetchone()
-                applied.append(row is not None)
+            async with conn.pipeline():
+                cursors = [
+                    await conn.execute(OUTCOME[type(outcome)], _params(outcome))
+                    for outcome in outcomes
+                ]
+            rows = [await cur.fetchone() for cur in cursors]
+            for row in rows:
                 if row is not None and row[0] is not None:
                     wake.add("score" if row[0] == "score" else "post")
             await self._notify(conn, wake)
         self._wake(wake)
-        return applied
+        return [row is not None for row in rows]
 
     # Backfill and dead letters
 

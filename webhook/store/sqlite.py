@@ -26,6 +26,7 @@ needs a restart.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import secrets
@@ -54,6 +55,7 @@ from webhook.store import (
     StoreError,
     SweepLease,
 )
+from webhook.store.gather import Gatherer
 from webhook.store.sqlite_budget import SQLiteBudget
 from webhook.store.sqlite_lock import ServerLock
 from webhook.store.sqlite_reader import SQLiteReader, connect
@@ -65,6 +67,8 @@ __all__ = ["SQLiteStore", "StoreUnavailable"]
 log = logging.getLogger("webhook.store")
 
 T = TypeVar("T")
+# A webhook to insert: request_id, body, received_at, available_at, origin, logged_at
+_Row = tuple[str, bytes, float, float, int, float | None]
 
 
 class StoreUnavailable(StoreError):
@@ -221,8 +225,8 @@ class SQLiteStore:
         self._lock = None if path == ":memory:" else ServerLock(path)
         self._reader: SQLiteReader | None = None
         self._subscribers: list[Callable[[Stage], None]] = []
-        self._adds: list[tuple[str, bytes, int, float | None, float, asyncio.Future[bool]]] = []
-        self._flusher: asyncio.Task[None] | None = None
+        self._adds: Gatherer[_Row, bool] = Gatherer(self._insert)
+        self._outcomes: Gatherer[Outcome, tuple[bool, bool]] = Gatherer(self._apply)
         self._failure: WriteFailure | None = None
         self._probe: asyncio.Task[None] | None = None
 
@@ -260,6 +264,9 @@ class SQLiteStore:
     async def close(self) -> None:
         if self._probe is not None:
             self._probe.cancel()
+        for gatherer in (self._adds, self._outcomes):
+            with contextlib.suppress(Exception):
+                await gatherer.drain()
         await self._close_reader()
         await self._writer.stop()
         if self._lock is not None:
@@ -314,40 +321,24 @@ class SQLiteStore:
         origin: Origin = "live",
         logged_at: float | None = None,
     ) -> bool:
-        # Adds are gathered on the event loop and handed to the writer as one operation: while
-        # one commit is in flight, every webhook that arrives joins the next one.
-        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._adds.append((request_id, body, origin_code(origin), logged_at, time.time(), fut))
-        if self._flusher is None:
-            self._flusher = asyncio.create_task(self._flush_adds())
-        return await fut
+        # Gathered on the event loop and handed to the writer as one operation (see .gather).
+        now = time.time()
+        (new,) = await self._adds.submit(
+            [(request_id, body, now, now, origin_code(origin), logged_at)]
+        )
+        return new
 
-    async def _flush_adds(self) -> None:
+    async def _insert(self, rows: list[_Row]) -> list[bool]:
+        failure = self._failure
         try:
-            while self._adds:
-                batch, self._adds = self._adds, []
-                rows = [
-                    (rid, body, now, now, origin, logged)
-                    for rid, body, origin, logged, now, _ in batch
-                ]
-                failure = self._failure
-                try:
-                    inserted = await self._writer.run(partial(_insert_all, self._writer, rows))
-                except Exception as exc:
-                    size = sum(len(body) for _, body, *_ in batch)
-                    self._failed(exc, min(size, PROBE_MAX))
-                    for *_, fut in batch:
-                        if not fut.done():
-                            fut.set_exception(exc)
-                    continue
-                self._succeeded(failure)
-                for (*_, fut), new in zip(batch, inserted, strict=True):
-                    if not fut.done():
-                        fut.set_result(new)
-                if any(inserted):
-                    self._wake("score")
-        finally:
-            self._flusher = None
+            inserted = await self._writer.run(partial(_insert_all, self._writer, rows))
+        except Exception as exc:
+            self._failed(exc, min(sum(len(row[1]) for row in rows), PROBE_MAX))
+            raise
+        self._succeeded(failure)
+        if any(inserted):
+            self._wake("score")
+        return inserted
 
     async def claim(self, stage: Stage, limit: int, lease_seconds: float) -> list[Job]:
         token = secrets.token_hex(8)  # one per claim: a lease is (request_id, token)
@@ -372,6 +363,16 @@ class SQLiteStore:
         return await self._writer.run(op) if leases else []
 
     async def record(self, outcomes: Sequence[Outcome]) -> list[bool]:
+        if not outcomes:
+            return []
+        # Concurrent records are gathered into one operation (see .gather).
+        results = await self._outcomes.submit(outcomes)
+        for outcome, (held, to_score) in zip(outcomes, results, strict=True):
+            if held and (stage := _wakes(outcome, to_score)) is not None:
+                self._wake(stage)
+        return [held for held, _ in results]
+
+    async def _apply(self, outcomes: list[Outcome]) -> list[tuple[bool, bool]]:
         def op(conn: sqlite3.Connection) -> list[tuple[bool, bool]]:
             now = time.time()
             applied = []
@@ -380,13 +381,7 @@ class SQLiteStore:
                 applied.append((bool(rows), bool(rows and rows[0][0])))
             return applied
 
-        if not outcomes:
-            return []
-        results = await self._writer.run(op)
-        for outcome, (held, to_score) in zip(outcomes, results, strict=True):
-            if held and (stage := _wakes(outcome, to_score)) is not None:
-                self._wake(stage)
-        return [held for held, _ in results]
+        return await self._writer.run(op)
 
     async def enqueue_scores(
         self, request_id: str, scores: dict[str, int], logged_at: float | None = None
@@ -562,7 +557,7 @@ class SQLiteStore:
 
 def _insert_all(
     writer: Writer,
-    rows: list[tuple[str, bytes, float, float, int, float | None]],
+    rows: list[_Row],
     conn: sqlite3.Connection,
 ) -> list[bool]:
     """Insert each webhook unless its request_id is stored; True for each one inserted.

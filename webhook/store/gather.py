@@ -1,0 +1,67 @@
+"""Group commit on the event loop, for both stores.
+
+Callers hand in items (webhooks to add, outcomes to record) and await their results. While one
+flush is in flight, everything that arrives joins the next, so a burst costs one transaction
+(one fsync, one round trip) instead of one each, and an idle store answers at once: nothing
+waits for a timer. Each caller's items stay together in one flush, in order.
+
+A flush that raises fails every caller in it with that exception: callers share the
+transaction, so none of their items was applied. The next flush starts afresh.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Generic, TypeVar
+
+__all__ = ["Gatherer"]
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class Gatherer(Generic[T, R]):
+    def __init__(self, flush: Callable[[list[T]], Awaitable[list[R]]]) -> None:
+        self._flush = flush
+        self._waiting: list[tuple[Sequence[T], asyncio.Future[list[R]]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def submit(self, items: Sequence[T]) -> list[R]:
+        """The results of ``items``, in order, once a flush that holds them has ended."""
+        fut: asyncio.Future[list[R]] = asyncio.get_running_loop().create_future()
+        self._waiting.append((items, fut))
+        if self._flusher is None:
+            self._flusher = asyncio.create_task(self._run())
+        return await fut
+
+    async def drain(self) -> None:
+        """Wait until everything submitted so far is flushed (at close)."""
+        if self._flusher is not None:
+            await asyncio.shield(self._flusher)
+
+    async def _run(self) -> None:
+        try:
+            while self._waiting:
+                batch, self._waiting = self._waiting, []
+                items = [item for part, _ in batch for item in part]
+                try:
+                    results = await self._flush(items)
+                except Exception as exc:
+                    for _, fut in batch:
+                        if not fut.done():
+                            fut.set_exception(exc)
+                    continue
+                except BaseException:  # cancelled: nobody may be left waiting for ever
+                    for _, fut in [*batch, *self._waiting]:
+                        fut.cancel()
+                    self._waiting = []
+                    raise
+                start = 0
+                for part, fut in batch:
+                    end = start + len(part)
+                    if not fut.done():
+                        fut.set_result(results[start:end])
+                    start = end
+        finally:
+            self._flusher = None
