@@ -1,7 +1,8 @@
 """What ``serve`` runs: one server, or with ``--workers N``, N processes on one listening socket.
 
 The parent checks the settings and the store once (a bad setting is one line, once), binds the
-socket, and starts N workers, spawned (fresh interpreters: they inherit the socket and the
+socket (it listens once the first worker serves: until then a connection is refused, as while one
+server starts), and starts N workers, spawned (fresh interpreters: they inherit the socket and the
 environment, nothing else). Each worker is a whole server, as ``serve`` alone runs: its app,
 relay, sweep, store connections and :class:`webhook.drain.DrainingServer`. The store is what
 they share: on SQLite one file, one writer at a time (each waits up to the busy timeout); on
