@@ -16,6 +16,7 @@ import time
 import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -73,6 +74,10 @@ def test_webhooks_spread_over_the_workers_and_each_is_posted_once(
     assert metric(text, "helicone_scorer_scores_posted_total") == 120
 
 
+def _refused_more(proxy: Proxy, than: int) -> bool:
+    return proxy.counts.refused > than
+
+
 @pytest.mark.parametrize("store", BACKENDS)
 def test_a_sigterm_to_the_parent_under_traffic_loses_nothing(
     make_server: ServerFactory, standin: StandIn, store: str, request: pytest.FixtureRequest
@@ -95,7 +100,7 @@ def test_a_sigterm_to_the_parent_under_traffic_loses_nothing(
             assert server.terminate(60), server.log()
             assert "every worker has stopped" in server.log()
             refused = proxy.counts.refused
-            eventually(lambda n=refused: proxy.counts.refused > n, 30, what="a connection refused")
+            eventually(partial(_refused_more, proxy, refused), 30, what="a connection refused")
             server.start()
             server.wait_workers(4)
             assert sum(began <= s.at for s in traffic.sent.values()) >= 10
