@@ -5,12 +5,15 @@ server verifies, parses and durably commits every one. Rounds alternate between 
 the shared machine's noise hits all alike; the report is the ratio of medians (with each
 figure's spread). The server runs dry (no API key) so the relay scores but posts nowhere.
 
+``--workers N`` also measures each store with ``serve --workers N`` (``sqlite*N``), against the
+same store with one process in the same rounds.
+
 ``--stores sqlite,postgres`` measures both stores in one run: SQLite in a fresh file per round,
 PostgreSQL in a fresh schema per round of a database the run creates on ``--postgres-url`` and
 drops at its end.
 
     .venv/bin/python bench/ingest.py [--seconds 10] [--rounds 3] [--connections 64]
-        [--stores sqlite,postgres] [--postgres-url postgresql://root@127.0.0.1:5432/test]
+        [--stores sqlite,postgres] [--workers 2] [--postgres-url postgresql://root@127.0.0.1:5432/test]
 
 Needs wrk (Debian: apt-get install wrk).
 """
@@ -44,6 +47,7 @@ from webhook.verify import sign
 SECRET = "bench-secret-0123456789abcdef0123456789abcdef0123456789abcdef0123"
 HERE = Path(__file__).resolve().parent
 DEFAULT_POSTGRES = "postgresql://root@127.0.0.1:5432/test"
+SETTLE = 3.0  # seconds between a server's first answer and its measurement
 
 
 def bodies(path: Path, count: int) -> None:
@@ -190,7 +194,9 @@ def server_command(name: str, port: int) -> list[str]:
     quiet = ["--port", str(port), "--log-level", "warning"]
     if name == "bare":
         return [sys.executable, "-m", "uvicorn", "bench.bare:app", "--no-access-log", *quiet]
-    return [sys.executable, "-m", "webhook", "serve", "--host", "127.0.0.1", *quiet]
+    _, _, workers = name.partition("*")
+    more = ["--workers", workers] if workers else []
+    return [sys.executable, "-m", "webhook", "serve", "--host", "127.0.0.1", *quiet, *more]
 
 
 def spread(values: list[float]) -> str:
@@ -215,6 +221,12 @@ def main() -> None:
         help="a PostgreSQL server where this user may create databases; the run creates a"
         " database of its own there and drops it (default: $SCORER_BENCH_POSTGRES_URL, else"
         f" {DEFAULT_POSTGRES})",
+    )
+    ap.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="also measure each store with serve --workers N (shown as store*N)",
     )
     ap.add_argument(
         "--env", action="append", default=[], metavar="NAME=VALUE", help="extra server setting"
@@ -243,18 +255,22 @@ def run(args: argparse.Namespace, stores: list[str], work: Path, database: str |
     lines = work / "bodies.txt"
     bodies(lines, args.bodies)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HELICONE_", "SCORER_"))}
-    names = ["bare", *stores]
+    several = [f"{store}*{args.workers}" for store in stores] if args.workers > 1 else []
+    names = ["bare", *stores, *several]
     results: dict[str, list[float]] = {name: [] for name in names}
     for r in range(args.rounds):
         # Each round runs every server in turn, so the shared machine's noise hits all alike.
         for name in names:
             port = free_port()
-            place = None if name == "bare" else Place(name, work, database, r)
+            place = None if name == "bare" else Place(name.partition("*")[0], work, database, r)
             run_env = env | {"PYTHONPATH": str(HERE.parent)}
             if place is not None:
                 run_env |= {"HELICONE_WEBHOOK_SECRET": SECRET, "SCORER_DATABASE_URL": place.url}
                 run_env |= dict(item.split("=", 1) for item in args.env)
             proc = start(server_command(name, port), run_env, port, HERE.parent)
+            # The first process answers; with --workers the others start alongside it. Every
+            # server gets the same pause, so all are measured once fully started.
+            time.sleep(SETTLE)
             try:
                 rps, total = wrk(port, lines, args.seconds, args.connections, args.threads)
             finally:
@@ -272,6 +288,12 @@ def run(args: argparse.Namespace, stores: list[str], work: Path, database: str |
     median = {name: statistics.median(values) for name, values in results.items()}
     for store in stores:
         print(f"  {store}/bare: {median[store] / median['bare']:.2f}")
+    for store, many in zip(stores, several, strict=False):
+        per_round = [m / o for m, o in zip(results[many], results[store], strict=True)]
+        print(
+            f"  {many}/{store}: {median[many] / median[store]:.2f}"
+            f" (per round {min(per_round):.2f}-{max(per_round):.2f})"
+        )
     if {"sqlite", "postgres"} <= set(stores):
         # Per round too: the rounds' ratios show how much the noise moved the figure.
         per_round = [p / s for p, s in zip(results["postgres"], results["sqlite"], strict=True)]

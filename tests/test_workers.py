@@ -182,3 +182,26 @@ def test_workers_that_cannot_start_stop_the_parent_with_a_failure(
     assert server.proc is not None
     assert server.proc.wait(60) == 3, server.log()
     assert "could not start: stopping" in server.log()
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, ended but not yet reaped by its new parent, does not)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "\nState:\tZ" not in status
+
+
+def test_workers_stop_when_the_parent_is_killed_and_free_the_port(
+    make_server: ServerFactory, standin: StandIn
+) -> None:
+    server = make_server(workers=2)
+    workers = server.wait_workers(2)
+    sent = _post_many(server, 10)
+    server.kill()  # SIGKILL: the parent forwards nothing
+    eventually(lambda: not any(map(_running, workers)), 60, what="the workers stopped")
+    assert server.log().count("Application shutdown complete") == 2  # they drained
+    server.start()  # the port is free again, and what was acknowledged is posted
+    wait_done(server.store_url, sent, 60)
+    assert sent <= standin.posted_ids()

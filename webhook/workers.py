@@ -27,6 +27,7 @@ a process that has died is seen at once by its sentinel).
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import multiprocessing
 import os
@@ -61,6 +62,7 @@ SPAWN = multiprocessing.get_context("spawn")
 # A worker that lived less than this many seconds is replaced only once they have passed.
 RESTART_PAUSE = 1.0
 CLEAN = (0, -signal.SIGTERM, -signal.SIGINT)
+PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,9 +95,10 @@ def server_config(settings: Settings, listen: Listen) -> uvicorn.Config:
     )
 
 
-def _worker(listen: Listen, sockets: list[socket.socket]) -> None:
+def _worker(listen: Listen, sockets: list[socket.socket], parent: int) -> None:
     """A worker's body: a whole server on the parent's sockets. The parent checked the
     settings; whatever fails here fails before serving, which stops the parent."""
+    _stop_with_parent(parent)
     try:
         settings = load_settings()
         setup_logging(listen.log_level, settings.log_format, pid=True)
@@ -109,6 +112,18 @@ def _worker(listen: Listen, sockets: list[socket.socket]) -> None:
         server.run(sockets=sockets)
     if not server.started:
         sys.exit(STARTUP_FAILURE)
+
+
+def _stop_with_parent(parent: int) -> None:
+    """SIGTERM this worker when the parent dies (Linux), even by SIGKILL: it drains, rather
+    than serving on as an orphan that keeps the port from the next start."""
+    if sys.platform != "linux":
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM) != 0:
+        log.warning("cannot ask to be stopped with the parent: %s", os.strerror(ctypes.get_errno()))
+    elif os.getppid() != parent:  # it died before the request
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 @dataclass
@@ -174,7 +189,7 @@ class Supervisor:
 
     def _start(self, slot: int) -> None:
         process = SPAWN.Process(
-            target=_worker, args=(self.listen, self.sockets), name=f"worker-{slot}"
+            target=_worker, args=(self.listen, self.sockets, os.getpid()), name=f"worker-{slot}"
         )
         process.start()
         self._slots[slot] = _Slot(process, time.monotonic())
