@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import time
 import uuid
 from collections import Counter
@@ -26,10 +27,13 @@ from tests.conftest import ServerFactory
 from tests.eventually import eventually
 from tests.metrics import metric
 from tests.proxy import Proxy
+from tests.rawhttp import connect, read_until_closed, signed_post
 from tests.server import Server, payload, wait_done
 from tests.standin import StandIn
 from tests.stores import BACKENDS
 from tests.traffic import Traffic
+
+BACKLOG = 40
 
 
 def _store(request: pytest.FixtureRequest, store: str) -> dict[str, str | None]:
@@ -182,6 +186,44 @@ def test_workers_that_cannot_start_stop_the_parent_with_a_failure(
     assert server.proc is not None
     assert server.proc.wait(60) == 3, server.log()
     assert "could not start: stopping" in server.log()
+
+
+def test_the_shared_backlog_at_sigterm_is_answered_and_new_connections_are_refused(
+    make_server: ServerFactory,
+) -> None:
+    """tests/test_drain.py's first test, with two workers: while they are stopped, connections
+    queue in the shared socket's backlog; SIGTERM to the parent, and every one is answered."""
+    server = make_server(workers=2)
+    workers = server.wait_workers(2)
+    assert server.proc is not None
+    rids = [str(uuid.uuid4()) for _ in range(BACKLOG + 1)]
+    for pid in workers:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        waiting = [connect(server, signed_post(payload(rid))) for rid in rids[:BACKLOG]]
+        last_body = payload(rids[-1])
+        last = connect(server, signed_post(last_body, body_too=False))
+        server.proc.send_signal(signal.SIGTERM)
+        server.wait_for_log("SIGTERM: stopping the workers")
+    finally:
+        for pid in workers:
+            os.kill(pid, signal.SIGCONT)
+    eventually(
+        lambda: server.log().count("connection(s) taken from the listen backlog") == 2,
+        30,
+        what="both workers stopped accepting",
+        show=server.log,
+    )
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", server.port), timeout=10).close()
+    last.sendall(last_body)
+    for sock in [*waiting, last]:
+        with sock:
+            answer = read_until_closed(sock)
+            assert answer.lower().startswith(b"http/1.1 202 accepted\r\n"), answer
+    assert server.proc.wait(60) == 0, server.log()
+    assert server.log().count("Application shutdown complete") == 2
+    assert set(rids) <= set(server.rows())
 
 
 def _running(pid: int) -> bool:
