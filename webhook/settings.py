@@ -196,6 +196,8 @@ class Settings(BaseSettings):
     @field_validator("workers", mode="before")
     @classmethod
     def _check_workers(cls, value: object) -> int:
+        if isinstance(value, str) and not value.strip():
+            return 1  # set but blank: the default
         return worker_count(value)
 
     @field_validator("api_base")
