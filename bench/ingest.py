@@ -143,7 +143,7 @@ class Place:
     """Where one round of a store keeps its webhooks: a fresh SQLite file, or a fresh schema in
     the run's own PostgreSQL database (its ``search_path``), so no round sees another's rows."""
 
-    def __init__(self, store: str, work: Path, database: str | None, round_: int) -> None:
+    def __init__(self, store: str, work: Path, database: str | None, round_: str) -> None:
         self.store = store
         if store == "sqlite":
             self.path = work / f"round{round_}.db"
@@ -262,7 +262,9 @@ def run(args: argparse.Namespace, stores: list[str], work: Path, database: str |
         # Each round runs every server in turn, so the shared machine's noise hits all alike.
         for name in names:
             port = free_port()
-            place = None if name == "bare" else Place(name.partition("*")[0], work, database, r)
+            store, _, workers = name.partition("*")
+            tag = f"{r}_{workers or 1}"  # a place of its own for each server of each round
+            place = None if name == "bare" else Place(store, work, database, tag)
             run_env = env | {"PYTHONPATH": str(HERE.parent)}
             if place is not None:
                 run_env |= {"HELICONE_WEBHOOK_SECRET": SECRET, "SCORER_DATABASE_URL": place.url}
