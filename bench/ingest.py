@@ -5,6 +5,9 @@ server verifies, parses and durably commits every one. Rounds alternate between 
 the shared machine's noise hits all alike; the report is the ratio of medians (with each
 figure's spread). The server runs dry (no API key) so the relay scores but posts nowhere.
 
+``--workers N`` also measures each store with ``serve --workers N`` (``sqlite*N``), against the
+same store with one process in the same rounds.
+
 ``--stores sqlite,postgres`` measures both stores in one run: SQLite in a fresh file per round,
 PostgreSQL in a fresh schema per round of a database the run creates on ``--postgres-url`` and
 drops at its end.
@@ -13,8 +16,9 @@ drops at its end.
         [--workers 1] [--stores sqlite,postgres]
         [--postgres-url postgresql://root@127.0.0.1:5432/test]
 
-Each server's 99th percentile latency (wrk's) is reported too. ``--workers N`` runs N processes
-of each server, ours (``serve --workers``) and bare Starlette (uvicorn's) alike.
+Each server's 99th percentile latency (wrk's) is reported too. ``--workers N`` (N > 1) adds, in
+the same rounds, N processes of each server: ours (``serve --workers``) and bare Starlette
+(uvicorn's ``--workers``), shown as ``sqlite*N``, ``bare*N``.
 
 Needs wrk (Debian: apt-get install wrk).
 """
@@ -48,6 +52,7 @@ from webhook.verify import sign
 SECRET = "bench-secret-0123456789abcdef0123456789abcdef0123456789abcdef0123"
 HERE = Path(__file__).resolve().parent
 DEFAULT_POSTGRES = "postgresql://root@127.0.0.1:5432/test"
+SETTLE = 3.0  # seconds between a server's first answer and its measurement
 
 
 def bodies(path: Path, count: int) -> None:
@@ -152,7 +157,7 @@ class Place:
     """Where one round of a store keeps its webhooks: a fresh SQLite file, or a fresh schema in
     the run's own PostgreSQL database (its ``search_path``), so no round sees another's rows."""
 
-    def __init__(self, store: str, work: Path, database: str | None, round_: int) -> None:
+    def __init__(self, store: str, work: Path, database: str | None, round_: str) -> None:
         self.store = store
         if store == "sqlite":
             self.path = work / f"round{round_}.db"
@@ -199,11 +204,12 @@ def postgres_database(server: str) -> Iterator[str]:
             admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
-def server_command(name: str, port: int, workers: int) -> list[str]:
+def server_command(name: str, port: int) -> list[str]:
+    """``name`` is a server, with ``*N`` for N processes (``sqlite*2``)."""
+    server, _, workers = name.partition("*")
     quiet = ["--port", str(port), "--log-level", "warning"]
-    if workers > 1:
-        quiet += ["--workers", str(workers)]
-    if name == "bare":
+    quiet += ["--workers", workers] if workers else []
+    if server == "bare":
         return [sys.executable, "-m", "uvicorn", "bench.bare:app", "--no-access-log", *quiet]
     return [sys.executable, "-m", "webhook", "serve", "--host", "127.0.0.1", *quiet]
 
@@ -238,6 +244,12 @@ def main() -> None:
         f" {DEFAULT_POSTGRES})",
     )
     ap.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="also measure each store with serve --workers N (shown as store*N)",
+    )
+    ap.add_argument(
         "--env", action="append", default=[], metavar="NAME=VALUE", help="extra server setting"
     )
     args = ap.parse_args()
@@ -264,19 +276,25 @@ def run(args: argparse.Namespace, stores: list[str], work: Path, database: str |
     lines = work / "bodies.txt"
     bodies(lines, args.bodies)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HELICONE_", "SCORER_"))}
-    names = ["bare", *stores]
+    several = [f"{name}*{args.workers}" for name in ("bare", *stores)] if args.workers > 1 else []
+    names = ["bare", *stores, *several]
     results: dict[str, list[float]] = {name: [] for name in names}
     p99: dict[str, list[float]] = {name: [] for name in names}
     for r in range(args.rounds):
         # Each round runs every server in turn, so the shared machine's noise hits all alike.
         for name in names:
             port = free_port()
-            place = None if name == "bare" else Place(name, work, database, r)
+            store, _, workers = name.partition("*")
+            tag = f"{r}_{workers or 1}"  # a place of its own for each server of each round
+            place = None if store == "bare" else Place(store, work, database, tag)
             run_env = env | {"PYTHONPATH": str(HERE.parent)}
             if place is not None:
                 run_env |= {"HELICONE_WEBHOOK_SECRET": SECRET, "SCORER_DATABASE_URL": place.url}
                 run_env |= dict(item.split("=", 1) for item in args.env)
-            proc = start(server_command(name, port, args.workers), run_env, port, HERE.parent)
+            proc = start(server_command(name, port), run_env, port, HERE.parent)
+            # The first process answers; with --workers the others start alongside it. Every
+            # server gets the same pause, so all are measured once fully started.
+            time.sleep(SETTLE)
             try:
                 rps, total, late = wrk(port, lines, args.seconds, args.connections, args.threads)
             finally:
@@ -299,6 +317,15 @@ def run(args: argparse.Namespace, stores: list[str], work: Path, database: str |
     median = {name: statistics.median(values) for name, values in results.items()}
     for store in stores:
         print(f"  {store}/bare: {median[store] / median['bare']:.2f}")
+        if several:
+            many, bare = f"{store}*{args.workers}", f"bare*{args.workers}"
+            print(f"  {many}/{bare}: {median[many] / median[bare]:.2f}")
+    for store, many in zip(stores, several[1:], strict=True):
+        per_round = [m / o for m, o in zip(results[many], results[store], strict=True)]
+        print(
+            f"  {many}/{store}: {median[many] / median[store]:.2f}"
+            f" (per round {min(per_round):.2f}-{max(per_round):.2f})"
+        )
     if {"sqlite", "postgres"} <= set(stores):
         # Per round too: the rounds' ratios show how much the noise moved the figure.
         per_round = [p / s for p, s in zip(results["postgres"], results["sqlite"], strict=True)]

@@ -34,19 +34,30 @@ def make_server(
 
     ``store``: ``"sqlite"`` (the default), one SQLite file in ``tmp_path``; ``"postgres"``, a
     schema of this test's own (the ``postgres_url`` fixture). Every server of a test shares it.
+    ``workers``: ``serve --workers``; ``log_level``: ``serve --log-level``.
     A test runs on both with ``@pytest.mark.parametrize("store", BACKENDS)`` and
     ``make_server(store=store)``; ``Server.rows()`` reads whichever it is.
     """
     servers: list[Server] = []
 
     def make(
-        start: bool = True, api: bool = True, store: str = "sqlite", **env: str | None
+        start: bool = True,
+        api: bool = True,
+        store: str = "sqlite",
+        workers: int = 1,
+        log_level: str = "info",
+        **env: str | None,
     ) -> Server:
         if store == "postgres":
             env = {"SCORER_DATABASE_URL": request.getfixturevalue("postgres_url")} | env
         elif store != "sqlite":
             raise ValueError(f"no such store for a test server: {store!r}")
-        server = Server(tmp_path, (with_api(standin.base_url) if api else {}) | env)
+        server = Server(
+            tmp_path,
+            (with_api(standin.base_url) if api else {}) | env,
+            workers=workers,
+            log_level=log_level,
+        )
         servers.append(server)
         return server.start() if start else server
 

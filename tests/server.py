@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -78,10 +79,19 @@ class Server:
     ``env`` overrides the defaults."""
 
     def __init__(
-        self, workdir: Path, env: dict[str, str | None], python: str = sys.executable
+        self,
+        workdir: Path,
+        env: dict[str, str | None],
+        python: str = sys.executable,
+        *,
+        workers: int = 1,
+        log_level: str = "info",
     ) -> None:
         self.workdir = workdir
         self.python = python  # another checkout's interpreter runs that checkout's server
+        # serve --workers: more than one, and the log's lines name their process.
+        self.workers = workers
+        self.log_level = log_level
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.db = workdir / "scorer.db"
@@ -118,14 +128,19 @@ class Server:
         if self._log is None:
             self._log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [self.python, "-m", "webhook", "serve", "--host", "127.0.0.1"],
+            [
+                *(self.python, "-m", "webhook", "serve", "--host", "127.0.0.1"),
+                *("--log-level", self.log_level),
+                *(("--workers", str(self.workers)) if self.workers > 1 else ()),
+            ],
             env=self.env | {"PORT": str(self.port)},
             cwd=self.workdir,
             stdout=self._log,
             stderr=subprocess.STDOUT,
         )
         if wait:
-            self.wait_healthy()
+            # Workers start after the parent's checks, each importing it all again.
+            self.wait_healthy(20.0 if self.workers == 1 else 60.0)
         return self
 
     def wait_healthy(self, timeout: float = 20.0) -> None:
@@ -142,6 +157,22 @@ class Server:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def worker_pids(self) -> list[int]:
+        """With ``workers``: the process of every worker that has started serving, in order
+        (those that have ended too)."""
+        return [
+            int(pid) for pid in re.findall(r"\[(\d+)\]: Application startup complete", self.log())
+        ]
+
+    def wait_workers(self, count: int, timeout: float = 30.0) -> list[int]:
+        """Wait until ``count`` workers have started serving, in all; their processes."""
+
+        def serving() -> list[int] | None:
+            pids = self.worker_pids()
+            return pids[:count] if len(pids) >= count else None
+
+        return eventually(serving, timeout, what=f"{count} workers serving", show=self.log)
 
     def wait_for_log(self, fragment: str, timeout: float = 20.0) -> str:
         """Wait until ``fragment`` is in the log; the whole log then."""

@@ -13,14 +13,14 @@ import logging
 import time
 from collections.abc import AsyncIterator
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from webhook.metrics import QUEUE_DEPTH, REGISTRY
+from webhook.metrics import QUEUE_DEPTH, exposition
 from webhook.monitor import Monitor
 from webhook.receive import Ingest, error, json_response, receive
 from webhook.settings import Settings
@@ -112,7 +112,7 @@ def create_app(settings: Settings) -> Starlette:
             return error(503, f"store is not readable: {exc}")
         for state, count in stats.counts.items():
             QUEUE_DEPTH.labels(state).set(count)
-        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+        return Response(exposition(), media_type=CONTENT_TYPE_LATEST)
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)

@@ -115,8 +115,12 @@ def take_backlog(listener: socket.socket) -> list[socket.socket]:
 class DrainingServer(uvicorn.Server):
     """uvicorn's server, stopping at a signal as the module says: nothing accepted is dropped."""
 
-    def __init__(self, config: uvicorn.Config) -> None:
+    def __init__(self, config: uvicorn.Config, *, filter_handshakes: bool = True) -> None:
+        """``filter_handshakes``: False for a worker of ``serve --workers``, whose listening
+        socket is shared: the parent filters it when every worker stops (one worker stopping
+        alone, the others go on accepting)."""
         super().__init__(config)
+        self.filter_handshakes = filter_handshakes
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closing: asyncio.Task[None] | None = None
 
@@ -135,9 +139,10 @@ class DrainingServer(uvicorn.Server):
     def _begin_closing(self) -> None:
         if self._closing is not None or not self.started:
             return  # begun, or the servers are not made yet (shutdown calls this again)
-        for server in self.servers:
-            for sock in server.sockets:
-                refuse_new_handshakes(sock)
+        if self.filter_handshakes:
+            for server in self.servers:
+                for sock in server.sockets:
+                    refuse_new_handshakes(sock)
         self._shut_connections_down()
         self._closing = asyncio.create_task(self._close_listeners())
 

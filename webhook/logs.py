@@ -30,11 +30,16 @@ def _fields(record: logging.LogRecord) -> dict[str, Any]:
 
 
 class JSONFormatter(logging.Formatter):
+    def __init__(self, *, pid: bool = False) -> None:
+        super().__init__()
+        self.pid = pid
+
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {
             "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
             "level": record.levelname.lower(),
             "logger": record.name,
+            **({"pid": record.process} if self.pid else {}),
             "message": record.getMessage(),
             **_fields(record),
         }
@@ -70,12 +75,16 @@ def _text(value: object) -> str:
     return str(value)
 
 
-def setup_logging(level: str = "info", fmt: str = "text") -> None:
+def setup_logging(level: str = "info", fmt: str = "text", *, pid: bool = False) -> None:
+    """Log to stderr at ``level``; ``pid``: each line names its process (``serve --workers``,
+    whose processes share one stream), as ``name[pid]`` in text and a ``pid`` field in JSON."""
     handler = logging.StreamHandler()
     handler.setFormatter(
-        JSONFormatter()
+        JSONFormatter(pid=pid)
         if fmt == "json"
-        else TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        else TextFormatter(
+            f"%(asctime)s %(levelname)s %(name)s{'[%(process)d]' if pid else ''}: %(message)s"
+        )
     )
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -1,8 +1,18 @@
-"""Prometheus metrics, in one registry served at ``GET /metrics``."""
+"""Prometheus metrics, in one registry served at ``GET /metrics``.
+
+With ``serve --workers N`` each process counts in files of its own in the directory the parent
+names in ``PROMETHEUS_MULTIPROC_DIR`` (prometheus_client's multiprocess mode, chosen when
+prometheus_client is first imported), and :func:`exposition` adds every process's counts up,
+those of workers that exited included, so counters never go back. Gauges are read from the store
+by whichever process sets them, so the most recently set value is the one shown.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 
 __all__ = [
     "ARRIVAL_RATE",
@@ -27,6 +37,7 @@ __all__ = [
     "SCORER_ERRORS",
     "SCORES_POSTED",
     "SKIPPED",
+    "exposition",
 ]
 
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -56,7 +67,11 @@ DEAD_LETTERS = Counter(
     "helicone_scorer_dead_letters", "Webhooks moved to the dead letters.", registry=REGISTRY
 )
 QUEUE_DEPTH = Gauge(
-    "helicone_scorer_queue_depth", "Stored webhooks, by state.", ["state"], registry=REGISTRY
+    "helicone_scorer_queue_depth",
+    "Stored webhooks, by state.",
+    ["state"],
+    registry=REGISTRY,
+    multiprocess_mode="mostrecent",
 )
 SKIPPED = Counter(
     "helicone_scorer_skipped",
@@ -69,26 +84,31 @@ ARRIVAL_RATE = Gauge(
     "helicone_scorer_arrival_rate_per_minute",
     "Live webhooks stored a minute, over the last 10 minutes.",
     registry=REGISTRY,
+    multiprocess_mode="mostrecent",
 )
 POST_RATE = Gauge(
     "helicone_scorer_post_rate_per_minute",
     "API calls made a minute, over the last 10 minutes.",
     registry=REGISTRY,
+    multiprocess_mode="mostrecent",
 )
 BACKLOG_CALLS = Gauge(
     "helicone_scorer_backlog_calls",
     "API calls the unfinished webhooks still need.",
     registry=REGISTRY,
+    multiprocess_mode="mostrecent",
 )
 DRAIN_SECONDS = Gauge(
     "helicone_scorer_drain_seconds",
     "Time to drain the backlog at the budget's pace, less what arrivals need (+Inf: it grows).",
     registry=REGISTRY,
+    multiprocess_mode="mostrecent",
 )
 SAMPLE_PERCENT = Gauge(
     "helicone_scorer_sample_percent",
     "Share of webhooks scored and posted (SCORER_SAMPLE; 100: all).",
     registry=REGISTRY,
+    multiprocess_mode="mostrecent",
 )
 SCORER_DURATION = Histogram(
     "helicone_scorer_scorer_duration_seconds",
@@ -132,6 +152,7 @@ RECONCILE_LAST_COMPLETED = Gauge(
     "helicone_scorer_reconcile_last_completed_timestamp_seconds",
     "When the last reconciliation sweep that reached the end of its window ended (Unix time).",
     registry=REGISTRY,
+    multiprocess_mode="max",
 )
 
 # Outcomes the receiver reports, bound once so the hot path does no label lookup.
@@ -150,3 +171,14 @@ OUTCOMES = (
     "too_many_connections",
 )
 RECEIVED_BY = {outcome: RECEIVED.labels(outcome) for outcome in OUTCOMES}
+
+
+def exposition() -> bytes:
+    """The text ``GET /metrics`` serves: this process's registry, or with several processes,
+    every process's counts added up."""
+    shared = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not shared:
+        return generate_latest(REGISTRY)
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, shared)  # type: ignore[no-untyped-call]
+    return generate_latest(registry)

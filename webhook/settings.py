@@ -17,7 +17,7 @@ from scorers.fetch import HELICONE_BODY_HOSTS
 from scorers.settings import first_error
 from webhook.store import is_postgres, sqlite_path, with_connection_settings
 
-__all__ = ["Settings", "SettingsError", "load_settings"]
+__all__ = ["MAX_WORKERS", "Settings", "SettingsError", "load_settings", "worker_count"]
 
 MiB = 1024 * 1024
 
@@ -70,6 +70,7 @@ class Settings(BaseSettings):
         default=None, ge=1, validation_alias=_env("SCORER_MAX_CONNECTIONS")
     )
     port: int = Field(default=8080, ge=1, le=65535, validation_alias=_env("PORT"))
+    workers: int = Field(default=1, validation_alias=_env("SCORER_WORKERS"))
     allow_unsigned: bool = Field(default=False, validation_alias=_env("SCORER_ALLOW_UNSIGNED"))
     relay_concurrency: int = Field(
         default=8, ge=1, le=256, validation_alias=_env("SCORER_RELAY_CONCURRENCY")
@@ -192,6 +193,13 @@ class Settings(BaseSettings):
             raise ValueError("must be auto, or a percentage above 0 and at most 100")
         return percent
 
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _check_workers(cls, value: object) -> int:
+        if isinstance(value, str) and not value.strip():
+            return 1  # set but blank: the default
+        return worker_count(value)
+
     @field_validator("api_base")
     @classmethod
     def _check_base(cls, value: str) -> str:
@@ -248,6 +256,18 @@ def key_values(items: Iterable[str], expected: str = "expected name=value") -> d
             raise ValueError(f"{key!r} is given twice")
         pairs[key] = val
     return pairs
+
+
+MAX_WORKERS = 64
+
+
+def worker_count(value: object) -> int:
+    """A number of server processes (``SCORER_WORKERS``, ``serve --workers``); ValueError says
+    what is allowed."""
+    text = str(value).strip()
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= MAX_WORKERS:
+        raise ValueError(f"must be a whole number from 1 to {MAX_WORKERS}")
+    return int(text)
 
 
 class SettingsError(Exception):

@@ -20,7 +20,7 @@ import typer
 from scorers import UnknownScorerError
 from webhook.cli.console import fail, settings_or_exit
 from webhook.logs import setup_logging
-from webhook.settings import SettingsError
+from webhook.settings import SettingsError, worker_count
 from webhook.store import Store, open_store
 from webhook.verify import sign
 
@@ -34,39 +34,43 @@ def serve(
         typer.Option(help="Port to listen on: $PORT, else 8080.", show_default=False),
     ] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+    workers: Annotated[
+        str | None,
+        typer.Option(
+            metavar="N",
+            help="Server processes sharing the port and the store: $SCORER_WORKERS, else 1.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Run the webhook server, with its background relay to Helicone."""
-    import uvicorn
     from uvicorn.config import STARTUP_FAILURE
 
-    from webhook.app import create_app
     from webhook.budget import keep_large_buffers_mapped
-    from webhook.drain import DrainingServer, answer_timeout
-    from webhook.guard import limits_from, protocol, raise_file_limit
+    from webhook.drain import DrainingServer
+    from webhook.workers import Listen, Supervisor, server_config
 
     settings = settings_or_exit()
-    setup_logging(log_level, settings.log_format)
+    count = settings.workers
+    if workers is not None:
+        try:
+            count = worker_count(workers)
+        except ValueError as exc:
+            fail(f"invalid --workers: {exc}")
+    setup_logging(log_level, settings.log_format, pid=count > 1)
+    listen = Listen(host, port or settings.port, log_level)
     try:
-        application = create_app(settings)
-        limits = limits_from(settings, raise_file_limit())
+        config = server_config(settings, listen)
     except (SettingsError, UnknownScorerError, ValueError) as exc:
         fail(str(exc))
     try:
         asyncio.run(_open_and_close(open_store(settings.store_url)))
     except Exception as exc:
         fail(f"invalid setting SCORER_DATABASE_URL: cannot open the store: {exc}")
+    if count > 1:
+        # The workers build their own app; this one only checked the settings.
+        raise typer.Exit(Supervisor(listen, [config.bind_socket()], count).run())
     keep_large_buffers_mapped()
-    config = uvicorn.Config(
-        application,
-        host=host,
-        port=port or settings.port,
-        log_level=log_level,
-        log_config=None,
-        http=protocol(limits),
-        access_log=False,
-        timeout_graceful_shutdown=answer_timeout(settings.shutdown_grace),
-        server_header=False,
-    )
     # What uvicorn.run does with one process, with a server that drains its backlog on SIGTERM.
     server = DrainingServer(config)
     with contextlib.suppress(KeyboardInterrupt):  # SIGINT, raised again once shut down
