@@ -276,14 +276,19 @@ def start_wrk(url: str, lines: Path, idle: str, args: argparse.Namespace) -> sub
     )
 
 
-def stop_wrk(wrk: subprocess.Popen[str]) -> tuple[int, int]:
-    """SIGINT wrk; the webhooks it got answers to, and how many of those were not 2xx."""
+def stop_wrk(wrk: subprocess.Popen[str]) -> tuple[int, int, str]:
+    """SIGINT wrk; the webhooks it got answers to (-1: unknown), how many of those were not
+    2xx, and all it printed."""
     wrk.send_signal(signal.SIGINT)
-    out, _ = wrk.communicate(timeout=30)
+    try:
+        out, _ = wrk.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        wrk.kill()
+        out, _ = wrk.communicate()
     found = re.search(r"answered (\d+) failed (\d+)", out)
     if found is None:
-        raise RuntimeError(f"wrk said:\n{out}")
-    return int(found.group(1)), int(found.group(2))
+        return -1, -1, out
+    return int(found.group(1)), int(found.group(2)), out
 
 
 def profile(pid: int, path: Path, seconds: float) -> subprocess.Popen[bytes]:
@@ -326,15 +331,16 @@ def measure(
                 if ids > progress:
                     progress, moved = ids, time.monotonic()
                 if wrk.poll() is not None or time.monotonic() - moved > args.stall:
-                    raise RuntimeError(f"{system.name}: {ids} of {args.count} posted, stuck")
+                    said = log.read_text(errors="replace")[-3000:] if log.exists() else ""
+                    raise RuntimeError(f"{system.name}: {ids} of {args.count} posted:\n{said}")
             elapsed = time.monotonic() - start
             cpu = {name: (cpu_seconds(p) - cpu[name]) / elapsed for name, p in pids.items()}
         finally:
-            answered, failed = stop_wrk(wrk)
+            answered, failed, out = stop_wrk(wrk)
             if spy is not None:
                 spy.wait()
         if answered != args.count or failed:
-            raise RuntimeError(f"{system.name}: {answered} answered, {failed} not 2xx")
+            raise RuntimeError(f"{system.name}: {answered} answered, {failed} not 2xx:\n{out}")
         if place is not None and (stored := place.stored()) != args.count:
             raise RuntimeError(f"{system.name}: {stored} webhooks stored of {args.count}")
         if (violations := int(standin.ask("violations"))) != 0:
