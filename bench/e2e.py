@@ -385,6 +385,8 @@ def main() -> None:
     ap.add_argument("--profile-format", choices=("svg", "raw"), default="svg")
     ap.add_argument("--profile-seconds", type=float, default=10)
     args = ap.parse_args()
+    if args.count < 1 or args.rounds < 1:
+        sys.exit("--count and --rounds: at least 1")
     stores = names(args.stores, {"sqlite", "postgres"})
     try:
         counts = sorted({int(n) for n in args.workers.split(",") if n.strip()})
