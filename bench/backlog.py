@@ -51,7 +51,7 @@ import psycopg
 
 from tests.server import Server, with_api
 from tests.standin import StandIn
-from webhook.store import Delivered, Entry, Store, open_reader, open_store, sqlite_path
+from webhook.store import Call, Delivered, Entry, Store, open_reader, open_store, sqlite_path
 
 SCORES = {"word_count": 7}
 API_ROWS = 1_000  # queued through enqueue_scores; the rest in bulk
@@ -167,7 +167,7 @@ async def claims(url: str, rounds: int) -> list[float]:
         for _ in range(rounds):
             started = time.perf_counter()
             jobs = await store.claim("post", 8, 120)
-            posted = frozenset({"scores"})
+            posted: frozenset[Call] = frozenset({"scores"})
             held = await store.record([Delivered(j.lease, 201, posted) for j in jobs])
             times.append(time.perf_counter() - started)
             assert len(jobs) == 8, len(jobs)
