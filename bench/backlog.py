@@ -11,7 +11,8 @@ store: a SQLite file in a temporary directory, or a PostgreSQL database this run
    grow with the backlog).
 2. ``queue``: ``helicone-scorer queue`` run as an operator would, ``--rounds`` times: the wall
    time of each run (the whole command: interpreter start, read, print), beside the same
-   interpreter's ``helicone-scorer --version`` (the start alone), and the output of the last.
+   interpreter's ``helicone-scorer --version`` (the start alone) and the reads it makes timed
+   in this process, and the output of the last.
 3. ``drain``: a real ``helicone-scorer serve`` on the store for ``--drain`` seconds (0: skip),
    posting to the loopback stand-in of Helicone's API with the rate limit lifted: its RSS
    every second, its peak (``VmHWM``), and the webhooks it finished a second.
@@ -191,6 +192,22 @@ def command(args: list[str], url: str, workdir: Path) -> tuple[float, str]:
     return time.monotonic() - started, done.stdout
 
 
+async def reads(url: str, rounds: int) -> list[float]:
+    """Seconds of each of ``rounds`` reads of what ``queue`` shows (``stats`` and ``flow``),
+    in this process: the command without the interpreter's start."""
+    reader = await open_reader(url)
+    times = []
+    try:
+        for _ in range(rounds):
+            started = time.perf_counter()
+            await reader.stats()
+            await reader.flow(600)
+            times.append(time.perf_counter() - started)
+    finally:
+        await reader.close()
+    return times
+
+
 def status(pid: int) -> dict[str, int]:
     """VmRSS and VmHWM of ``pid``, in KiB."""
     fields = {}
@@ -290,6 +307,8 @@ def main() -> None:
             print(summary(f"claim+record at {args.count}", large))
             ratio = statistics.median(large) / statistics.median(small)
             print(f"claim cost, {args.count} / {args.small}: {ratio:.2f}")
+            read = asyncio.run(reads(url, 3 * args.rounds))
+            print(summary("read (stats + flow, in process)", read))
             start = [command(["--version"], url, workdir)[0] for _ in range(args.rounds)]
             print(summary("start (--version)", start))
             times = []
