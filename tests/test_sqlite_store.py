@@ -317,13 +317,16 @@ def test_the_posting_budget_is_kept_in_the_file(tmp_path: Path) -> None:
 
 
 def _as_version_3(db: Path) -> None:
-    """Take a version 4 file back to version 3: its schema without the counters (the rest of
-    version 4 is the same)."""
+    """Take a version 4 file back to version 3: its schema without the counters and the
+    budget's bound (the rest of version 4 is the same)."""
     with contextlib.closing(sqlite3.connect(db, isolation_level=None)) as conn:
         for trigger in ("insert", "delete", "update"):
             conn.execute(f"DROP TRIGGER webhooks_count_{trigger}")
         conn.execute("DROP TABLE counts")
         conn.execute("DROP INDEX webhooks_waiting")
+        for trigger in ("added", "moved"):
+            conn.execute(f"DROP TRIGGER post_log_{trigger}")
+        conn.execute("DROP TABLE post_bound")
         conn.execute("PRAGMA user_version = 3")
 
 

@@ -18,7 +18,9 @@ Version 4: ``webhook_counts``, counters (webhooks by state, the backlog's calls 
 unconfirmed and the skipped) that statement triggers on ``webhooks`` keep in the transaction of
 every insert, update and delete, whichever build's statement made it, so ``queue`` and the flow
 read their counts from a few rows rather than counting a backlog of millions; and
-``webhooks_waiting`` (``received_at`` of the unfinished), for the oldest one's age. Each
+``webhooks_waiting`` (``received_at`` of the unfinished), for the oldest one's age; and the
+posting budget's bound (``budget.counted`` and ``added``, with a trigger on ``post_slots``), so
+a place is taken without counting the window (see .postgres_budget). Each
 database session adds to a row of its own (its backend pid): a transaction only ever locks its
 own session's counters, so instances writing at once never wait on each other for them, and no
 new deadlock can arise; the reader sums the rows. Row 0 holds the counts the migration found.
@@ -88,6 +90,14 @@ COUNT_ALL = (
     f"INSERT INTO webhook_counts (slot, {_COLUMNS})"
     f" SELECT 0, {', '.join(f'count(*) FILTER (WHERE {flag})' for flag in COUNTED.values())}"
     " FROM webhooks r"
+)
+
+# The posting budget's bound (see .postgres_budget): every place added since the last count.
+# An insert locks the budget row, which its taker holds already: no new wait.
+SLOTS_ADDED = (
+    "CREATE FUNCTION scorer_slots_added() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+    " UPDATE budget SET added = added + (SELECT count(*) FROM new_rows) WHERE id = 1;"
+    " RETURN NULL; END $$"
 )
 
 # Each version's statements, applied in order from the database's version to SCHEMA_VERSION.
@@ -184,6 +194,11 @@ CREATE TRIGGER webhooks_count_delete AFTER DELETE ON webhooks
     REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION scorer_count();
 {COUNT_ALL};
 CREATE INDEX webhooks_waiting ON webhooks (received_at) WHERE state IN ('pending', 'leased');
+ALTER TABLE budget ADD COLUMN counted bigint;
+ALTER TABLE budget ADD COLUMN added bigint NOT NULL DEFAULT 0;
+{SLOTS_ADDED};
+CREATE TRIGGER post_slots_added AFTER INSERT ON post_slots
+    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION scorer_slots_added();
 """,
 }
 

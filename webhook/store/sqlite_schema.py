@@ -20,7 +20,9 @@ Versions:
    insert, update and delete, whichever build's statement made it, so ``queue`` and the
    flow read their counts in constant time rather than counting a backlog of millions (SQLite
    cannot count over a partial index without reading every row it holds); and
-   ``webhooks_waiting`` (``received_at`` of the unfinished), for the oldest one's age.
+   ``webhooks_waiting`` (``received_at`` of the unfinished), for the oldest one's age; and
+   ``post_bound``, a bound on the posting budget's places held, kept by triggers on
+   ``post_log`` (see .sqlite_budget), so a place is taken without counting the window.
 
 Expand, then contract: version 3 keeps ``backfill`` (with its default; a fresh store has it
 too, so one version is one schema), which this build never reads or writes, because during a
@@ -108,6 +110,18 @@ CREATE TRIGGER IF NOT EXISTS webhooks_count_update
 END;
 CREATE TABLE IF NOT EXISTS post_log (ended_at REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS post_log_ended ON post_log (ended_at);
+CREATE TABLE IF NOT EXISTS post_bound (
+    id      INTEGER PRIMARY KEY CHECK (id = 1),
+    counted INTEGER,
+    added   INTEGER NOT NULL DEFAULT 0
+);
+INSERT OR IGNORE INTO post_bound (id) VALUES (1);
+CREATE TRIGGER IF NOT EXISTS post_log_added AFTER INSERT ON post_log BEGIN
+    UPDATE post_bound SET added = added + 1;
+END;
+CREATE TRIGGER IF NOT EXISTS post_log_moved AFTER UPDATE OF ended_at ON post_log BEGIN
+    UPDATE post_bound SET added = added + 1;
+END;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT) WITHOUT ROWID;
 """
 
