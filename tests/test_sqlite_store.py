@@ -316,6 +316,40 @@ def test_the_posting_budget_is_kept_in_the_file(tmp_path: Path) -> None:
     run(db, paused)  # and so is the 429's pause
 
 
+def test_the_budget_counts_places_any_writer_added_without_reading_the_window(
+    tmp_path: Path,
+) -> None:
+    """Far below the limit a take does not count the window, yet places another process or an
+    older build wrote (straight into post_log) are never missed: triggers keep the bound."""
+    db = tmp_path / "q.db"
+
+    def bound() -> tuple[int | None, int]:
+        with contextlib.closing(sqlite3.connect(db)) as conn:
+            row = conn.execute("SELECT counted, added FROM post_bound").fetchone()
+        return row[0], row[1]
+
+    async def work(store: Store) -> None:
+        budget = store.budget(5, 60.0)
+        assert await budget.take() is not None  # the first take counts the window: none
+        assert bound() == (1, 0)
+        second = await budget.take()  # far below the limit: no count, one place added
+        assert second is not None
+        assert bound() == (1, 1)
+        await budget.spent(second)  # a moved end counts as added too (never less)
+        assert bound() == (1, 2)
+        with contextlib.closing(sqlite3.connect(db)) as conn, conn:
+            now = time.time()  # an older build's takes, not through this budget
+            conn.executemany("INSERT INTO post_log (ended_at) VALUES (?)", [(now,), (now,)])
+        assert bound() == (1, 4)
+        # The bound (5) reached the limit: the next take counts the window (4 held) and takes
+        # the last place; then there is none, whoever wrote the places.
+        assert await budget.take() is not None
+        assert bound() == (5, 0)
+        assert (await budget.room(), await budget.take()) == (0, None)
+
+    run(db, work)
+
+
 def _as_version_3(db: Path) -> None:
     """Take a version 4 file back to version 3: its schema without the counters and the
     budget's bound (the rest of version 4 is the same)."""

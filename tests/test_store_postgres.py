@@ -58,6 +58,41 @@ async def test_concurrent_adds_are_committed_together(postgres_url: str) -> None
         assert row[0] < 5  # a handful of transactions (group commit), not one per webhook
 
 
+async def test_the_budget_counts_places_any_writer_added_without_reading_the_window(
+    postgres_url: str,
+) -> None:
+    """Far below the limit a take does not count the window, yet places another instance or
+    an older build inserted are never missed: a trigger keeps the bound."""
+
+    async def bound(conn: psycopg.AsyncConnection[tuple[object, ...]]) -> tuple[object, ...]:
+        cur = await conn.execute("SELECT counted, added FROM budget WHERE id = 1")
+        row = await cur.fetchone()
+        assert row is not None
+        return row
+
+    async with (
+        opened(postgres_url, serving=True) as store,
+        await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as conn,
+    ):
+        budget = store.budget(5, 60.0)
+        assert await budget.take() is not None  # the first take counts the window: none
+        assert await bound(conn) == (1, 0)
+        second = await budget.take()  # far below the limit: no count, one place added
+        assert second is not None
+        assert await bound(conn) == (1, 1)
+        await budget.spent(second)
+        await conn.execute(  # an older build's takes, not through this budget
+            "INSERT INTO post_slots (token, taken_at) VALUES ('a', scorer_now()),"
+            " ('b', scorer_now())"
+        )
+        assert await bound(conn) == (1, 3)
+        assert await budget.take() is not None  # 4 < 5: the last place, without a count
+        assert await bound(conn) == (1, 4)
+        # The bound reached the limit: the window is counted (5 held), and nothing is free.
+        assert (await budget.room(), await budget.take()) == (0, None)
+        assert await bound(conn) == (5, 0)
+
+
 async def test_a_killed_instances_leases_are_taken_over(postgres_url: str) -> None:
     url = with_query(postgres_url, **FAST)
     async with opened(url, serving=True) as survivor:
