@@ -428,7 +428,7 @@ def run(
             place = None
             if system.store is not None:
                 places += 1
-                place = Place(system.store, work, database, places)
+                place = Place(system.store, work, database, str(places))
             profile_to = None
             if args.profile and r == 0 and system.store is not None:
                 suffix = ".txt" if args.profile_format == "raw" else ".svg"

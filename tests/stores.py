@@ -20,6 +20,7 @@ import contextlib
 import os
 import shutil
 import sqlite3
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AbstractAsyncContextManager
@@ -33,7 +34,16 @@ import pytest
 from psycopg import sql
 from pytest_postgresql import factories
 
-from webhook.store import Store, open_store
+from webhook.store import (
+    Dead,
+    Delivered,
+    Scored,
+    Skipped,
+    Store,
+    open_store,
+    postgres_schema,
+)
+from webhook.store.sqlite_schema import COUNT_ALL, COUNTED
 
 T = TypeVar("T")
 
@@ -160,11 +170,42 @@ def _postgres_backend(url: str) -> Backend:
     return Backend("postgres", url, missing, hold_writes)
 
 
+def sqlite_counts_agree(path: Path) -> None:
+    """The counters of a version 4 SQLite file (kept by triggers) are its rows' counts."""
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        if conn.execute("PRAGMA user_version").fetchone()[0] < 4:
+            return
+        kept = conn.execute(f"SELECT {', '.join(COUNTED)} FROM counts").fetchall()  # noqa: S608
+        recount = COUNT_ALL.partition(" SELECT 1, ")[2]
+        counted = conn.execute(f"SELECT {recount}").fetchall()
+    assert kept == counted, dict(zip(COUNTED, zip(kept[0], counted[0], strict=True), strict=True))
+
+
+def postgres_counts_agree(url: str) -> None:
+    """The counters of a version 4 store (kept by triggers, summed over the sessions' rows) are
+    its rows' counts."""
+    names = list(postgres_schema.COUNTED)
+    recount = postgres_schema.COUNT_ALL.partition(" SELECT 0, ")[2]
+    with psycopg.connect(url) as conn:
+        if conn.execute("SELECT to_regclass('webhook_counts')").fetchone() == (None,):
+            return
+        sums = ", ".join(f"coalesce(sum({name}), 0)::bigint" for name in names)
+        kept = conn.execute(f"SELECT {sums} FROM webhook_counts").fetchone()  # noqa: S608
+        counted = conn.execute(f"SELECT {recount}").fetchone()
+    assert kept == counted, (names, kept, counted)
+
+
 @pytest.fixture(params=BACKENDS)
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
     if request.param == "sqlite":
-        return _sqlite_backend(tmp_path)
-    return _postgres_backend(request.getfixturevalue("postgres_url"))
+        made = _sqlite_backend(tmp_path)
+        yield made
+        if (path := tmp_path / "store.db").exists():
+            sqlite_counts_agree(path)  # whatever the test did to it
+        return
+    url = request.getfixturevalue("postgres_url")
+    yield _postgres_backend(url)
+    postgres_counts_agree(url)  # whatever the test did to it
 
 
 @contextlib.asynccontextmanager
@@ -186,3 +227,34 @@ def with_store(url: str, work: Callable[[Store], Awaitable[T]]) -> T:
             return await work(store)
 
     return asyncio.run(go())
+
+
+async def every_kind(store: Store) -> dict[str, int]:
+    """Webhooks of every kind a counter counts, through the store; the counts they make."""
+    for rid in ("a1", "a2", "a3"):
+        assert await store.add(rid, b"{}")
+    assert await store.enqueue_scores("b1", {"x": 1})
+    assert await store.enqueue_scores("b2", {"x": 2})
+    (a1,) = await store.claim("score", 1, 60)
+    (a2,) = await store.claim("score", 1, 60)
+    assert await store.record(
+        [Scored(a1.lease, {"x": 3}, True, False), Skipped(a2.lease, "sampled out")]
+    ) == [True, True]
+    (a1,) = await store.claim("post", 1, 60)  # live first: its scores and feedback are due
+    assert await store.record([Dead(a1.lease, 500, "boom", frozenset({"scores"}))]) == [True]
+    b1, b2 = await store.claim("post", 1, 60) + await store.claim("post", 1, 60)
+    assert (a1.request_id, b1.request_id, b2.request_id) == ("a1", "b1", "b2")
+    assert await store.record([Delivered(b2.lease, 201, frozenset({"scores"}))]) == [True]
+    assert await store.confirm({"b2": frozenset()}, time.time() + 60) == ["b2"]
+    # a3 to score; b1 leased, b2 re-opened (unconfirmed): both with scores due; a2 skipped.
+    return {
+        "pending": 2,
+        "leased": 1,
+        "done": 1,
+        "dead": 1,
+        "to_score": 1,
+        "scores_due": 2,
+        "feedback_due": 0,
+        "unconfirmed": 1,
+        "skipped": 1,
+    }

@@ -1,18 +1,19 @@
-"""What only the SQLite store does: its migrations from schema versions 1 and 2, a read path
+"""What only the SQLite store does: its migrations from schema versions 1, 2 and 3, a read path
 that never waits for the writer, and a posting budget kept in the file. (What every store
 promises is the contract suite's.)"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3  # to build a version 1 file
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from tests.stores import sqlite_writes_held, with_store
+from tests.stores import every_kind, sqlite_counts_agree, sqlite_writes_held, with_store
 from webhook.helicone import SCORING_WINDOW
-from webhook.store import Delivered, Store, open_reader, open_store
+from webhook.store import Delivered, Flow, QueueStats, Store, open_reader, open_store
 
 # The schema of version 1, as the first release created it.
 SCHEMA_V1 = """
@@ -96,7 +97,8 @@ def test_a_version_1_database_is_migrated_and_keeps_its_rows(tmp_path: Path) -> 
 
     run(db, work)
     with sqlite3.connect(db) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone() == (3,)
+        assert conn.execute("PRAGMA user_version").fetchone() == (4,)
+    sqlite_counts_agree(db)
 
 
 # Version 2: version 1 and the lease token.
@@ -217,10 +219,11 @@ def test_a_version_2_database_is_migrated_to_origins_and_keeps_its_rows(tmp_path
 
     run(db, work)
     with sqlite3.connect(db) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone() == (3,)
+        assert conn.execute("PRAGMA user_version").fetchone() == (4,)
         columns = {row[1] for row in conn.execute("PRAGMA table_info(webhooks)")}
         assert {"origin", "unconfirmed", "skipped", "backfill"} <= columns  # expand, then contract
     _old_build_works(db)
+    sqlite_counts_agree(db)
 
 
 def test_a_migrated_store_sweeps_from_the_last_live_webhook(tmp_path: Path) -> None:
@@ -311,3 +314,93 @@ def test_the_posting_budget_is_kept_in_the_file(tmp_path: Path) -> None:
     run(db, spend)
     run(db, pause)  # after a restart: the three places are still held
     run(db, paused)  # and so is the 429's pause
+
+
+def test_the_budget_counts_places_any_writer_added_without_reading_the_window(
+    tmp_path: Path,
+) -> None:
+    """Far below the limit a take does not count the window, yet places another process or an
+    older build wrote (straight into post_log) are never missed: triggers keep the bound."""
+    db = tmp_path / "q.db"
+
+    def bound() -> tuple[int | None, int]:
+        with contextlib.closing(sqlite3.connect(db)) as conn:
+            row = conn.execute("SELECT counted, added FROM post_bound").fetchone()
+        return row[0], row[1]
+
+    async def work(store: Store) -> None:
+        budget = store.budget(5, 60.0)
+        assert await budget.take() is not None  # the first take counts the window: none
+        assert bound() == (1, 0)
+        second = await budget.take()  # far below the limit: no count, one place added
+        assert second is not None
+        assert bound() == (1, 1)
+        await budget.spent(second)  # a moved end counts as added too (never less)
+        assert bound() == (1, 2)
+        with contextlib.closing(sqlite3.connect(db)) as conn, conn:
+            now = time.time()  # an older build's takes, not through this budget
+            conn.executemany("INSERT INTO post_log (ended_at) VALUES (?)", [(now,), (now,)])
+        assert bound() == (1, 4)
+        # The bound (5) reached the limit: the next take counts the window (4 held) and takes
+        # the last place; then there is none, whoever wrote the places.
+        assert await budget.take() is not None
+        assert bound() == (5, 0)
+        assert (await budget.room(), await budget.take()) == (0, None)
+
+    run(db, work)
+
+
+def _as_version_3(db: Path) -> None:
+    """Take a version 4 file back to version 3: its schema without the counters and the
+    budget's bound (the rest of version 4 is the same)."""
+    with contextlib.closing(sqlite3.connect(db, isolation_level=None)) as conn:
+        for trigger in ("insert", "delete", "update"):
+            conn.execute(f"DROP TRIGGER webhooks_count_{trigger}")
+        conn.execute("DROP TABLE counts")
+        conn.execute("DROP INDEX webhooks_waiting")
+        for trigger in ("added", "moved"):
+            conn.execute(f"DROP TRIGGER post_log_{trigger}")
+        conn.execute("DROP TABLE post_bound")
+        conn.execute("PRAGMA user_version = 3")
+
+
+def test_a_version_3_database_gets_counters_that_count_its_rows(tmp_path: Path) -> None:
+    """The migration counts the rows it finds, and from then on the triggers keep the counters,
+    whoever writes: this build, or a previous one's statement on the migrated file."""
+    db = tmp_path / "v3.db"
+    expected = with_store(f"sqlite:///{db}", every_kind)
+    _as_version_3(db)
+    now = time.time()
+    with contextlib.closing(sqlite3.connect(db)) as conn, conn:  # written by version 3
+        conn.execute(OLD_INSERT, ("c1", b"{}", now, now))
+    expected |= {"pending": 3, "to_score": 2}
+
+    async def read() -> tuple[QueueStats, Flow]:
+        reader = await open_reader(f"sqlite:///{db}")
+        try:
+            return await reader.stats(), await reader.flow(600)
+        finally:
+            await reader.close()
+
+    counted = asyncio.run(read())  # version 3, read as it is: counted row by row
+    states = {state: expected[state] for state in ("pending", "leased", "done", "dead")}
+    assert counted[0].counts == states
+    backlog = expected["to_score"] + expected["scores_due"] + expected["feedback_due"]
+    assert (counted[1].backlog, counted[1].backlog_calls) == (4, backlog)
+    assert (counted[1].unconfirmed, counted[1].skipped) == (1, 1)
+
+    async def migrate(store: Store) -> None:
+        pass
+
+    run(db, migrate)
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone() == (4,)
+    sqlite_counts_agree(db)
+    assert asyncio.run(read()) == counted  # now from the counters
+    # Another process's statements (a previous build's claim, a purge) keep them too.
+    with contextlib.closing(sqlite3.connect(db)) as conn, conn:
+        conn.execute(OLD_CLAIM["score"], (now + 60, "old", now + 1, 10)).fetchall()
+        conn.execute("DELETE FROM webhooks WHERE state = 'dead'")
+    sqlite_counts_agree(db)
+    stats = asyncio.run(read())[0]
+    assert stats.counts == states | {"pending": 1, "leased": 3, "dead": 0}

@@ -16,7 +16,7 @@ import pytest
 from tests.eventually import eventually_async
 from tests.link import Link
 from tests.standin import free_port
-from tests.stores import opened, with_query
+from tests.stores import every_kind, opened, postgres_counts_agree, with_query
 from webhook.helicone import SCORING_WINDOW
 from webhook.store import (
     Scored,
@@ -78,6 +78,41 @@ async def test_concurrent_outcomes_are_recorded_together(postgres_url: str) -> N
         transactions, done = row
         assert done == 50
         assert transactions < 5  # gathered, not one transaction per outcome
+
+
+async def test_the_budget_counts_places_any_writer_added_without_reading_the_window(
+    postgres_url: str,
+) -> None:
+    """Far below the limit a take does not count the window, yet places another instance or
+    an older build inserted are never missed: a trigger keeps the bound."""
+
+    async def bound(conn: psycopg.AsyncConnection[tuple[object, ...]]) -> tuple[object, ...]:
+        cur = await conn.execute("SELECT counted, added FROM budget WHERE id = 1")
+        row = await cur.fetchone()
+        assert row is not None
+        return row
+
+    async with (
+        opened(postgres_url, serving=True) as store,
+        await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as conn,
+    ):
+        budget = store.budget(5, 60.0)
+        assert await budget.take() is not None  # the first take counts the window: none
+        assert await bound(conn) == (1, 0)
+        second = await budget.take()  # far below the limit: no count, one place added
+        assert second is not None
+        assert await bound(conn) == (1, 1)
+        await budget.spent(second)
+        await conn.execute(  # an older build's takes, not through this budget
+            "INSERT INTO post_slots (token, taken_at) VALUES ('a', scorer_now()),"
+            " ('b', scorer_now())"
+        )
+        assert await bound(conn) == (1, 3)
+        assert await budget.take() is not None  # 4 < 5: the last place, without a count
+        assert await bound(conn) == (1, 4)
+        # The bound reached the limit: the window is counted (5 held), and nothing is free.
+        assert (await budget.room(), await budget.take()) == (0, None)
+        assert await bound(conn) == (5, 0)
 
 
 async def test_a_killed_instances_leases_are_taken_over(postgres_url: str) -> None:
@@ -205,7 +240,7 @@ async def test_a_schema_version_this_build_does_not_know_is_refused(postgres_url
     conninfo = postgres_url
     async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
         await conn.execute("UPDATE scorer_meta SET value = '99' WHERE key = 'schema_version'")
-    message = "the database has schema version 99; this build knows version 3"
+    message = "the database has schema version 99; this build knows version 4"
     with pytest.raises(StoreError, match=f"^{re.escape(message)}$"):
         await open_store(postgres_url).open()
     with pytest.raises(StoreError, match=f"^{re.escape(message)}$"):
@@ -261,7 +296,7 @@ async def test_a_version_1_schema_is_migrated_to_origins_and_keeps_its_rows(
             " ('done', 3, 3, '{\"a\": 3}', false, 'done', true, 4)"
         )
     message = (
-        "the database has schema version 1; this build reads version 3: start the server on it"
+        "the database has schema version 1; this build reads version 4: start the server on it"
         " once to migrate it"
     )
     with pytest.raises(StoreError, match=f"^{re.escape(message)}$"):
@@ -285,7 +320,7 @@ async def test_a_version_1_schema_is_migrated_to_origins_and_keeps_its_rows(
         assert lease.since is None
     async with await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as conn:
         cur = await conn.execute("SELECT value FROM scorer_meta WHERE key = 'schema_version'")
-        assert await cur.fetchone() == ("3",)
+        assert await cur.fetchone() == ("4",)
         cur = await conn.execute(
             "SELECT column_name FROM information_schema.columns"
             " WHERE table_name = 'webhooks' AND table_schema = current_schema()"
@@ -311,6 +346,7 @@ async def test_a_version_1_schema_is_migrated_to_origins_and_keeps_its_rows(
             cur = await conn.execute(sql.encode(), params)
             claimed[stage] = [str(row[0]) for row in await cur.fetchall()]
     assert claimed == {"score": ["old-live"], "post": ["old-scored"]}
+    postgres_counts_agree(postgres_url)
 
 
 async def test_a_migrated_schema_sweeps_from_the_last_live_webhook(postgres_url: str) -> None:
@@ -419,3 +455,41 @@ async def test_a_database_that_stops_answering_fails_writes_within_the_statement
             await store.ping()
         link.freeze(False)
     await link.cut()
+
+
+async def test_a_version_3_schema_gets_counters_that_count_its_rows(postgres_url: str) -> None:
+    """The migration counts the rows it finds, and from then on the triggers keep the counters,
+    whoever writes: this build, or a previous one's statement on the migrated database."""
+    async with opened(postgres_url) as store:
+        expected = await every_kind(store)
+    async with await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as conn:
+        # Back to version 3: its schema without the counters (the rest of 4 is the same).
+        for trigger in ("insert", "update", "delete"):
+            await conn.execute(f"DROP TRIGGER webhooks_count_{trigger} ON webhooks".encode())
+        await conn.execute("DROP FUNCTION scorer_count()")
+        await conn.execute("DROP TABLE webhook_counts")
+        await conn.execute("DROP INDEX webhooks_waiting")
+        await conn.execute("DROP TRIGGER post_slots_added ON post_slots")
+        await conn.execute("DROP FUNCTION scorer_slots_added()")
+        await conn.execute("ALTER TABLE budget DROP COLUMN counted, DROP COLUMN added")
+        await conn.execute("UPDATE scorer_meta SET value = '3' WHERE key = 'schema_version'")
+        await conn.execute(OLD_ENQUEUE.encode(), {"rid": "c1", "scores": "{}"})
+    expected |= {"pending": 3, "scores_due": 3}
+    async with opened(postgres_url) as store:  # migrates
+        stats, flow = await store.reader.stats(), await store.reader.flow(600)
+    postgres_counts_agree(postgres_url)
+    assert stats.counts == {s: expected[s] for s in ("pending", "leased", "done", "dead")}
+    backlog = expected["to_score"] + expected["scores_due"] + expected["feedback_due"]
+    assert (flow.backlog, flow.backlog_calls, flow.unconfirmed, flow.skipped) == (4, backlog, 1, 1)
+    # Another instance's statements (a previous build's claim, a purge) keep them too.
+    async with await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as conn:
+        params = {"holder": None, "takeover": 10, "limit": 10, "lease": 60}
+        await conn.execute(OLD_CLAIM["post"].encode(), params)
+        await conn.execute("DELETE FROM webhooks WHERE state = 'dead'")
+    postgres_counts_agree(postgres_url)
+    reader = await open_reader(postgres_url)
+    try:
+        counts = (await reader.stats()).counts
+    finally:
+        await reader.close()
+    assert counts == {"pending": 1, "leased": 3, "done": 1, "dead": 0}

@@ -75,20 +75,57 @@ _Row = tuple[str, bytes, int, float | None]
 CHANNEL = "scorer_wake"
 
 
-def _claim_sql(which: LiteralString, order: LiteralString, body: LiteralString) -> LiteralString:
+ORIGIN_CODES: tuple[LiteralString, ...] = ("0", "1", "2")  # ORIGINS' codes, in claim order
+
+
+def _claim_sql(
+    which: LiteralString,
+    part: LiteralString,
+    values: tuple[LiteralString, ...],
+    body: LiteralString,
+) -> LiteralString:
     """Due for a stage: pending and due, leased past its lease, or leased by another instance
     that stopped (its heartbeat is older than the takeover time, or it closed). Never this
     instance's own lease before it runs out: it is alive, whatever its heartbeat says after the
-    database was away, and the work may still be in flight here."""
+    database was away, and the work may still be in flight here.
+
+    In the order of the claim: origin, then ``part`` (in the post stage whether the scores are
+    posted), then due first. The due are read one range of the stage's index per group of that
+    order, each up to now and at most the limit, and the leases of stopped instances over the
+    leased rows' index, so a claim reads a few limits of rows however many wait for a later
+    retry (one scan of the index would filter past every one of those, on every poll that
+    finds nothing due). Each branch locks what it reads (SKIP LOCKED, so concurrent claims
+    never wait on each other); the rows read and not taken are free again when it commits."""
+    fields: LiteralString = (
+        "SELECT w.request_id, w.origin, " + part + " AS part, w.available_at, w.seq FROM webhooks w"
+        " WHERE w.state IN ('pending', 'leased') AND " + which
+    )
+    groups: list[LiteralString] = [
+        "("
+        + fields
+        + " AND w.origin = "
+        + origin
+        + " AND "
+        + part
+        + " = "
+        + value
+        + " AND w.available_at <= scorer_now() ORDER BY w.available_at, w.seq"
+        " LIMIT %(limit)s FOR UPDATE SKIP LOCKED)"
+        for origin in ORIGIN_CODES
+        for value in values
+    ]
+    stopped: LiteralString = (
+        "(" + fields + " AND w.state = 'leased' AND w.holder IS NOT NULL"
+        " AND w.holder IS DISTINCT FROM %(holder)s"
+        " AND NOT EXISTS (SELECT 1 FROM instances i WHERE i.id = w.holder"
+        "  AND i.heartbeat_at > scorer_now() - %(takeover)s)"
+        " ORDER BY w.origin, part, w.available_at, w.seq LIMIT %(limit)s FOR UPDATE SKIP LOCKED)"
+    )
     return (
-        "WITH due AS ("
-        " SELECT request_id FROM webhooks w"
-        " WHERE w.state IN ('pending', 'leased') AND " + which + " AND ("
-        "  w.available_at <= scorer_now() OR (w.state = 'leased' AND w.holder IS NOT NULL"
-        "   AND w.holder IS DISTINCT FROM %(holder)s"
-        "   AND NOT EXISTS (SELECT 1 FROM instances i WHERE i.id = w.holder"
-        "    AND i.heartbeat_at > scorer_now() - %(takeover)s)))"
-        " ORDER BY " + order + " LIMIT %(limit)s FOR UPDATE SKIP LOCKED)"
+        "WITH due AS (SELECT request_id FROM ("
+        + " UNION ".join("SELECT * FROM " + branch + " g" for branch in [*groups, stopped])
+        + ") d"
+        " ORDER BY origin, part, available_at, seq LIMIT %(limit)s)"
         " UPDATE webhooks w SET state = 'leased', available_at = scorer_now() + %(lease)s,"
         " attempts = w.attempts + 1, lease = gen_random_uuid()::text, holder = %(holder)s"
         " FROM due WHERE w.request_id = due.request_id"
@@ -101,10 +138,8 @@ def _claim_sql(which: LiteralString, order: LiteralString, body: LiteralString) 
 # the post stage, within one origin, scores still to post before feedback only. The post stage
 # never reads a body back.
 CLAIM: dict[Stage, LiteralString] = {
-    "score": _claim_sql("w.scores IS NULL", "w.origin, w.available_at, w.seq", "w.body"),
-    "post": _claim_sql(
-        "w.scores IS NOT NULL", "w.origin, w.posted_scores, w.available_at, w.seq", "NULL"
-    ),
+    "score": _claim_sql("w.scores IS NULL", "false", ("false",), "w.body"),
+    "post": _claim_sql("w.scores IS NOT NULL", "w.posted_scores", ("false", "true"), "NULL"),
 }
 
 # Each outcome: one UPDATE that applies only while the lease holds, ends it, and returns the

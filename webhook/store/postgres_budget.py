@@ -13,6 +13,14 @@ A call of a :data:`~webhook.store.Priority` may take a place only while more tha
 always find room; a pause stops every class. Ended places are kept ``KEEP`` seconds at least,
 for the read path's flow (calls posted in the last minutes).
 
+Counting the window reads every place in it (rate x window rows), so it is done only when it
+matters: ``budget.counted`` holds the places counted at the last count, calls still open
+included whatever their holder (an open place may count again once its holder's heartbeat
+returns), and ``budget.added`` every place inserted since (a trigger, whichever build inserted
+it). Places only leave a window as time passes, so their sum is never below the places held
+now: while it is under a class's limit, a place is free without counting; when it reaches it,
+the window is counted again, exactly, and the bound reset.
+
 ``spent`` never raises, as the SQLite budget's: the call it ends has been made, and its caller
 must go on to record that. An end that cannot be written (the database is away) is kept and
 written at this budget's next call: later than the call ended, so the place is held a little
@@ -89,8 +97,19 @@ class PostgresBudget:
         """The places a call of ``priority`` may fill."""
         return self.limit - reserve(priority, self.limit)
 
+    async def _surely_free(self, priority: Priority) -> int:
+        """Places surely free now by the bound (0: the window must be counted to tell)."""
+        row = await self._db.fetch(
+            "SELECT paused_until > scorer_now(), counted + added FROM budget WHERE id = 1"
+        )
+        if not row or row[0][0] or row[0][1] is None:
+            return 0
+        return max(0, self._limit(priority) - int(row[0][1]))
+
     async def room(self, priority: Priority = "live") -> int:
         await self._write_ends()
+        if free := await self._surely_free(priority):
+            return free
         paused, held = await self._state()
         return 0 if paused > 0 else max(0, self._limit(priority) - len(held))
 
@@ -98,13 +117,23 @@ class PostgresBudget:
         await self._write_ends()
         async with self._db.connection() as conn, conn.transaction():
             cur = await conn.execute(
-                "SELECT paused_until > scorer_now() FROM budget WHERE id = 1 FOR UPDATE"
+                "SELECT paused_until > scorer_now(), counted + added FROM budget WHERE id = 1"
+                " FOR UPDATE"
             )
             row = await cur.fetchone()
             if row is None or row[0]:
                 return None
-            params = self._params | {"holder": self._holder, "limit": self._limit(priority)}
+            limit = self._limit(priority)
+            params = self._params | {"holder": self._holder, "limit": limit}
             await conn.execute("DELETE FROM post_slots WHERE " + GONE, params)
+            if row[1] is not None and row[1] < limit:  # surely free: no need to count
+                cur = await conn.execute(
+                    "INSERT INTO post_slots (token, taken_at, holder)"
+                    " VALUES (gen_random_uuid()::text, scorer_now(), %(holder)s) RETURNING token",
+                    params,
+                )
+                taken = await cur.fetchone()
+                return None if taken is None else Slot(str(taken[0]))
             cur = await conn.execute(
                 "INSERT INTO post_slots (token, taken_at, holder)"
                 " SELECT gen_random_uuid()::text, scorer_now(), %(holder)s"
@@ -113,6 +142,11 @@ class PostgresBudget:
                 params,
             )
             taken = await cur.fetchone()
+            await conn.execute(
+                "UPDATE budget SET added = 0, counted = (SELECT count(*) FROM post_slots"
+                " WHERE ended_at IS NULL OR " + HELD + ") WHERE id = 1",
+                params,
+            )
         return None if taken is None else Slot(str(taken[0]))
 
     async def spent(self, slot: Slot) -> None:
@@ -148,6 +182,8 @@ class PostgresBudget:
             log.warning("could not record a pause of the API calls: %s", exc)
 
     async def wait_time(self, priority: Priority = "live") -> float:
+        if await self._surely_free(priority):
+            return 0.0
         paused, held = await self._state()
         wait = max(0.0, paused)
         limit = self._limit(priority)

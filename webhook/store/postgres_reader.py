@@ -75,12 +75,15 @@ class PostgresReader:
         return cls(db, owned=True)
 
     async def stats(self) -> QueueStats:
-        rows = await self._db.fetch("SELECT state, count(*) FROM webhooks GROUP BY state")
-        counts = dict.fromkeys(STATES, 0)
-        counts.update(dict(rows))
-        ((oldest,),) = await self._db.fetch(
-            "SELECT min(received_at) FROM webhooks WHERE state IN ('pending', 'leased')"
+        # One statement, so one snapshot: the counters (summed over the sessions' rows, see
+        # .postgres_schema) and the oldest unfinished webhook, over its partial index.
+        ((pending, leased, done, dead, oldest),) = await self._db.fetch(
+            "SELECT coalesce(sum(pending), 0)::bigint, coalesce(sum(leased), 0)::bigint,"
+            " coalesce(sum(done), 0)::bigint, coalesce(sum(dead), 0)::bigint,"
+            " (SELECT min(received_at) FROM webhooks WHERE state IN ('pending', 'leased'))"
+            " FROM webhook_counts"
         )
+        counts = dict(zip(STATES, (pending, leased, done, dead), strict=True))
         return QueueStats(counts, oldest)
 
     async def dead_letters(self, limit: int) -> list[DeadLetter]:
@@ -104,30 +107,27 @@ class PostgresReader:
         return {row[0]: _entry(row) for row in rows}
 
     async def flow(self, window: float) -> Flow:
-        # One statement, so one snapshot (and the database's clock); each count over an index.
-        backlog = "state IN ('pending', 'leased')"
+        # One statement, so one snapshot (and the database's clock): the recent arrivals and
+        # calls over their indexes, the backlog from the counters.
         (
-            (arrived, posted, to_score, to_post, scores_due, feedback_due, unconfirmed, skipped),
+            (arrived, posted, pending, leased, to_score, scores_due, feedback_due, *rest),
         ) = await self._db.fetch(
             "SELECT"
             " (SELECT count(*) FROM webhooks"
             "  WHERE origin = 0 AND received_at > scorer_now() - %(window)s),"
             " (SELECT count(*) FROM post_slots WHERE ended_at > scorer_now() - %(window)s),"
-            " (SELECT count(*) FROM webhooks WHERE " + backlog + " AND scores IS NULL),"
-            " (SELECT count(*) FROM webhooks WHERE " + backlog + " AND scores IS NOT NULL),"
-            " (SELECT count(*) FROM webhooks WHERE " + backlog + " AND scores IS NOT NULL"
-            "  AND NOT posted_scores),"
-            " (SELECT count(*) FROM webhooks WHERE " + backlog + " AND feedback IS NOT NULL"
-            "  AND NOT posted_feedback),"
-            " (SELECT count(*) FROM webhooks WHERE unconfirmed),"
-            " (SELECT count(*) FROM webhooks WHERE skipped IS NOT NULL)",
+            " coalesce(sum(pending), 0)::bigint, coalesce(sum(leased), 0)::bigint,"
+            " coalesce(sum(to_score), 0)::bigint, coalesce(sum(scores_due), 0)::bigint,"
+            " coalesce(sum(feedback_due), 0)::bigint, coalesce(sum(unconfirmed), 0)::bigint,"
+            " coalesce(sum(skipped), 0)::bigint FROM webhook_counts",
             {"window": window},
         )
+        unconfirmed, skipped = rest
         return Flow(
             window=window,
             arrived=arrived,
             posted=posted,
-            backlog=to_score + to_post,
+            backlog=pending + leased,
             backlog_calls=to_score + scores_due + feedback_due,
             unconfirmed=unconfirmed,
             skipped=skipped,

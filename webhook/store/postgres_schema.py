@@ -14,6 +14,17 @@ when the last live webhook arrived (the last the previous build received, so the
 logged during the deploy that migrates it are swept), not before Helicone's scoring window, and the
 migration's time if it holds none.
 
+Version 4: ``webhook_counts``, counters (webhooks by state, the backlog's calls by kind, the
+unconfirmed and the skipped) that statement triggers on ``webhooks`` keep in the transaction of
+every insert, update and delete, whichever build's statement made it, so ``queue`` and the flow
+read their counts from a few rows rather than counting a backlog of millions; and
+``webhooks_waiting`` (``received_at`` of the unfinished), for the oldest one's age; and the
+posting budget's bound (``budget.counted`` and ``added``, with a trigger on ``post_slots``), so
+a place is taken without counting the window (see .postgres_budget). Each
+database session adds to a row of its own (its backend pid): a transaction only ever locks its
+own session's counters, so instances writing at once never wait on each other for them, and no
+new deadlock can arise; the reader sums the rows. Row 0 holds the counts the migration found.
+
 Expand, then contract: version 3 keeps ``backfill`` (with its default), which this build never
 reads or writes, because during a rolling deploy instances of the previous build still claim
 from the same database, ordering by it. A later version drops it, once no build that reads it
@@ -32,9 +43,62 @@ from webhook.store import StoreError
 
 __all__ = ["SCHEMA_VERSION", "check_version", "migrate"]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # pg_advisory_xact_lock key for creating and migrating the schema (any fixed bigint).
 SCHEMA_LOCK = 0x5C0_4E5_C4E3A
+
+# What each counter counts, as a 0 or 1 of a row ``r`` of ``webhooks``.
+BACKLOG = "r.state IN ('pending', 'leased')"
+COUNTED = {
+    "pending": "r.state = 'pending'",
+    "leased": "r.state = 'leased'",
+    "done": "r.state = 'done'",
+    "dead": "r.state = 'dead'",
+    "to_score": f"{BACKLOG} AND r.scores IS NULL",
+    "scores_due": f"{BACKLOG} AND r.scores IS NOT NULL AND NOT r.posted_scores",
+    "feedback_due": f"{BACKLOG} AND r.feedback IS NOT NULL AND NOT r.posted_feedback",
+    "unconfirmed": "r.unconfirmed",
+    "skipped": "r.skipped IS NOT NULL",
+}
+_COLUMNS = ", ".join(COUNTED)
+_SUMS = ", ".join(f"sum(sign * ({flag})::int) AS {name}" for name, flag in COUNTED.items())
+_NONZERO = " OR ".join(f"d.{name} <> 0" for name in COUNTED)
+_ADD = ", ".join(f"{name} = c.{name} + excluded.{name}" for name in COUNTED)
+
+
+def _count(rows: str) -> str:
+    """Add the counters of ``rows`` (a query of ``sign`` and the row's columns) to this
+    session's row, unless they change nothing (a fenced outcome that missed, an extend)."""
+    return (
+        f"INSERT INTO webhook_counts AS c (slot, {_COLUMNS}) SELECT pg_backend_pid(), {_COLUMNS}"
+        f" FROM (SELECT {_SUMS} FROM ({rows}) r) d WHERE {_NONZERO}"
+        f" ON CONFLICT (slot) DO UPDATE SET {_ADD}"
+    )
+
+
+# One function for the three triggers, each a statement trigger with its transition tables.
+# No statement inside the function's body ends a line with ``;``: the migration splits there.
+COUNT_FUNCTION = (
+    "CREATE FUNCTION scorer_count() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+    " IF TG_OP = 'INSERT' THEN " + _count("SELECT 1 AS sign, * FROM new_rows") + ";"
+    " ELSIF TG_OP = 'DELETE' THEN " + _count("SELECT -1 AS sign, * FROM old_rows") + ";"
+    " ELSE "
+    + _count("SELECT 1 AS sign, * FROM new_rows UNION ALL SELECT -1, * FROM old_rows")
+    + "; END IF; RETURN NULL; END $$"
+)
+COUNT_ALL = (
+    f"INSERT INTO webhook_counts (slot, {_COLUMNS})"
+    f" SELECT 0, {', '.join(f'count(*) FILTER (WHERE {flag})' for flag in COUNTED.values())}"
+    " FROM webhooks r"
+)
+
+# The posting budget's bound (see .postgres_budget): every place added since the last count.
+# An insert locks the budget row, which its taker holds already: no new wait.
+SLOTS_ADDED = (
+    "CREATE FUNCTION scorer_slots_added() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+    " UPDATE budget SET added = added + (SELECT count(*) FROM new_rows) WHERE id = 1;"
+    " RETURN NULL; END $$"
+)
 
 # Each version's statements, applied in order from the database's version to SCHEMA_VERSION.
 MIGRATIONS: dict[int, str] = {
@@ -114,6 +178,27 @@ INSERT INTO scorer_meta (key, value)
     SELECT 'created', least(scorer_now(), greatest(scorer_now() - {SCORING_WINDOW!r},
         coalesce(max(received_at), scorer_now())))::text FROM webhooks WHERE origin = 0
     ON CONFLICT (key) DO NOTHING;
+""",
+    # The triggers first: creating them locks out every writer until this commits, so the
+    # counts taken after them miss no write.
+    4: f"""
+CREATE TABLE webhook_counts (slot integer PRIMARY KEY,
+    {", ".join(f"{name} bigint NOT NULL DEFAULT 0" for name in COUNTED)});
+{COUNT_FUNCTION};
+CREATE TRIGGER webhooks_count_insert AFTER INSERT ON webhooks
+    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION scorer_count();
+CREATE TRIGGER webhooks_count_update AFTER UPDATE ON webhooks
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION scorer_count();
+CREATE TRIGGER webhooks_count_delete AFTER DELETE ON webhooks
+    REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION scorer_count();
+{COUNT_ALL};
+CREATE INDEX webhooks_waiting ON webhooks (received_at) WHERE state IN ('pending', 'leased');
+ALTER TABLE budget ADD COLUMN counted bigint;
+ALTER TABLE budget ADD COLUMN added bigint NOT NULL DEFAULT 0;
+{SLOTS_ADDED};
+CREATE TRIGGER post_slots_added AFTER INSERT ON post_slots
+    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION scorer_slots_added();
 """,
 }
 

@@ -41,6 +41,7 @@ import orjson
 
 from webhook.logs import event
 from webhook.store import (
+    ORIGINS,
     Dead,
     Delivered,
     Job,
@@ -93,21 +94,37 @@ INSERT = (
 # Each stage claims through its own partial index, so a long backlog of one never slows the other.
 # By origin (live, reconciled, backfill), so a large sweep or backfill never delays live work;
 # in the post stage, within one origin, scores still to post before feedback only.
+#
+# One range of the index per group of that order (an origin, and in the post stage whether its
+# scores are posted), each read from its start up to what is due now and at most the limit, so a
+# claim reads no more than a few limits of entries, however many wait for a later retry (an API
+# outage puts the whole backlog there): one scan of the index in its order would read past all
+# of those, in the writer's transaction, on every poll that finds nothing due.
+_GROUP = (
+    "SELECT * FROM (SELECT request_id, origin, {part} AS part, available_at"
+    " FROM webhooks INDEXED BY {index}"
+    " WHERE state IN ('pending', 'leased') AND {which} AND origin = {origin}"
+    " AND {part} = {value} AND available_at <= :now ORDER BY available_at LIMIT :limit)"
+)
+
+
+def _claim(index: str, which: str, part: str, values: tuple[int, ...]) -> str:
+    groups = " UNION ALL ".join(
+        _GROUP.format(index=index, which=which, part=part, origin=origin, value=value)
+        for origin in range(len(ORIGINS))
+        for value in values
+    )
+    return (
+        "UPDATE webhooks SET state = 'leased', available_at = :until, attempts = attempts + 1,"
+        " lease = :token WHERE request_id IN (SELECT request_id FROM (" + groups + ")"
+        " ORDER BY origin, part, available_at LIMIT :limit)"
+    )
+
+
 CLAIM = {
-    "score": (
-        "UPDATE webhooks SET state = 'leased', available_at = ?, attempts = attempts + 1,"
-        " lease = ?"
-        " WHERE request_id IN (SELECT request_id FROM webhooks INDEXED BY webhooks_to_score"
-        "   WHERE state IN ('pending', 'leased') AND scores IS NULL AND available_at <= ?"
-        "   ORDER BY origin, available_at LIMIT ?)"
-    ),
-    "post": (
-        "UPDATE webhooks SET state = 'leased', available_at = ?, attempts = attempts + 1,"
-        " lease = ?"
-        " WHERE request_id IN (SELECT request_id FROM webhooks INDEXED BY webhooks_to_post"
-        "   WHERE state IN ('pending', 'leased') AND scores IS NOT NULL AND available_at <= ?"
-        "   ORDER BY origin, posted & 1, available_at LIMIT ?)"
-    ),
+    # The score stage's index has no second part: a constant stands in for it.
+    "score": _claim("webhooks_to_score", "scores IS NULL", "0", (0,)),
+    "post": _claim("webhooks_to_post", "scores IS NOT NULL", "posted & 1", (0, 1)),
 }
 # The post stage needs no body (its scores are stored), so it never reads one back.
 RETURNING = {
@@ -345,7 +362,7 @@ class SQLiteStore:
 
         def op(conn: sqlite3.Connection) -> list[Job]:
             now = time.time()
-            params = (now + lease_seconds, token, now, limit)
+            params = {"until": now + lease_seconds, "token": token, "now": now, "limit": limit}
             rows = conn.execute(CLAIM[stage] + RETURNING[stage], params).fetchall()
             return sorted((_job(token, row) for row in rows), key=lambda j: j.received_at)
 

@@ -41,7 +41,17 @@ COLUMNS_BEFORE_3 = {
 }
 CHUNK = 500  # ids per query, well under SQLite's limit of bound parameters
 
-# The flow's counts, each over an index (partial where it can be), in one snapshot.
+# From version 4 the counts are the counters the schema's triggers keep (see .sqlite_schema).
+COUNTERS = (
+    "SELECT pending, leased, done, dead, to_score, scores_due, feedback_due, unconfirmed,"
+    " skipped FROM counts"
+)
+# The oldest unfinished webhook: from version 4 over its own index, named, since the planner
+# would otherwise read every pending row through webhooks_state.
+OLDEST = "SELECT MIN(received_at) FROM webhooks {index} WHERE state IN ('pending', 'leased')"
+# Before version 4, the flow's counts, each over an index (partial where it can be), in one
+# snapshot; and the counts by state.
+STATE_COUNTS = "SELECT state, COUNT(*) FROM webhooks GROUP BY state"
 FLOW = {
     "arrived": "SELECT COUNT(*) FROM webhooks WHERE {origin} = 0 AND received_at > ?",
     "posted": "SELECT COUNT(*) FROM post_log WHERE ended_at > ?",
@@ -58,9 +68,22 @@ FLOW = {
 }
 
 
-def _columns(conn: sqlite3.Connection) -> dict[str, str]:
+def _version(conn: sqlite3.Connection) -> int:
     (version,) = conn.execute("PRAGMA user_version").fetchone()
-    return COLUMNS if version >= 3 else COLUMNS_BEFORE_3
+    return int(version)
+
+
+def _columns(conn: sqlite3.Connection) -> dict[str, str]:
+    return COLUMNS if _version(conn) >= 3 else COLUMNS_BEFORE_3
+
+
+def _counters(conn: sqlite3.Connection) -> dict[str, int] | None:
+    """The counters of a version 4 store, None before (nothing keeps them)."""
+    if _version(conn) < 4:
+        return None
+    cur = conn.execute(COUNTERS)
+    (row,) = cur.fetchall()
+    return {column[0]: int(value) for column, value in zip(cur.description, row, strict=True)}
 
 
 def _entry(row: tuple[Any, ...]) -> Entry:
@@ -153,11 +176,14 @@ class SQLiteReader:
             counts = dict.fromkeys(STATES, 0)
             conn.execute("BEGIN")  # one snapshot for both figures
             try:
-                for state, n in conn.execute("SELECT state, COUNT(*) FROM webhooks GROUP BY state"):
-                    counts[state] = n
-                (oldest,) = conn.execute(
-                    "SELECT MIN(received_at) FROM webhooks WHERE state IN ('pending', 'leased')"
-                ).fetchone()
+                counters = _counters(conn)
+                if counters is not None:
+                    counts = {state: counters[state] for state in STATES}
+                else:
+                    for state, n in conn.execute(STATE_COUNTS):
+                        counts[state] = n
+                index = "INDEXED BY webhooks_waiting" if counters is not None else ""
+                (oldest,) = conn.execute(OLDEST.format(index=index)).fetchone()
             finally:
                 conn.execute("COMMIT")
             return QueueStats(counts, oldest)
@@ -198,9 +224,16 @@ class SQLiteReader:
             conn.execute("BEGIN")  # one snapshot for every count
             try:
                 columns = _columns(conn)
+                counters = _counters(conn)
                 for name, sql in FLOW.items():
-                    params = (since,) if "?" in sql else ()
-                    (counts[name],) = conn.execute(sql.format_map(columns), params).fetchone()
+                    if counters is not None and name in counters:
+                        counts[name] = counters[name]
+                    elif counters is not None and name == "to_post":
+                        backlog = counters["pending"] + counters["leased"]
+                        counts[name] = backlog - counters["to_score"]
+                    else:
+                        params = (since,) if "?" in sql else ()
+                        (counts[name],) = conn.execute(sql.format_map(columns), params).fetchone()
             finally:
                 conn.execute("COMMIT")
             return Flow(
