@@ -243,6 +243,23 @@ async def test_a_job_carries_what_the_post_stage_needs(store: Store) -> None:
 # Leases: expiry, fencing, extension
 
 
+async def test_a_claim_takes_due_work_behind_work_waiting_for_a_retry(store: Store) -> None:
+    """Work waiting for a later retry, first in the claim order, is passed over for the due
+    work behind it; one claim across the order's groups takes them in that order."""
+    for rid in ("live-waiting", "live-feedback-waiting"):
+        await to_post(store, rid, feedback=True)
+        job = await claim_one(store, "post")
+        assert await store.record([Retry(job.lease, 3600, 500, "boom", frozenset())]) == [True]
+    assert await store.enqueue_scores("backfilled-1", SCORES)
+    assert await store.enqueue_scores("backfilled-2", SCORES)
+    await feedback_only(store, "reconciled-feedback", origin="reconciled")
+    await to_post(store, "reconciled-scores", origin="reconciled")
+    assert set(await claim_ids(store, "post", limit=3)) == {
+        "reconciled-scores", "reconciled-feedback", "backfilled-1",
+    }  # fmt: skip
+    assert await claim_ids(store, "post") == ["backfilled-2"]
+
+
 async def test_an_expired_lease_is_claimable_again_and_counts_an_attempt(store: Store) -> None:
     await add(store, "a")
     first = await claim_one(store, lease=SHORT)
