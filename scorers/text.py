@@ -9,8 +9,13 @@ English and stay defined (never raise) for everything else.
 from __future__ import annotations
 
 import string
+from collections.abc import Hashable, Iterable
+from itertools import count
+from typing import TypeVar
 
 __all__ = [
+    "first_seen",
+    "lowered",
     "readability_counts",
     "sentence_count",
     "syllable_count",
@@ -48,8 +53,46 @@ _VOWEL_RUNS = bytes.maketrans(b"ve lc", b"vv   ")
 _LETTER_RUNS = bytes.maketrans(b"velc", b"xxxx")
 _L_AS_C = bytes.maketrans(b"l", b"c")
 
+_ASCII = bytes(range(0x80))
+
+H = TypeVar("H", bound=Hashable)
+
 # Sentence shapes: terminators s, line breaks n, other whitespace space, anything else x.
 _SENTENCE = _table({".!?": "s", "\n": "n", " \t\r\f\v": " "}, "x", "x")
+
+
+def lowered(text: str) -> tuple[str, bytes]:
+    """``text.lower()``, and that as UTF-8 (a lone surrogate becomes "?").
+
+    Speed policy: when no non-ASCII character changes case (the usual answer, with its dashes,
+    curly quotes and emoji), lower-casing the UTF-8 bytes' ASCII letters gives the same text for
+    a fraction of ``str.lower``'s cost on a non-ASCII string.
+    """
+    if text.isascii():
+        lower = text.lower()
+        return lower, lower.encode()
+    try:
+        raw = text.encode()
+    except UnicodeEncodeError:  # a lone surrogate
+        pass
+    else:
+        # Its non-ASCII characters, whole: UTF-8 never puts an ASCII byte inside one.
+        wide = raw.translate(None, _ASCII).decode()
+        if wide.lower() == wide:  # none changes case (so there is no capital sigma either)
+            low = raw.lower()
+            return low.decode(), low
+    lower = text.lower()
+    return lower, lower.encode("utf-8", "replace")
+
+
+def first_seen(items: Iterable[H]) -> tuple[dict[H, int], list[int]]:
+    """Each distinct item's first position, and every item as its first position.
+
+    The second list stands for ``items`` with small ints, which index a list where the items
+    themselves would need a dict (and hashing) on every lookup.
+    """
+    index: dict[H, int] = {}
+    return index, list(map(index.setdefault, items, count()))
 
 
 def tokens(lower: bytes) -> list[bytes]:
