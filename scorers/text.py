@@ -42,16 +42,38 @@ def _table(mapping: dict[str, str], high: str, default: str) -> bytes:
 _KEEP = frozenset((_LETTERS + string.ascii_uppercase + string.digits + "'_").encode())
 _TOKEN_TABLE = bytes(b if b in _KEEP or b >= 0x80 else 0x20 for b in range(256))
 
-# Letter shapes for syllables: v = vowel (not e), e, l, c = other letter or apostrophe, space.
+# Letter shapes, for short words that end in e: v = vowel (not e), e, l, c = other letter or
+# apostrophe, and a space for anything else; "l" merged into "c".
 _SHAPE = _table(
     {"aiouy": "v", "e": "e", "l": "l", "bcdfghjkmnpqrstvwxz'": "c"},
     "c",
     " ",
 )
-# Vowel groups and words: a run of "v" (or of "x") starts wherever one follows a space.
-_VOWEL_RUNS = bytes.maketrans(b"ve lc", b"vv   ")
-_LETTER_RUNS = bytes.maketrans(b"velc", b"xxxx")
 _L_AS_C = bytes.maketrans(b"l", b"c")
+
+# Byte classes for readability_counts, by bit: vowel ("e" too), "e", "l", consonant ("l" too;
+# an apostrophe or a byte >= 0x80 is one), letter (any of those), and for sentences: . ! ?, a
+# line break, whitespace (line breaks too).
+_VOWEL, _E, _L, _CONS, _LETTER, _STOP, _BREAK, _SPACE = range(8)
+
+
+def _classes() -> bytes:
+    out = bytearray(256)
+    for chars, bits in (
+        ("aiouy", (_VOWEL, _LETTER)),
+        ("e", (_VOWEL, _E, _LETTER)),
+        ("l", (_L, _CONS, _LETTER)),
+        ("bcdfghjkmnpqrstvwxz'" + "".join(map(chr, range(0x80, 0x100))), (_CONS, _LETTER)),
+        (".!?", (_STOP,)),
+        ("\n", (_BREAK, _SPACE)),
+        (" \t\r\f\v", (_SPACE,)),
+    ):
+        for ch in chars:
+            out[ord(ch)] = sum(1 << bit for bit in bits)
+    return bytes(out)
+
+
+_CLASSES = _classes()
 
 _ASCII = bytes(range(0x80))
 
@@ -100,17 +122,14 @@ def tokens(lower: bytes) -> list[bytes]:
     return lower.translate(_TOKEN_TABLE).split()
 
 
-def _shape(lower: bytes) -> bytes:
-    return b" " + lower.translate(_SHAPE) + b" "
-
-
 def word_count(lower: bytes) -> int:
     """Words for readability: runs of letters (apostrophes and non-ASCII count as letters)."""
-    return _words(_shape(lower))
+    return readability_counts(lower)[0]
 
 
-def _words(shape: bytes) -> int:
-    return shape.translate(_LETTER_RUNS).count(b" x")
+def sentence_count(text: bytes) -> int:
+    """Sentences: runs of . ! ? before whitespace, plus lines that end without one. At least 1."""
+    return readability_counts(text)[1]
 
 
 def syllable_count(lower: bytes) -> int:
@@ -118,32 +137,51 @@ def syllable_count(lower: bytes) -> int:
 
     A final e after a consonant is silent ("make", "mile", "gazelle"), except after a
     consonant + l ("table", "people"), and not in short words whose only vowel it is ("the",
-    "she").
+    "she": " ce ", " cce ", " ccce " in letter shapes, each counted without overlaps).
     """
-    return _syllables(_shape(lower))
-
-
-def _syllables(shape: bytes) -> int:
-    groups = shape.translate(_VOWEL_RUNS).count(b" v")
-    merged = shape.translate(_L_AS_C)  # where "l" needs no class of its own
-    silent = (
-        merged.count(b"ce ")
-        - shape.count(b"cle ")
-        - merged.count(b" ce ")
-        - merged.count(b" cce ")
-        - merged.count(b" ccce ")
-    )
-    return max(groups - max(silent, 0), 0)
+    return readability_counts(lower)[2]
 
 
 def readability_counts(lower: bytes) -> tuple[int, int, int]:
-    """(words, sentences, syllables) of lower-cased UTF-8 text, sharing one pass."""
-    shape = _shape(lower)
-    return _words(shape), sentence_count(lower), _syllables(shape)
+    """(words, sentences, syllables) of lower-cased UTF-8 text.
 
-
-def sentence_count(text: bytes) -> int:
-    """Sentences: runs of . ! ? before whitespace, plus lines that end without one. At least 1."""
-    shape = text.translate(_SENTENCE) + b"n"
-    ends = shape.count(b"s ") + shape.count(b"sn") + shape.count(b"xn")
-    return max(ends, 1)
+    Speed policy: the text's byte classes are read as one big int, 8 bits a byte, and every
+    count is a few shifts and masks and one ``int.bit_count``: C loops over machine words. A
+    mask holds bit 0 of byte i when byte i is of its kind; ``m << 8`` puts byte i + 1 there,
+    ``m >> 8`` byte i - 1. Before the start and past the end are spaces (and a line break).
+    """
+    n = len(lower)
+    if not n:
+        return 0, 1, 0
+    x = int.from_bytes(lower.translate(_CLASSES), "big")
+    one = int.from_bytes(b"\x01" * n, "big")  # bit 0 of every byte; "m ^ one" is "not m"
+    letter = x >> _LETTER & one
+    vowel = x >> _VOWEL & one
+    e = x >> _E & one
+    el = x >> _L & one
+    cons = x >> _CONS & one
+    words = (letter ^ letter & letter >> 8).bit_count()  # letters after a non-letter
+    groups = (vowel ^ vowel & vowel >> 8).bit_count()
+    e_end = e ^ e & letter << 8  # "e" then a space (or the end)
+    ce = cons & e_end << 8  # "ce " of the shapes
+    ce_next = ce << 8
+    cle = (cons ^ el) & el << 8 & e_end << 16  # within ce_next
+    space = letter ^ (one | 1 << 8 * n)  # not a letter, or the space before the start
+    cce_next = (cons & ce_next) << 8
+    short = (space & ce_next, space & cce_next, space & (cons & cce_next) << 8)
+    starts = short[0] | short[1] | short[2]
+    # Two of one length that share their space, as in " he be ", count once (bytes.count's
+    # way): rare, and only after an "e".
+    if starts & e >> 8 and any(m & m << 8 * (3 + k) for k, m in enumerate(short)):
+        shape = (b" " + lower.translate(_SHAPE) + b" ").translate(_L_AS_C)
+        few = sum(shape.count(p) for p in (b" ce ", b" cce ", b" ccce "))
+    else:
+        few = starts.bit_count()
+    silent = (ce_next ^ cle).bit_count() - few
+    syllables = max(groups - max(silent, 0), 0)
+    stop = x >> _STOP & one
+    white = x >> _SPACE & one
+    white_next = white << 8 | 1  # the next byte is whitespace, or the end
+    break_next = (x >> _BREAK & one) << 8 | 1  # a line break, or the end
+    ends = (stop & white_next | (white ^ one) & break_next).bit_count()
+    return words, max(ends, 1), syllables
