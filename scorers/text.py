@@ -1,9 +1,9 @@
 """Cheap, shared text measures. Pure functions over one string; none of them raises.
 
 Speed policy: built-ins run on every webhook, so these work on the UTF-8 bytes with
-``bytes.translate``, ``split`` and ``count`` (C loops) instead of per-word Python code. Bytes of
-non-ASCII characters are treated as letters that are not vowels: the measures are tuned for
-English and stay defined (never raise) for everything else.
+``bytes.translate`` and ``split``, and on big ints (shifts, masks, ``int.bit_count``): C loops
+instead of per-word Python code. Bytes of non-ASCII characters are treated as letters that are
+not vowels: the measures are tuned for English and stay defined (never raise) for everything else.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ __all__ = [
 ]
 
 _LETTERS = string.ascii_lowercase
-_VOWELS = "aiouy"  # and "e", which has a class of its own
 
 
 def _table(mapping: dict[str, str], high: str, default: str) -> bytes:
@@ -78,9 +77,6 @@ _CLASSES = _classes()
 _ASCII = bytes(range(0x80))
 
 H = TypeVar("H", bound=Hashable)
-
-# Sentence shapes: terminators s, line breaks n, other whitespace space, anything else x.
-_SENTENCE = _table({".!?": "s", "\n": "n", " \t\r\f\v": " "}, "x", "x")
 
 
 def lowered(text: str) -> tuple[str, bytes]:
@@ -177,7 +173,7 @@ def readability_counts(lower: bytes) -> tuple[int, int, int]:
         few = sum(shape.count(p) for p in (b" ce ", b" cce ", b" ccce "))
     else:
         few = starts.bit_count()
-    silent = (ce_next ^ cle).bit_count() - few
+    silent = (ce_next ^ cle).bit_count() - few  # "ce " less "cle " less the short words
     syllables = max(groups - max(silent, 0), 0)
     stop = x >> _STOP & one
     white = x >> _SPACE & one
