@@ -84,7 +84,9 @@ def lowered(text: str) -> tuple[str, bytes]:
 
     Speed policy: when no non-ASCII character changes case (the usual answer, with its dashes,
     curly quotes and emoji), lower-casing the UTF-8 bytes' ASCII letters gives the same text for
-    a fraction of ``str.lower``'s cost on a non-ASCII string.
+    a fraction of ``str.lower``'s cost on a non-ASCII string. Checking that costs time in
+    proportion to the non-ASCII characters: past about one in eight (each adds a byte or more),
+    ``str.lower`` is as fast, and is used.
     """
     if text.isascii():
         lower = text.lower()
@@ -94,6 +96,9 @@ def lowered(text: str) -> tuple[str, bytes]:
     except UnicodeEncodeError:  # a lone surrogate
         pass
     else:
+        if (len(raw) - len(text)) * 8 > len(text):
+            lower = text.lower()
+            return lower, lower.encode()
         # Its non-ASCII characters, whole: UTF-8 never puts an ASCII byte inside one.
         wide = raw.translate(None, _ASCII).decode()
         if wide.lower() == wide:  # none changes case (so there is no capital sigma either)
