@@ -171,13 +171,17 @@ def readability_counts(lower: bytes) -> tuple[int, int, int]:
     cce_next = (cons & ce_next) << 8
     short = (space & ce_next, space & cce_next, space & (cons & cce_next) << 8)
     starts = short[0] | short[1] | short[2]
-    # Two of one length that share their space, as in " he be ", count once (bytes.count's
-    # way): rare, and only after an "e".
-    if starts & e >> 8 and any(m & m << 8 * (3 + k) for k, m in enumerate(short)):
-        shape = (b" " + lower.translate(_SHAPE) + b" ").translate(_L_AS_C)
-        few = sum(shape.count(p) for p in (b" ce ", b" cce ", b" ccce "))
-    else:
-        few = starts.bit_count()
+    few = starts.bit_count()
+    # bytes.count counts without overlaps: two of one length that share their space (after an
+    # "e"), as in " he be ", count once; three or more in a row are left to bytes.count itself.
+    if starts & e >> 8:
+        for k, m in enumerate(short):
+            pairs = m & m << 8 * (3 + k)
+            if pairs & pairs << 8 * (3 + k):
+                shape = (b" " + lower.translate(_SHAPE) + b" ").translate(_L_AS_C)
+                few = sum(shape.count(p) for p in (b" ce ", b" cce ", b" ccce "))
+                break
+            few -= pairs.bit_count()
     silent = (ce_next ^ cle).bit_count() - few  # "ce " less "cle " less the short words
     syllables = max(groups - max(silent, 0), 0)
     stop = x >> _STOP & one
