@@ -86,12 +86,16 @@ class Context:
     @property
     def lower(self) -> str:
         """The assistant's text, lower-cased ("" when there is none)."""
-        return self.memo("lower", lambda: (self.text or "").lower())
+        return self._lowered[0]
 
     @property
     def lower_bytes(self) -> bytes:
         """``lower`` as UTF-8, for the byte-level measures of :mod:`scorers.text`."""
-        return self.memo("lower_bytes", lambda: self.lower.encode("utf-8", "replace"))
+        return self._lowered[1]
+
+    @property
+    def _lowered(self) -> tuple[str, bytes]:
+        return self.memo("lowered", lambda: measures.lowered(self.text or ""))
 
     @property
     def split_words(self) -> list[str]:
@@ -102,6 +106,20 @@ class Context:
     def tokens(self) -> list[bytes]:
         """Word tokens of ``lower`` (UTF-8 bytes), punctuation removed."""
         return self.memo("tokens", lambda: measures.tokens(self.lower_bytes))
+
+    @property
+    def token_index(self) -> dict[bytes, int]:
+        """Each distinct token of ``tokens``, with its first position."""
+        return self._first_seen[0]
+
+    @property
+    def token_ids(self) -> list[int]:
+        """``tokens`` as small ints: each token's first position."""
+        return self._first_seen[1]
+
+    @property
+    def _first_seen(self) -> tuple[dict[bytes, int], list[int]]:
+        return self.memo("first_seen", lambda: measures.first_seen(self.tokens))
 
     @property
     def request_tokens(self) -> list[bytes]:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Hashable, Sequence
+
 from scorers import text as measures
 from scorers.context import Context
 from scorers.registry import scorer
 
-__all__ = ["MATTR_WINDOW", "lexical_diversity", "mattr", "readability"]
+__all__ = ["MATTR_WINDOW", "lexical_diversity", "mattr", "mattr_of_ids", "readability"]
 
 MATTR_WINDOW = 50
 
@@ -29,7 +31,7 @@ def readability(ctx: Context) -> int | None:
     return min(100, max(0, round(score)))
 
 
-def mattr(tokens: list[bytes], window: int = MATTR_WINDOW) -> float:
+def mattr(tokens: Sequence[Hashable], window: int = MATTR_WINDOW) -> float:
     """Moving-average type-token ratio (Covington & McFall 2010), in one pass.
 
     The mean, over every window of ``window`` consecutive tokens, of distinct/``window``.
@@ -37,24 +39,30 @@ def mattr(tokens: list[bytes], window: int = MATTR_WINDOW) -> float:
     p: there are min(j - p, window) of them, less those running past the end. With fewer
     tokens than ``window``, it is the plain type-token ratio.
     """
-    n = len(tokens)
+    return mattr_of_ids(measures.first_seen(tokens)[1], window)
+
+
+def mattr_of_ids(ids: list[int], window: int = MATTR_WINDOW) -> float:
+    """:func:`mattr` of tokens given as ints below ``len(ids)`` (``Context.token_ids``).
+
+    Their last positions then live in a list, which is cheaper to read and write than a dict.
+    """
+    n = len(ids)
     if n == 0:
         return 0.0
     if n <= window:
-        return len(set(tokens)) / n
-    last: dict[bytes, int] = {}
-    get = last.get
+        return len(set(ids)) / n
+    last = [-1] * n
     total = 0
     full = n - window  # the last window starts here
-    for j in range(full + 1):
-        w = tokens[j]
-        gap = j - get(w, -1)
-        last[w] = j
+    for j, i in enumerate(ids[: full + 1]):
+        gap = j - last[i]
+        last[i] = j
         total += gap if gap < window else window
     for j in range(full + 1, n):
-        w = tokens[j]
-        gap = j - get(w, -1)
-        last[w] = j
+        i = ids[j]
+        gap = j - last[i]
+        last[i] = j
         count = (gap if gap < window else window) - (j - full)
         if count > 0:
             total += count
@@ -69,7 +77,7 @@ def lexical_diversity(ctx: Context) -> int | None:
     ratio, kept for parity), it does not fall as answers get longer, and punctuation does not
     make new words. Skipped when the answer has no words.
     """
-    tokens = ctx.tokens
-    if not tokens:
+    ids = ctx.token_ids
+    if not ids:
         return None
-    return min(100, max(0, round(100 * mattr(tokens))))
+    return min(100, max(0, round(100 * mattr_of_ids(ids))))

@@ -27,5 +27,5 @@ def query_overlap(ctx: Context) -> int | None:
     asked = set(ctx.request_tokens) - STOPWORDS
     if not asked:
         return None
-    said = ctx.memo("token_set", lambda: set(ctx.tokens))
-    return round(100 * len(asked & said) / len(asked))
+    said = ctx.token_index
+    return round(100 * sum(1 for w in asked if w in said) / len(asked))

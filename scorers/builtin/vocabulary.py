@@ -24,11 +24,14 @@ def js_round(x: float) -> int:
     return math.floor(x + 0.5)
 
 
-def js_words(lower: str) -> set[str]:
-    """The distinct items of JavaScript's ``lower.split(/\\s+/)``, empty strings included."""
+def js_words(lower: str, split: list[str] | None = None) -> set[str]:
+    """The distinct items of JavaScript's ``lower.split(/\\s+/)``, empty strings included.
+
+    ``split``, if given, is ``lower.split()`` already made (``Context.split_words``).
+    """
     if any(ch in lower for ch in _DIFFERENT):
         return set(_JS_WHITESPACE.split(lower))
-    words = set(lower.split())
+    words = set(lower.split() if split is None else split)
     if not lower or lower[0].isspace() or lower[-1].isspace():
         words.add("")
     return words
@@ -46,7 +49,7 @@ def vocabulary_diversity(ctx: Context) -> int | None:
     if not ctx.texts and not (isinstance(body, dict) and isinstance(body.get("choices"), list)):
         return None
     if len(ctx.texts) == 1:
-        unique = js_words(ctx.lower)
+        unique = js_words(ctx.lower, ctx.split_words)
     else:
         unique = set()
         for content in ctx.texts:
