@@ -336,6 +336,7 @@ def test_the_budget_counts_places_any_writer_added_without_reading_the_window(
         assert second is not None
         assert bound() == (1, 1)
         await budget.spent(second)  # a moved end counts as added too (never less)
+        await budget.settle()  # (spent does not wait for its write)
         assert bound() == (1, 2)
         with contextlib.closing(sqlite3.connect(db)) as conn, conn:
             now = time.time()  # an older build's takes, not through this budget

@@ -335,7 +335,11 @@ class PostBudget(Protocol):
         processes: two never both take the last place."""
 
     async def spent(self, slot: Slot) -> None:
-        """The call holding ``slot`` has ended, now."""
+        """The call holding ``slot`` has ended, now. Its end is written without waiting (the
+        place stays held until then, never counted short); :meth:`settle` waits for it."""
+
+    async def settle(self) -> None:
+        """Wait until every end recorded by :meth:`spent` is written (or failed, logged)."""
 
     async def pause(self, seconds: float) -> None:
         """A 429: no call from any process for ``seconds`` (a longer pause already set wins)."""

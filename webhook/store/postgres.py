@@ -255,6 +255,7 @@ class PostgresStore:
         self._serving = False
         self._adds: Gatherer[_Row, bool] = Gatherer(self._flush_adds)
         self._outcomes: Gatherer[Outcome, bool] = Gatherer(self._apply)
+        self._budgets: list[PostgresBudget] = []
         self._failure: _Failure | None = None
         self._probe: asyncio.Task[None] | None = None
         self._subscribers: list[Callable[[Stage], None]] = []
@@ -365,6 +366,8 @@ class PostgresStore:
         return self._closing.is_set()
 
     async def close(self) -> None:
+        for budget in self._budgets:
+            await budget.settle()
         self._closing.set()
         if self._heartbeat is not None:
             await self._heartbeat
@@ -393,7 +396,9 @@ class PostgresStore:
 
     def budget(self, limit: int, window: float) -> PostgresBudget:
         holder = self._instance if self._serving else None
-        return PostgresBudget(self._db, limit, window, holder, self._options.takeover)
+        budget = PostgresBudget(self._db, limit, window, holder, self._options.takeover)
+        self._budgets.append(budget)
+        return budget
 
     # Wake-ups
 

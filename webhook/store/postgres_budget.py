@@ -29,6 +29,7 @@ longer, never shorter; meanwhile it counts as in flight.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import TYPE_CHECKING
 
@@ -74,6 +75,7 @@ class PostgresBudget:
             "keep": max(window, KEEP),
         }
         self._unspent: set[str] = set()  # tokens of calls that ended, not yet written
+        self._ender: asyncio.Future[None] | None = None  # writing them
 
     async def _state(self) -> tuple[float, list[float]]:
         """Seconds the pause still runs (<= 0: none), and when each held place ended, oldest
@@ -150,13 +152,28 @@ class PostgresBudget:
         return None if taken is None else Slot(str(taken[0]))
 
     async def spent(self, slot: Slot) -> None:
+        """Record the call's end without waiting for it (the place counts as in flight until
+        then, never short), so the caller records its outcome meanwhile."""
         self._unspent.add(slot.token)
-        await self._write_ends()
+        if self._ender is None or self._ender.done():
+            self._ender = asyncio.ensure_future(self._write_all_ends())
 
-    async def _write_ends(self) -> None:
-        """Write the end of every call that ended here and is not written yet, as now."""
+    async def _write_all_ends(self) -> None:
+        """Write ends until none is left, or one write failed (the next call tries again)."""
+        while self._unspent:
+            if not await self._write_ends():
+                return
+
+    async def settle(self) -> None:
+        """Wait for the ends being written (the store's close)."""
+        if self._ender is not None:
+            await self._ender
+
+    async def _write_ends(self) -> bool:
+        """Write the end of every call that ended here and is not written yet, as now;
+        False when it could not."""
         if not self._unspent:
-            return
+            return True
         tokens = set(self._unspent)
         try:
             await self._db.execute(
@@ -166,8 +183,9 @@ class PostgresBudget:
             )
         except StoreError as exc:
             log.warning("could not record the end of %d API call(s): %s", len(tokens), exc)
-        else:
-            self._unspent -= tokens
+            return False
+        self._unspent -= tokens
+        return True
 
     async def pause(self, seconds: float) -> None:
         # As ``spent``: the 429 was answered; a pause that cannot be stored is logged, and the

@@ -243,6 +243,7 @@ class SQLiteStore:
         self._reader: SQLiteReader | None = None
         self._subscribers: list[Callable[[Stage], None]] = []
         self._adds: Gatherer[_Row, bool] = Gatherer(self._insert)
+        self._budgets: list[SQLiteBudget] = []
         self._outcomes: Gatherer[Outcome, tuple[bool, bool]] = Gatherer(self._apply)
         self._failure: WriteFailure | None = None
         self._probe: asyncio.Task[None] | None = None
@@ -284,6 +285,8 @@ class SQLiteStore:
         for gatherer in (self._adds, self._outcomes):
             with contextlib.suppress(Exception):
                 await gatherer.drain()
+        for budget in self._budgets:
+            await budget.settle()
         await self._close_reader()
         await self._writer.stop()
         if self._lock is not None:
@@ -304,7 +307,9 @@ class SQLiteStore:
         return math.inf  # a live server's leases end only by running out (see .sqlite_lock)
 
     def budget(self, limit: int, window: float) -> SQLiteBudget:
-        return SQLiteBudget(self._writer.run, self._query, limit, window)
+        budget = SQLiteBudget(self._writer.run, self._query, limit, window)
+        self._budgets.append(budget)
+        return budget
 
     async def _query(self, query: Callable[[sqlite3.Connection], T]) -> T:
         return await self.reader.query(query)

@@ -30,6 +30,7 @@ before its end counts as ended when taken, and frees on its own. A 429's pause i
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 import sqlite3
@@ -75,6 +76,7 @@ class SQLiteBudget:
         self.limit, self.window = limit, window
         self._write, self._read = write, read
         self._held: dict[str, int | None] = {}  # places in flight here: token -> post_log row
+        self._ending: dict[str, asyncio.Future[None]] = {}  # ends being written, by token
         self._paused_until = 0.0  # this process's latest pause, in case it could not be stored
 
     def _window(
@@ -145,14 +147,25 @@ class SQLiteBudget:
         return Slot(token)
 
     async def spent(self, slot: Slot) -> None:
-        if slot.token not in self._held:
+        """Record the call's end without waiting for it: the place stays held here, in
+        memory, until its end is written (so it is never counted short), and the caller goes on
+        to record its outcome in the same group commit rather than one after it."""
+        if slot.token not in self._held or slot.token in self._ending:
             return
-        row = self._held.pop(slot.token)
-        ended = time.time()
+        ending = asyncio.ensure_future(self._write_end(slot.token, time.time()))
+        self._ending[slot.token] = ending
+
+    async def settle(self) -> None:
+        """Wait for the ends being written (the store's close)."""
+        await asyncio.gather(*self._ending.values())
+
+    async def _write_end(self, token: str, ended: float) -> None:
         try:
-            await self._write(partial(_log_end, row, ended))
+            await self._write(partial(_log_end, self._held[token], ended))
         except Exception as exc:
             log.warning("could not record the time of an API call: %s", exc)
+        finally:
+            del self._held[token], self._ending[token]
 
     async def pause(self, seconds: float) -> None:
         until = time.time() + seconds
