@@ -1048,6 +1048,7 @@ async def test_flow_counts_arrivals_posts_backlog_and_its_calls(store: Store) ->
         slot = await budget.take()
         assert slot is not None
         await budget.spent(slot)
+    await budget.settle()  # the ends written
     flow = await store.reader.flow(600)
     assert flow == Flow(
         window=600, arrived=5, posted=3, backlog=6, backlog_calls=7, unconfirmed=1, skipped=1

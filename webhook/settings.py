@@ -73,7 +73,7 @@ class Settings(BaseSettings):
     workers: int = Field(default=1, validation_alias=_env("SCORER_WORKERS"))
     allow_unsigned: bool = Field(default=False, validation_alias=_env("SCORER_ALLOW_UNSIGNED"))
     relay_concurrency: int = Field(
-        default=32, ge=1, le=256, validation_alias=_env("SCORER_RELAY_CONCURRENCY")
+        default=8, ge=1, le=256, validation_alias=_env("SCORER_RELAY_CONCURRENCY")
     )
     post_timeout: float = Field(default=10.0, gt=0, validation_alias=_env("SCORER_POST_TIMEOUT"))
     poll_interval: float = Field(default=1.0, gt=0, validation_alias=_env("SCORER_POLL_INTERVAL"))

@@ -60,6 +60,19 @@ GONE = (
 )
 
 
+# A place, taken only while the bound says one is surely free and there is no pause; its token
+# (None: none taken) and whether a pause holds (None: no budget row).
+TAKE_SURELY_FREE = (
+    "WITH b AS (SELECT paused_until > scorer_now() AS paused, counted + added AS bound"
+    " FROM budget WHERE id = 1 FOR UPDATE),"
+    " gone AS (DELETE FROM post_slots WHERE " + GONE + "),"
+    " taken AS (INSERT INTO post_slots (token, taken_at, holder)"
+    " SELECT gen_random_uuid()::text, scorer_now(), %(holder)s FROM b"
+    " WHERE NOT b.paused AND b.bound < %(limit)s RETURNING token)"
+    " SELECT (SELECT token FROM taken), (SELECT paused FROM b)"
+)
+
+
 class PostgresBudget:
     def __init__(
         self, db: Database, limit: int, window: float, holder: str | None, takeover: float
@@ -109,14 +122,28 @@ class PostgresBudget:
         return max(0, self._limit(priority) - int(row[0][1]))
 
     async def room(self, priority: Priority = "live") -> int:
-        await self._write_ends()
+        await self._write_ends()  # before a claim: the places this process freed, freed
         if free := await self._surely_free(priority):
             return free
         paused, held = await self._state()
         return 0 if paused > 0 else max(0, self._limit(priority) - len(held))
 
+    def _end_pending(self) -> None:
+        """Write ends left unwritten (a failed write), in the background."""
+        if self._unspent and (self._ender is None or self._ender.done()):
+            self._ender = asyncio.ensure_future(self._write_all_ends())
+
     async def take(self, priority: Priority = "live") -> Slot | None:
-        await self._write_ends()
+        self._end_pending()
+        limit = self._limit(priority)
+        params = self._params | {"holder": self._holder, "limit": limit}
+        # Far from the limit: one statement, one round trip, the budget row locked only for it.
+        rows = await self._db.fetch(TAKE_SURELY_FREE, params)
+        token, paused = rows[0] if rows else (None, None)
+        if token is not None:
+            return Slot(str(token))
+        if paused:
+            return None
         async with self._db.connection() as conn, conn.transaction():
             cur = await conn.execute(
                 "SELECT paused_until > scorer_now(), counted + added FROM budget WHERE id = 1"
@@ -125,8 +152,6 @@ class PostgresBudget:
             row = await cur.fetchone()
             if row is None or row[0]:
                 return None
-            limit = self._limit(priority)
-            params = self._params | {"holder": self._holder, "limit": limit}
             await conn.execute("DELETE FROM post_slots WHERE " + GONE, params)
             if row[1] is not None and row[1] < limit:  # surely free: no need to count
                 cur = await conn.execute(
