@@ -224,12 +224,6 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--connections", type=int, default=32)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument(
-        "--workers",
-        type=int,
-        default=1,
-        help="server processes, for ours and for bare Starlette alike (default: 1)",
-    )
     ap.add_argument("--bodies", type=int, default=150_000)
     ap.add_argument(
         "--stores",
@@ -247,7 +241,8 @@ def main() -> None:
         "--workers",
         type=int,
         default=1,
-        help="also measure each store with serve --workers N (shown as store*N)",
+        help="also measure N processes of each server, ours (serve --workers) and bare"
+        " Starlette (uvicorn --workers), shown as store*N and bare*N",
     )
     ap.add_argument(
         "--env", action="append", default=[], metavar="NAME=VALUE", help="extra server setting"
@@ -320,7 +315,7 @@ def run(args: argparse.Namespace, stores: list[str], work: Path, database: str |
         if several:
             many, bare = f"{store}*{args.workers}", f"bare*{args.workers}"
             print(f"  {many}/{bare}: {median[many] / median[bare]:.2f}")
-    for store, many in zip(stores, several[1:], strict=True):
+    for store, many in zip(stores, several[1:], strict=True) if several else ():
         per_round = [m / o for m, o in zip(results[many], results[store], strict=True)]
         print(
             f"  {many}/{store}: {median[many] / median[store]:.2f}"
