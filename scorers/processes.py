@@ -15,8 +15,8 @@ Policy (that of :mod:`scorers.run`, bar what a process allows better than a thre
   worked before keeps its score, and the log says which one still shares the GIL.
 - One hand-off per webhook: the context and the names of its scorers go once; the worker runs
   them in order and sends back each one's raw result in picklable form (an exception as
-  ``Type: message`` text, a value that is not a plain number as the runner's "not an int" error)
-  and its duration. Refusing floats and junk stays with the runner.
+  ``Type: message`` text, a value that would not pickle as its type's name) and its duration.
+  Refusing floats and junk stays with the runner.
 - A scorer that overruns its timeout has its process killed (a thread could not be), and is
   reported as timed out; a fresh process is started in its place at once. A kill loses the
   results the worker held, so the webhook's other scorers that had not finished, or had run
@@ -51,7 +51,7 @@ from typing import Any
 
 from scorers.context import Context
 from scorers.registry import Scorer, ScorerError, named
-from scorers.run import is_async
+from scorers.run import Foreign, is_async
 
 __all__ = ["NICENESS", "Processes"]
 
@@ -123,18 +123,13 @@ def _resolve(names: Sequence[str]) -> tuple[dict[str, Scorer], dict[str, str]]:
     return found, problems
 
 
-def _portable(value: Any) -> tuple[bool, Any]:
-    """A scorer's value as the runner would judge it, in a form that pickles."""
+def _portable(value: Any) -> Any:
+    """A scorer's value in a form that pickles: what cannot is sent as :class:`Foreign`."""
+    if isinstance(value, _PLAIN):
+        return value
     if isinstance(value, Mapping):
-        out = {}
-        for key, item in value.items():
-            if not isinstance(item, _PLAIN) or not isinstance(key, _PLAIN):
-                return True, f"not an int: {type(item).__name__} for {key!r}"
-            out[key] = item
-        return False, out
-    if not isinstance(value, _PLAIN):
-        return True, f"not an int: {type(value).__name__} for the score"
-    return False, value
+        return {_portable(k): _portable(v) for k, v in value.items()}
+    return Foreign(type(value).__name__)
 
 
 async def _await(awaitable: Any) -> Any:
@@ -173,7 +168,7 @@ def _serve(conn: Connection, progress: Any, names: Sequence[str], niceness: int)
                 value = s.func(ctx)
                 if inspect.isawaitable(value):  # a sync callable returned a coroutine
                     value = asyncio.run(_await(value))
-                failed, value = _portable(value)
+                failed, value = False, _portable(value)
             except BaseException as exc:  # even SystemExit: it fails only this scorer
                 failed, value = True, _text(exc)
             out[name] = (failed, value, time.perf_counter() - t0)

@@ -46,6 +46,7 @@ __all__ = [
     "DEFAULT_TIMEOUT",
     "INT64_MAX",
     "INT64_MIN",
+    "Foreign",
     "Outcome",
     "Runner",
     "as_score",
@@ -299,6 +300,21 @@ async def run_scorers(
     return await (runner or _default_runner).run(scorers, ctx, scorer_timeout)
 
 
+@dataclass(frozen=True, slots=True)
+class Foreign:
+    """Stands for a value a scorer process could not send back (it would not pickle): only its
+    type's name crosses, so the value is refused with the same words as on a thread."""
+
+    kind: str
+
+    def __repr__(self) -> str:
+        return f"<{self.kind}>"
+
+
+def _kind(value: object) -> str:
+    return value.kind if isinstance(value, Foreign) else type(value).__name__
+
+
 def _collect(name: str, result: Any, outcome: Outcome, keys: dict[str, str]) -> None:
     if result is None:
         return
@@ -309,10 +325,10 @@ def _collect(name: str, result: Any, outcome: Outcome, keys: dict[str, str]) -> 
             log.warning(
                 "scorer %s returned %s for %r; only ints and bools are sent",
                 name,
-                type(value).__name__,
+                _kind(value),
                 key,
             )
-            outcome.errors[name] = f"not an int: {type(value).__name__} for {key!r}"
+            outcome.errors[name] = f"not an int: {_kind(value)} for {key!r}"
             continue
         if key in keys:
             log.warning("scorer %s: score %r already given by %s; dropped", name, key, keys[key])

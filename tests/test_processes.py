@@ -38,6 +38,14 @@ def boom(ctx):
     raise RuntimeError("kaput in a process")
 
 
+def ratio(ctx):
+    return 0.5
+
+
+def junk(ctx):
+    return {"fine": 2, "odd": (x for x in ())}
+
+
 def spin(ctx):
     """Spins on the CPU forever when the answer says "spin", after noting its process."""
     if "spin" not in (ctx.text or ""):
@@ -66,7 +74,7 @@ def parent_only(ctx):
     return 1
 '''
 
-SCORERS = ["where_pid", "where_nice", "boom", "spin", "crash"]
+SCORERS = ["where_pid", "where_nice", "boom", "ratio", "junk", "spin", "crash"]
 
 
 @pytest.fixture(scope="module")
@@ -152,8 +160,12 @@ def test_sync_scorers_run_in_low_priority_processes_that_a_plugin_reaches(
     assert scores["where_nice"] == min(19, niceness(server.proc.pid) + 10)
     assert scores["vocabulary_diversity"] == 100  # the built-ins too
     assert "boom" not in scores  # it raised: only its own score is lost
+    assert scores["fine"] == 2
+    assert not {"ratio", "odd"} & set(scores)  # a float is refused, and junk
     log = server.log()
     assert f"scorer boom failed (request_id={rid}): RuntimeError: kaput in a process" in log
+    assert "scorer ratio returned float for 'ratio'; only ints and bools are sent" in log
+    assert "scorer junk returned generator for 'odd'; only ints and bools are sent" in log
     assert "scoring in 2 process(es) at nice +10" in log
 
 
