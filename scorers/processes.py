@@ -24,7 +24,8 @@ Policy (that of :mod:`scorers.run`, bar what a process allows better than a thre
   context. A worker that dies by itself (a crash, ``os._exit``, the OOM killer) fails only the
   scorer it was running, and is replaced the same way.
 - A webhook waits for a free worker at most its longest scorer timeout, then its sync scorers
-  fail with "timed out waiting for a free scorer process".
+  fail with "timed out waiting for a free scorer process"; while a worker is being started (at
+  the server's start, or to replace one), it waits for it, up to the start's own limit (60 s).
 """
 
 from __future__ import annotations
@@ -264,6 +265,7 @@ class Processes:
         self._lock = threading.Lock()
         self._seq = itertools.count(1)
         self._closed = False
+        self._starting = 0  # workers being started (a webhook waits longer for those)
         self._threads: list[threading.Thread] = []
 
     def serves(self, name: str) -> bool:
@@ -333,12 +335,17 @@ class Processes:
         """One worker after another: start it, feed it jobs, replace it when it ends."""
         while not self._closed:
             if worker is None:
+                with self._lock:
+                    self._starting += 1
                 try:
                     worker = _Worker(self._names, self.niceness)
                 except Exception as exc:
                     log.error("could not start a scorer process (will try again): %s", exc)
                     time.sleep(1.0)
                     continue
+                finally:
+                    with self._lock:
+                        self._starting -= 1
             with self._lock:
                 self._workers[slot] = worker
                 if self._closed:
@@ -428,18 +435,25 @@ class Processes:
         raws: dict[str, Raw],
     ) -> str | None:
         """Wait for ``job``; on an overrun, kill its worker and return the scorer that overran."""
+        longest = max(limits[n] for n in job.names)
         while True:
             current, started = job.state()
+            now = time.monotonic()
             if current is not None:
                 deadline = started + limits[current]
+            elif self._starting and now >= queued + longest:
+                deadline = min(now + 0.1, queued + START_TIMEOUT)  # a worker is on its way
             else:
-                deadline = queued + max(limits[n] for n in job.names)
-            done, _ = await asyncio.wait({fut}, timeout=max(0.0, deadline - time.monotonic()))
+                deadline = queued + longest
+            done, _ = await asyncio.wait({fut}, timeout=max(0.0, deadline - now))
             if done:
                 return None
-            if time.monotonic() < deadline or job.state() != (current, started):
+            now = time.monotonic()
+            if now < deadline or job.state() != (current, started):
                 continue
             if current is None:
+                if self._starting and now < queued + START_TIMEOUT:
+                    continue
                 if job.future.cancel():  # still queued: no worker took it
                     for n in job.names:
                         raws[n] = (True, "timed out waiting for a free scorer process", 0.0)
