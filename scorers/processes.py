@@ -13,6 +13,8 @@ Policy (that of :mod:`scorers.run`, bar what a process allows better than a thre
   (not registered, a plugin that fails to import in a process, another callable) keeps running
   on the server's daemon threads, with one warning at the start naming it and why: a scorer that
   worked before keeps its score, and the log says which one still shares the GIL.
+- The workers start in the background, so the server answers webhooks at once; until the first
+  is ready (about a second), sync scorers run on the threads.
 - One hand-off per webhook: the context and the names of its scorers go once; the worker runs
   them in order and sends back each one's raw result in picklable form (an exception as
   ``Type: message`` text, a value that would not pickle as its type's name) and its duration.
@@ -144,7 +146,10 @@ def _serve(conn: Connection, progress: Any, names: Sequence[str], niceness: int)
     with contextlib.suppress(OSError):
         os.nice(niceness)
     table, problems = _resolve(names)
-    conn.send(({n: _ref(s.func) for n, s in table.items()}, problems))
+    try:
+        conn.send(({n: _ref(s.func) for n, s in table.items()}, problems))
+    except OSError:  # the server stopped while this worker started
+        return
     while True:
         try:
             job = conn.recv()
@@ -180,7 +185,7 @@ def _serve(conn: Connection, progress: Any, names: Sequence[str], niceness: int)
 
 
 class _Worker:
-    """One worker process, started and ready (its scorers resolved), with its pipe."""
+    """One worker process and its pipe; :meth:`ready` waits until it has resolved its scorers."""
 
     def __init__(self, names: Sequence[str], niceness: int) -> None:
         self.progress: Any = _context.RawArray("d", 3)  # job seq, scorer index, its start
@@ -194,6 +199,11 @@ class _Worker:
         self.proc.start()
         child.close()
         self.killed = False
+        self.refs: dict[str, str] = {}
+        self.problems: dict[str, str] = {}
+
+    def ready(self) -> None:
+        """Wait for the worker's scorers (raises :class:`ScorerError` if it does not start)."""
         if not self.conn.poll(START_TIMEOUT):
             self.proc.kill()
             raise ScorerError(f"a scorer process did not start within {START_TIMEOUT:g}s")
@@ -266,6 +276,7 @@ class Processes:
         self._seq = itertools.count(1)
         self._closed = False
         self._starting = 0  # workers being started (a webhook waits longer for those)
+        self._learnt = False  # whether a worker has said which scorers it can run
         self._threads: list[threading.Thread] = []
 
     def serves(self, name: str) -> bool:
@@ -277,16 +288,25 @@ class Processes:
             return [w.pid for w in self._workers.values() if w.pid is not None]
 
     async def start(self) -> None:
-        """Start the workers; raises :class:`ScorerError` (one line) if none can start."""
+        """Start the workers, in the background: until the first is ready (a second or so),
+        sync scorers run on the threads, so the server answers webhooks at once."""
         if not self._names:
             return
         _context.set_forkserver_preload(["scorers.processes", "scorers.builtin"])
-        first = await asyncio.to_thread(_Worker, self._names, self.niceness)
+        for slot in range(self.size):
+            thread = threading.Thread(
+                target=self._slot, args=(slot,), name=f"scorer-process-{slot}", daemon=True
+            )
+            self._threads.append(thread)
+            thread.start()
+
+    def _learn(self, worker: _Worker) -> None:
+        """From the first ready worker: which scorers the workers serve (the rest: threads)."""
         served = set()
         for s in self._scorers:
-            why = first.problems.get(s.name)
-            if why is None and first.refs.get(s.name) != _ref(s.func):
-                why = f"it resolves to {first.refs.get(s.name)} there, not {_ref(s.func)}"
+            why = worker.problems.get(s.name)
+            if why is None and worker.refs.get(s.name) != _ref(s.func):
+                why = f"it resolves to {worker.refs.get(s.name)} there, not {_ref(s.func)}"
             if why is None:
                 served.add(s.name)
             else:
@@ -296,15 +316,6 @@ class Processes:
                     why,
                 )
         self.served = frozenset(served)
-        for slot in range(self.size):
-            thread = threading.Thread(
-                target=self._slot,
-                args=(slot, first if slot == 0 else None),
-                name=f"scorer-process-{slot}",
-                daemon=True,
-            )
-            self._threads.append(thread)
-            thread.start()
         log.info(
             "scoring in %d process(es) at nice +%d: %s",
             self.size,
@@ -331,25 +342,32 @@ class Processes:
         for thread in threads:
             thread.join(10)
 
-    def _slot(self, slot: int, worker: _Worker | None) -> None:
+    def _slot(self, slot: int) -> None:
         """One worker after another: start it, feed it jobs, replace it when it ends."""
+        worker: _Worker | None = None
         while not self._closed:
-            if worker is None:
+            with self._lock:
+                self._starting += 1
+            try:
+                worker = _Worker(self._names, self.niceness)
                 with self._lock:
-                    self._starting += 1
-                try:
-                    worker = _Worker(self._names, self.niceness)
-                except Exception as exc:
+                    self._workers[slot] = worker  # so that stop() ends it even while starting
+                worker.ready()
+            except Exception as exc:
+                if not self._closed:
                     log.error("could not start a scorer process (will try again): %s", exc)
                     time.sleep(1.0)
-                    continue
-                finally:
-                    with self._lock:
-                        self._starting -= 1
+                worker = None
+                continue
+            finally:
+                with self._lock:
+                    self._starting -= 1
             with self._lock:
-                self._workers[slot] = worker
                 if self._closed:
                     break
+                if not self._learnt:
+                    self._learnt = True
+                    self._learn(worker)
             how = self._feed(worker)
             if how is None:  # closing
                 break

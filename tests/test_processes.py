@@ -137,7 +137,10 @@ def probe_server(make_server: ServerFactory, site: Path, tmp_path: Path, **env: 
         "SCORER_TIMEOUT_SECONDS": "2",
         "SCORER_SCORING_PROCESSES": "2",
     }
-    return make_server(**(defaults | env))
+    server = make_server(**(defaults | env))
+    if (defaults | env)["SCORER_SCORING_PROCESSES"] != "0":
+        server.wait_for_log("scoring in 2 process(es)", 60)  # until then: threads
+    return server
 
 
 def scored(server: Server, standin: StandIn, text: str) -> tuple[str, dict[str, int]]:
