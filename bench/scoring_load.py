@@ -43,6 +43,8 @@ def one_round(mode: str | None, args: argparse.Namespace, work: Path) -> tuple[f
     workdir = Path(tempfile.mkdtemp(dir=work))
     env = {"SCORER_SCORING_PROCESSES": mode, "HELICONE_API_KEY": None}
     server = Server(workdir, env).start()
+    if mode != "0":
+        server.wait_for_log("scoring in", 60)  # the workers start in the background
     heavy = [payload(str(uuid.uuid4()), answer(args.size, seed=i)) for i in range(args.burst)]
     latencies: list[float] = []
     done = threading.Event()
