@@ -139,7 +139,9 @@ async def _await(awaitable: Any) -> Any:
     return await awaitable
 
 
-def _serve(conn: Connection, progress: Any, names: Sequence[str], niceness: int) -> None:
+def _serve(
+    jobs: Connection, results: Connection, progress: Any, names: Sequence[str], niceness: int
+) -> None:
     """A worker's life: resolve the scorers, then run webhooks' batches until told to stop."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # ^C is the server's to handle
     _die_with_parent()
@@ -147,12 +149,12 @@ def _serve(conn: Connection, progress: Any, names: Sequence[str], niceness: int)
         os.nice(niceness)
     table, problems = _resolve(names)
     try:
-        conn.send(({n: _ref(s.func) for n, s in table.items()}, problems))
+        results.send(({n: _ref(s.func) for n, s in table.items()}, problems))
     except OSError:  # the server stopped while this worker started
         return
     while True:
         try:
-            job = conn.recv()
+            job = jobs.recv()
         except (EOFError, OSError):
             return
         if job is None:
@@ -178,7 +180,7 @@ def _serve(conn: Connection, progress: Any, names: Sequence[str], niceness: int)
             except BaseException as exc:  # even SystemExit: it fails only this scorer
                 failed, value = True, _text(exc)
             out[name] = (failed, value, time.perf_counter() - t0)
-        conn.send(out)
+        results.send(out)
 
 
 # -- the server's side ---------------------------------------------------------------------------
@@ -189,26 +191,29 @@ class _Worker:
 
     def __init__(self, names: Sequence[str], niceness: int) -> None:
         self.progress: Any = _context.RawArray("d", 3)  # job seq, scorer index, its start
-        self.conn, child = _context.Pipe()
+        # Two one-way pipes, not a socket pair: the server's sockets are its connections'.
+        self.inbox, results = _context.Pipe(duplex=False)
+        jobs, self.outbox = _context.Pipe(duplex=False)
         self.proc = _context.Process(
             target=_serve,
-            args=(child, self.progress, tuple(names), niceness),
+            args=(jobs, results, self.progress, tuple(names), niceness),
             name="scorer-process",
             daemon=True,
         )
         self.proc.start()
-        child.close()
+        jobs.close()
+        results.close()
         self.killed = False
         self.refs: dict[str, str] = {}
         self.problems: dict[str, str] = {}
 
     def ready(self) -> None:
         """Wait for the worker's scorers (raises :class:`ScorerError` if it does not start)."""
-        if not self.conn.poll(START_TIMEOUT):
+        if not self.inbox.poll(START_TIMEOUT):
             self.proc.kill()
             raise ScorerError(f"a scorer process did not start within {START_TIMEOUT:g}s")
         try:
-            self.refs, self.problems = self.conn.recv()
+            self.refs, self.problems = self.inbox.recv()
         except (EOFError, OSError):
             raise ScorerError(f"a scorer process ended as it started ({self.end()})") from None
 
@@ -227,7 +232,8 @@ class _Worker:
             self.proc.kill()
             self.proc.join(5)
         code = self.proc.exitcode
-        self.conn.close()
+        self.inbox.close()
+        self.outbox.close()
         if code is not None and code < 0:
             return f"killed by {signal.Signals(-code).name}"
         return f"exit code {code}"
@@ -376,7 +382,7 @@ class Processes:
             worker = None
         if worker is not None:
             with contextlib.suppress(Exception):
-                worker.conn.send(None)
+                worker.outbox.send(None)
             worker.end()
 
     def _feed(self, worker: _Worker) -> str | None:
@@ -390,14 +396,14 @@ class Processes:
             with job.lock:
                 job.worker, job.seq, job.sent = worker, next(self._seq), time.monotonic()
             try:
-                worker.conn.send((job.seq, replace(job.ctx, _memo={}), job.names))
+                worker.outbox.send((job.seq, replace(job.ctx, _memo={}), job.names))
             except (EOFError, OSError):
                 pass  # it died: recv says so
             except Exception as exc:  # the context would not pickle: nothing was written
                 job.future.set_exception(exc)
                 continue
             try:
-                job.future.set_result(worker.conn.recv())
+                job.future.set_result(worker.inbox.recv())
             except (EOFError, OSError):
                 current, started = job.state()
                 if worker.progress[0] != job.seq:
