@@ -111,6 +111,11 @@ def through_processes(chosen: list[Scorer], template: Context, runs: int) -> tup
     async def measure() -> tuple[float, float]:
         processes = Processes(chosen, 1)
         await processes.start()
+        for _ in range(1200):  # the workers start in the background
+            if processes.ready:
+                break
+            await asyncio.sleep(0.05)
+        assert processes.ready, "no scorer process started within a minute"
         runner = Runner(processes=processes)
         try:
             await run_scorers(chosen, fresh(template), runner=runner)  # warm up

@@ -306,6 +306,11 @@ class Processes:
             self._threads.append(thread)
             thread.start()
 
+    @property
+    def ready(self) -> bool:
+        """Whether a worker has said which scorers the workers serve (until then: threads)."""
+        return self._learnt
+
     def _learn(self, worker: _Worker) -> None:
         """From the first ready worker: which scorers the workers serve (the rest: threads)."""
         served = set()
