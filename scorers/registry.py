@@ -31,6 +31,7 @@ __all__ = [
     "ScorerFunc",
     "UnknownScorerError",
     "available",
+    "named",
     "scorer",
     "select",
 ]
@@ -152,6 +153,18 @@ def available(skip: Iterable[str] = ()) -> dict[str, Scorer]:
             continue
         found[ep.name] = _load(ep.name, ep.value, ep.load)
     return found
+
+
+def named(names: Iterable[str]) -> dict[str, Scorer]:
+    """The registered scorers called ``names``, set up as :func:`available` sets them up, and
+    no other plugin imported: a scorer process resolves the server's selection this way.
+    A name not registered is left out; raises as :func:`available` does."""
+    import scorers.builtin  # noqa: F401  (registers the built-ins)
+
+    wanted = set(names)
+    every = set(_BUILTINS) | {ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)}
+    found = available(skip=every - wanted)
+    return {n: found[n] for n in wanted if n in found}
 
 
 def _load(name: str, value: str, load: Callable[[], object]) -> Scorer:

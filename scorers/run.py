@@ -16,6 +16,10 @@ Policy:
   Its result is then thrown away, the rest of that webhook's scorers continue on another thread,
   the pool starts a replacement thread, and until the late call ends, further calls of that
   scorer are skipped (reported as errors), so one stuck scorer holds at most one thread.
+- The server runs sync scorers in worker processes instead (:mod:`scorers.processes`, the
+  runner's ``processes``), off the loop's GIL, under the same policy; there a scorer that
+  overruns has its process killed and replaced, which a thread cannot be. Sync scorers a process
+  cannot run, and the command line's, stay on the threads.
 """
 
 from __future__ import annotations
@@ -29,19 +33,24 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from scorers.context import Context
 from scorers.pool import Pool
 from scorers.registry import Scorer
 
+if TYPE_CHECKING:
+    from scorers.processes import Processes
+
 __all__ = [
     "DEFAULT_TIMEOUT",
     "INT64_MAX",
     "INT64_MIN",
+    "Foreign",
     "Outcome",
     "Runner",
     "as_score",
+    "is_async",
     "run_scorers",
 ]
 
@@ -70,7 +79,7 @@ def as_score(value: object) -> int | None:
     return None
 
 
-def _is_async(func: object) -> bool:
+def is_async(func: object) -> bool:
     """Whether calling ``func`` gives a coroutine to await (asked once per hashable scorer)."""
     try:
         return _is_async_cached(func)
@@ -128,10 +137,12 @@ class _Batch:
 
 
 class Runner:
-    """Runs scorers with per-scorer timeouts on a shared daemon thread pool."""
+    """Runs scorers with per-scorer timeouts: sync ones in ``processes`` when it serves them
+    (see :mod:`scorers.processes`), else on a shared daemon thread pool."""
 
-    def __init__(self, pool: Pool | None = None) -> None:
+    def __init__(self, pool: Pool | None = None, processes: Processes | None = None) -> None:
         self.pool = pool or Pool()
+        self.processes = processes
         self._lock = threading.Lock()
         self._overdue: dict[str, int] = {}  # scorer name -> late calls still running
 
@@ -141,13 +152,19 @@ class Runner:
         timeout = scorer_timeout
         outcome = Outcome()
         raws: dict[str, _Raw] = {}
-        sync = [s for s in scorers if not _is_async(s.func)]
+        sync = [s for s in scorers if not is_async(s.func)]
+        jobs = []
+        if self.processes is not None:
+            remote = [s for s in sync if self.processes.serves(s.name)]
+            if remote:
+                sync = [s for s in sync if not self.processes.serves(s.name)]
+                jobs.append(self._run_remote(remote, ctx, timeout, raws))
         with self._lock:
             late = {s.name for s in sync if self._overdue.get(s.name)}
         for name in late:
             self._fail(outcome, ctx, name, "skipped: an earlier call is still running late")
         sync = [s for s in sync if s.name not in late]
-        jobs = [self._run_async(s, ctx, timeout, raws) for s in scorers if _is_async(s.func)]
+        jobs += [self._run_async(s, ctx, timeout, raws) for s in scorers if is_async(s.func)]
         if sync:
             jobs.append(self._run_sync(sync, ctx, timeout, raws))
         await asyncio.gather(*jobs)
@@ -197,6 +214,13 @@ class Runner:
             raws[s.name] = (True, exc, 0.0)
             return
         raws[s.name] = await self._await(awaitable, self._limit(s, default))
+
+    async def _run_remote(
+        self, todo: Sequence[Scorer], ctx: Context, default: float, raws: dict[str, _Raw]
+    ) -> None:
+        assert self.processes is not None
+        limits = {s.name: self._limit(s, default) for s in todo}
+        raws.update(await self.processes.run(ctx, todo, limits))
 
     async def _run_sync(
         self,
@@ -276,6 +300,21 @@ async def run_scorers(
     return await (runner or _default_runner).run(scorers, ctx, scorer_timeout)
 
 
+@dataclass(frozen=True, slots=True)
+class Foreign:
+    """Stands for a value a scorer process could not send back (it would not pickle): only its
+    type's name crosses, so the value is refused with the same words as on a thread."""
+
+    kind: str
+
+    def __repr__(self) -> str:
+        return f"<{self.kind}>"
+
+
+def _kind(value: object) -> str:
+    return value.kind if isinstance(value, Foreign) else type(value).__name__
+
+
 def _collect(name: str, result: Any, outcome: Outcome, keys: dict[str, str]) -> None:
     if result is None:
         return
@@ -286,10 +325,10 @@ def _collect(name: str, result: Any, outcome: Outcome, keys: dict[str, str]) -> 
             log.warning(
                 "scorer %s returned %s for %r; only ints and bools are sent",
                 name,
-                type(value).__name__,
+                _kind(value),
                 key,
             )
-            outcome.errors[name] = f"not an int: {type(value).__name__} for {key!r}"
+            outcome.errors[name] = f"not an int: {_kind(value)} for {key!r}"
             continue
         if key in keys:
             log.warning("scorer %s: score %r already given by %s; dropped", name, key, keys[key])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,9 @@ from webhook.settings import Settings, load_settings
         ("SCORER_TIMEOUT_SECONDS", "soon"),
         ("SCORER_BODY_FETCH_TIMEOUT", "-1"),
         ("SCORER_BODY_FETCH_MAX_BYTES", "0"),
+        ("SCORER_SCORING_PROCESSES", "-1"),
+        ("SCORER_SCORING_PROCESSES", "many"),
+        ("SCORER_SCORING_PROCESSES", "1000"),
     ],
 )
 def test_bad_value_stops_the_start_in_one_line(tmp_path: Path, name: str, value: str) -> None:
@@ -37,6 +41,22 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     assert s.body_url_allow == HELICONE_BODY_HOSTS
     assert {o.scheme for o in s.body_origins} == {"https"}
     assert (s.body_fetch_timeout, s.body_fetch_max_bytes) == (10.0, 32 * 1024 * 1024)
+
+
+def test_scoring_processes(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    assert load_settings().scoring_workers == 8  # one per core but one, up to the relay's 8
+    monkeypatch.setenv("SCORER_RELAY_CONCURRENCY", "32")
+    assert load_settings().scoring_workers == 15
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert load_settings().scoring_workers == 2  # at least two
+    monkeypatch.setattr(os, "cpu_count", lambda: None)
+    assert load_settings().scoring_workers == 2
+    monkeypatch.setenv("SCORER_SCORING_PROCESSES", "0")  # threads, as before
+    assert load_settings().scoring_workers == 0
+    monkeypatch.setenv("SCORER_SCORING_PROCESSES", " ")
+    assert load_settings().scoring_processes is None
 
 
 def test_lists_are_comma_separated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

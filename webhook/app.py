@@ -1,8 +1,9 @@
 """The Starlette app: routes, JSON errors, and a lifespan that opens and closes what runs.
 
 What runs is built from the settings by :mod:`webhook.wiring`; the app adds the routes, the
-error answers, and the lifespan that opens the store, starts the relay, the reconciliation sweep
-and the pruning, and stops them in order (the sweep first: a shutdown never waits for it).
+error answers, and the lifespan that starts the scorer processes, opens the store, starts the
+relay, the reconciliation sweep and the pruning, and stops them in order (the sweep first: a
+shutdown never waits for it; the scorer processes after the relay).
 """
 
 from __future__ import annotations
@@ -62,7 +63,14 @@ def create_app(settings: Settings) -> Starlette:
         log.info("scorers: %s", ", ".join(s.name for s in parts.scoring.scorers) or "(none)")
         if parts.scoring.feedback_rule is not None:
             log.info("feedback rule: %s", parts.scoring.feedback_rule.text)
-        await store.open(serving=True)
+        if parts.processes is not None:
+            await parts.processes.start()
+        try:
+            await store.open(serving=True)
+        except BaseException:
+            if parts.processes is not None:
+                await parts.processes.stop()
+            raise
         await relay.start()
         if parts.sweeper is not None:
             parts.sweeper.start()
@@ -80,6 +88,8 @@ def create_app(settings: Settings) -> Starlette:
             if parts.sweeper is not None:
                 await parts.sweeper.stop()
             await relay.stop(settings.shutdown_grace)
+            if parts.processes is not None:
+                await parts.processes.stop()
             if parts.client is not None:
                 await parts.client.aclose()
             await store.close()

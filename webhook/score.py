@@ -3,7 +3,8 @@
 - A "Body too large" webhook has its bodies fetched first, from allowed hosts only, while the
   presigned URL (valid 30 minutes) still works: this stage runs as soon as a webhook is stored.
 - Which scorers run on a webhook is decided here by the scorer rules (sampling and filters);
-  what a scorer does, and its isolation (timeouts, threads), is the ``scorers`` package's.
+  what a scorer does, and its isolation (timeouts, threads, processes), is the ``scorers``
+  package's. The server's stage has a runner with scorer processes; the command line's does not.
 - Feedback is only rated for UUID request ids, because Helicone's feedback API refuses others.
 - The stage reports each scorer's time and failures in :class:`Scored`; the server's relay turns
   them into metrics, so the command line's ``score`` and ``backfill`` load no metrics.
@@ -19,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from scorers import DEFAULT_TIMEOUT, Context, Origin, Scorer, fill_bodies, run_scorers
+from scorers import DEFAULT_TIMEOUT, Context, Origin, Runner, Scorer, fill_bodies, run_scorers
 from webhook.rules import FeedbackRule, ScorerRule
 
 __all__ = ["Scored", "Scoring", "is_uuid"]
@@ -52,6 +53,7 @@ class Scoring:
     body_allow: Sequence[Origin] = ()
     body_fetch_timeout: float = 10.0
     body_fetch_max_bytes: int = 32 * 1024 * 1024
+    runner: Runner | None = None  # None: the shared thread runner (the command line's)
 
     def chosen(self, ctx: Context) -> list[Scorer]:
         return [
@@ -85,7 +87,9 @@ class Scoring:
             ctx = Context.from_payload(payload)
         else:
             ctx = await asyncio.to_thread(Context.from_payload, payload)
-        outcome = await run_scorers(self.chosen(ctx), ctx, scorer_timeout=self.scorer_timeout)
+        outcome = await run_scorers(
+            self.chosen(ctx), ctx, scorer_timeout=self.scorer_timeout, runner=self.runner
+        )
         feedback = None
         if self.feedback_rule is not None and is_uuid(request_id):
             feedback = self.feedback_rule.rating(outcome.scores)

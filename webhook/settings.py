@@ -5,6 +5,7 @@ The variable names are a public contract: users' deployments set them.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Literal
@@ -97,6 +98,10 @@ class Settings(BaseSettings):
     scorer_timeout: float = Field(
         default=DEFAULT_TIMEOUT, gt=0, validation_alias=_env("SCORER_TIMEOUT_SECONDS")
     )
+    # Unset: see ``scoring_workers``; 0: the sync scorers run on threads of the server.
+    scoring_processes: int | None = Field(
+        default=None, ge=0, le=256, validation_alias=_env("SCORER_SCORING_PROCESSES")
+    )
     body_url_allow: Annotated[tuple[str, ...], NoDecode] = Field(
         default=HELICONE_BODY_HOSTS, validation_alias=_env("SCORER_BODY_URL_ALLOW")
     )
@@ -171,6 +176,7 @@ class Settings(BaseSettings):
         "feedback_rule",
         "rules_file",
         "max_connections",
+        "scoring_processes",
         "database_pool_size",
         "database_connect_timeout",
         "database_statement_timeout",
@@ -232,6 +238,15 @@ class Settings(BaseSettings):
         if self.reconcile_interval is not None:
             return self.reconcile_interval
         return 600.0 if self.api_key is not None else 0.0
+
+    @property
+    def scoring_workers(self) -> int:
+        """Scorer processes the server runs; 0: sync scorers on its threads. Unset, one per
+        core but one (left to the loop), at least 2 (so one slow scorer does not hold up every
+        webhook), and no more than the webhooks scored at once."""
+        if self.scoring_processes is not None:
+            return self.scoring_processes
+        return min(self.relay_concurrency, max(2, (os.cpu_count() or 1) - 1))
 
     @property
     def body_origins(self) -> tuple[Origin, ...]:

@@ -9,12 +9,14 @@ task or opens a file.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
-from scorers import Scorer, available, select
+from scorers import Runner, Scorer, available, select
+from scorers.processes import Processes
 from webhook.budget import Budget
 from webhook.helicone import Helicone
 from webhook.logged import HeliconeRequests
@@ -55,6 +57,7 @@ class Parts:
     sweeper: Sweeper | None  # None: no API key, or SCORER_RECONCILE_INTERVAL=0
     verifier: Verifier | None  # None: SCORER_ALLOW_UNSIGNED, webhooks are not verified
     budget: Budget
+    processes: Processes | None  # None: SCORER_SCORING_PROCESSES=0, sync scorers on threads
 
 
 def enabled_scorers(
@@ -194,6 +197,10 @@ def build(settings: Settings) -> Parts:
     """Check the settings and build the server's parts. Raises :class:`SettingsError`,
     :class:`scorers.ScorerError` or ``ValueError`` (an unsupported database URL), one line each."""
     scoring = startup_checks(settings)
+    processes = None
+    if settings.scoring_workers > 0:
+        processes = Processes(scoring.scorers, settings.scoring_workers)
+        scoring = dataclasses.replace(scoring, runner=Runner(processes=processes))
     store = open_store(settings.store_url)
     client = helicone_client(settings, HeliconeRequests)  # it posts, and the sweep lists
     relay = relay_from(settings, store, scoring, client)
@@ -208,4 +215,5 @@ def build(settings: Settings) -> Parts:
         sweeper=sweeper,
         verifier=Verifier(settings.secrets) if settings.secrets else None,
         budget=Budget(settings.max_inflight_bytes),
+        processes=processes,
     )
