@@ -155,7 +155,9 @@ def test_a_database_from_another_schema_version_stops_the_start(tmp_path: Path) 
     env = {"HELICONE_WEBHOOK_SECRET": "k", "SCORER_DATABASE_URL": f"sqlite:///{db}"}
     result = run(tmp_path, env, "serve")
     assert result.returncode == 2
-    assert "schema version 99; this build knows version 3" in result.stderr
+    from webhook.store.sqlite_schema import SCHEMA_VERSION
+
+    assert f"schema version 99; this build knows version {SCHEMA_VERSION}" in result.stderr
 
 
 def test_database_settings_beat_the_urls_options(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -19,6 +19,7 @@ from tests.standin import free_port
 from tests.stores import every_kind, opened, postgres_counts_agree, with_query
 from webhook.helicone import SCORING_WINDOW
 from webhook.store import (
+    Retry,
     Scored,
     Stage,
     StoreError,
@@ -78,6 +79,25 @@ async def test_concurrent_outcomes_are_recorded_together(postgres_url: str) -> N
         transactions, done = row
         assert done == 50
         assert transactions < 5  # gathered, not one transaction per outcome
+
+
+async def test_an_error_text_with_a_nul_is_recorded_and_fails_no_other_outcome(
+    postgres_url: str,
+) -> None:
+    """PostgreSQL text cannot hold NUL, which an API's error body may carry: it is dropped,
+    and an outcome gathered with it is never failed by it."""
+    async with opened(postgres_url) as store:
+        for rid in ("bad", "good"):
+            assert await store.add(rid, b"{}")
+        jobs = {job.request_id: job for job in await store.claim("score", 2, 60)}
+        held = await asyncio.gather(
+            store.record([Retry(jobs["bad"].lease, 5.0, 502, "bad\x00gateway", frozenset())]),
+            store.record([Scored(jobs["good"].lease, {"s": 1}, None, True)]),
+        )
+        assert list(held) == [[True], [True]]
+        entries = await store.reader.entries(["bad", "good"])
+        assert entries["bad"].last_error == "badgateway"
+        assert entries["good"].state == "done"
 
 
 async def test_the_budget_counts_places_any_writer_added_without_reading_the_window(

@@ -226,7 +226,10 @@ def _proxy_for(url: str) -> str | None:
     parts = urlsplit(url)
     if not parts.hostname or urllib.request.proxy_bypass(parts.hostname):
         return None
-    return urllib.request.getproxies().get(parts.scheme)
+    proxies = urllib.request.getproxies()
+    proxy = proxies.get(parts.scheme) or proxies.get("all")
+    # aiohttp speaks to HTTP proxies only (a socks5:// one is not for it: none, as before).
+    return proxy if proxy and urlsplit(proxy).scheme in ("http", "https") else None
 
 
 def _describe(exc: BaseException) -> str:

@@ -5,8 +5,9 @@ flush is in flight, everything that arrives joins the next, so a burst costs one
 (one fsync, one round trip) instead of one each, and an idle store answers at once: nothing
 waits for a timer. Each caller's items stay together in one flush, in order.
 
-A flush that raises fails every caller in it with that exception: callers share the
-transaction, so none of their items was applied. The next flush starts afresh.
+A flush that raises applied none of its items (callers share the transaction); each caller's
+items are then flushed alone, so one caller's bad item (a value the database refuses) fails only
+that caller, with its exception, as before they were gathered.
 """
 
 from __future__ import annotations
@@ -35,6 +36,16 @@ class Gatherer(Generic[T, R]):
             self._flusher = asyncio.create_task(self._run())
         return await fut
 
+    async def _alone(self, items: Sequence[T], fut: asyncio.Future[list[R]]) -> None:
+        try:
+            results = await self._flush(list(items))
+        except Exception as exc:
+            if not fut.done():
+                fut.set_exception(exc)
+        else:
+            if not fut.done():
+                fut.set_result(results)
+
     async def drain(self) -> None:
         """Wait until everything submitted so far is flushed (at close)."""
         if self._flusher is not None:
@@ -48,9 +59,12 @@ class Gatherer(Generic[T, R]):
                 try:
                     results = await self._flush(items)
                 except Exception as exc:
-                    for _, fut in batch:
-                        if not fut.done():
-                            fut.set_exception(exc)
+                    if len(batch) == 1:
+                        if not batch[0][1].done():
+                            batch[0][1].set_exception(exc)
+                        continue
+                    for part, fut in batch:  # each alone: a bad item fails its caller only
+                        await self._alone(part, fut)
                     continue
                 except BaseException:  # cancelled: nobody may be left waiting for ever
                     for _, fut in [*batch, *self._waiting]:

@@ -197,6 +197,11 @@ OUTCOME: dict[type[Outcome], LiteralString] = {
 }
 
 
+def _text(text: str | None) -> str | None:
+    """Text PostgreSQL can hold: no NUL (an API's error body may carry one)."""
+    return None if text is None else text.replace("\x00", "")
+
+
 def _params(outcome: Outcome) -> dict[str, Any]:
     params: dict[str, Any] = {"rid": outcome.lease.request_id, "token": outcome.lease.token}
     match outcome:
@@ -210,13 +215,14 @@ def _params(outcome: Outcome) -> dict[str, Any]:
         case Delivered():
             params["status"] = outcome.status
         case Retry():
-            params |= {"delay": outcome.delay, "status": outcome.status, "error": outcome.error}
+            params |= {"delay": outcome.delay, "status": outcome.status}
+            params["error"] = _text(outcome.error)
         case Dead():
-            params |= {"status": outcome.status, "error": outcome.error}
+            params |= {"status": outcome.status, "error": _text(outcome.error)}
         case Released():
             params["delay"] = outcome.delay
         case Skipped():
-            params["reason"] = outcome.reason
+            params["reason"] = _text(outcome.reason)
             return params
     params |= {"ps": "scores" in outcome.posted, "pf": "feedback" in outcome.posted}
     return params
@@ -378,7 +384,7 @@ class PostgresStore:
                     await task
         self._tasks.clear()
         for gatherer in (self._adds, self._outcomes):
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(Exception, asyncio.CancelledError):
                 await gatherer.drain()
         if self._serving:
             with contextlib.suppress(StoreError):

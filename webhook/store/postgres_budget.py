@@ -193,6 +193,7 @@ class PostgresBudget:
         """Wait for the ends being written (the store's close)."""
         if self._ender is not None:
             await self._ender
+        await self._write_all_ends()  # once more for any a failed write left
 
     async def _write_ends(self) -> bool:
         """Write the end of every call that ended here and is not written yet, as now;

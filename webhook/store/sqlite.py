@@ -283,7 +283,7 @@ class SQLiteStore:
         if self._probe is not None:
             self._probe.cancel()
         for gatherer in (self._adds, self._outcomes):
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(Exception, asyncio.CancelledError):
                 await gatherer.drain()
         for budget in self._budgets:
             await budget.settle()
