@@ -126,6 +126,15 @@ def _resolve(names: Sequence[str]) -> tuple[dict[str, Scorer], dict[str, str]]:
     return found, problems
 
 
+def _plainly(value: Any) -> Any:
+    """As :func:`_portable`, but exact types only (a subclass may not pickle)."""
+    if type(value) in _PLAIN:
+        return value
+    if isinstance(value, Mapping):
+        return {_plainly(k): _plainly(v) for k, v in value.items()}
+    return Foreign(type(value).__name__)
+
+
 def _portable(value: Any) -> Any:
     """A scorer's value in a form that pickles: what cannot is sent as :class:`Foreign`."""
     if isinstance(value, _PLAIN):
@@ -143,15 +152,18 @@ def _serve(
     jobs: Connection, results: Connection, progress: Any, names: Sequence[str], niceness: int
 ) -> None:
     """A worker's life: resolve the scorers, then run webhooks' batches until told to stop."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # ^C is the server's to handle
+    # ^C, and a SIGTERM sent to the server's whole group, are the server's to handle: it
+    # stops its scorer processes itself, once it has drained.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _die_with_parent()
-    with contextlib.suppress(OSError):
-        os.nice(niceness)
     table, problems = _resolve(names)
     try:
         results.send(({n: _ref(s.func) for n, s in table.items()}, problems))
     except OSError:  # the server stopped while this worker started
         return
+    with contextlib.suppress(OSError):  # after the start: imports at full speed
+        os.nice(niceness)
     while True:
         try:
             job = jobs.recv()
@@ -180,7 +192,12 @@ def _serve(
             except BaseException as exc:  # even SystemExit: it fails only this scorer
                 failed, value = True, _text(exc)
             out[name] = (failed, value, time.perf_counter() - t0)
-        results.send(out)
+        try:
+            results.send(out)
+        except (EOFError, OSError):
+            return
+        except Exception:  # a value of a plain type's subclass that would not pickle
+            results.send({n: (f, _plainly(v), d) for n, (f, v, d) in out.items()})
 
 
 # -- the server's side ---------------------------------------------------------------------------
@@ -248,6 +265,8 @@ class _Job:
     worker: _Worker | None = None
     seq: int = 0
     sent: float = 0.0
+    done: bool = False  # its results are in: its worker may be running another job now
+    resent: bool = False  # sent again once, its first worker having died before it began
 
     def state(self) -> tuple[str | None, float]:
         """The scorer running and when it started; (None, 0) while the job waits for a worker."""
@@ -298,7 +317,9 @@ class Processes:
         sync scorers run on the threads, so the server answers webhooks at once."""
         if not self._names:
             return
-        _context.set_forkserver_preload(["scorers.processes", "scorers.builtin"])
+        _context.set_forkserver_preload(
+            ["scorers._forkserver", "scorers.processes", "scorers.builtin"]
+        )
         for slot in range(self.size):
             thread = threading.Thread(
                 target=self._slot, args=(slot,), name=f"scorer-process-{slot}", daemon=True
@@ -343,7 +364,7 @@ class Processes:
             self._jobs.put(None)
         for worker in workers:
             with contextlib.suppress(Exception):
-                worker.proc.terminate()
+                worker.proc.kill()  # it ignores SIGTERM (see _serve)
         await asyncio.to_thread(self._join, self._threads)
         with self._lock:
             self._workers.clear()
@@ -356,6 +377,7 @@ class Processes:
     def _slot(self, slot: int) -> None:
         """One worker after another: start it, feed it jobs, replace it when it ends."""
         worker: _Worker | None = None
+        failures = 0.0  # seconds waited after the last failed start (doubling, up to 30)
         while not self._closed:
             with self._lock:
                 self._starting += 1
@@ -365,14 +387,16 @@ class Processes:
                     self._workers[slot] = worker  # so that stop() ends it even while starting
                 worker.ready()
             except Exception as exc:
+                with self._lock:
+                    self._starting -= 1  # not while it waits to try again: webhooks go on
                 if not self._closed:
                     log.error("could not start a scorer process (will try again): %s", exc)
-                    time.sleep(1.0)
+                    time.sleep(failures := min(30.0, 2.0 * (failures or 0.5)))
                 worker = None
                 continue
-            finally:
-                with self._lock:
-                    self._starting -= 1
+            failures = 0.0
+            with self._lock:
+                self._starting -= 1
             with self._lock:
                 if self._closed:
                     break
@@ -396,7 +420,7 @@ class Processes:
             job = self._jobs.get()
             if job is None:
                 return None
-            if not job.future.set_running_or_notify_cancel():
+            if not job.future.running() and not job.future.set_running_or_notify_cancel():
                 continue  # the webhook stopped waiting before a worker was free
             with job.lock:
                 job.worker, job.seq, job.sent = worker, next(self._seq), time.monotonic()
@@ -408,14 +432,24 @@ class Processes:
                 job.future.set_exception(exc)
                 continue
             try:
-                job.future.set_result(worker.inbox.recv())
+                results = worker.inbox.recv()
             except (EOFError, OSError):
                 current, started = job.state()
+                how = worker.end()
+                if worker.progress[0] != job.seq and not job.resent:
+                    # It died before it began this job (killed for another's overrun as it
+                    # finished, or between jobs): none of its scorers ran, so send it again.
+                    with job.lock:
+                        job.worker, job.resent = None, True
+                    self._jobs.put(job)
+                    return how
                 if worker.progress[0] != job.seq:
                     current = None
-                how = worker.end()
                 job.future.set_exception(_Died(how, current, started))
                 return how
+            with job.lock:
+                job.done = True
+            job.future.set_result(results)
 
     async def run(
         self, ctx: Context, todo: Sequence[Scorer], limits: Mapping[str, float]
@@ -487,9 +521,12 @@ class Processes:
                     for n in job.names:
                         raws[n] = (True, "timed out waiting for a free scorer process", 0.0)
                     return None
+                await asyncio.sleep(0.05)  # queued again, its first worker gone: wait for one
                 continue
-            assert job.worker is not None
-            job.worker.kill()
+            with job.lock:  # never the worker of a job whose results are in: it moved on
+                if job.done or job.worker is None:
+                    continue
+                job.worker.kill()
             log.info("scorer %s overran its timeout: its process was killed", current)
             raws[current] = (True, f"timed out after {limits[current]:g}s", limits[current])
             return current
