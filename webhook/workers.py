@@ -139,6 +139,7 @@ class Supervisor:
         self.listen, self.sockets, self.count = listen, sockets, count
         self._slots: dict[int, _Slot] = {}
         self._due: dict[int, float] = {}  # slots waiting to be started again, and when
+        self._pauses: dict[int, float] = {}  # slots started again: the pause before the next
         self._signals: list[int] = []
         self._stopping = False
         self._failed = False
@@ -240,11 +241,17 @@ class Supervisor:
                 if code not in CLEAN:
                     self._unclean += 1
                     log.warning("worker [%s] ended with exit code %s while stopping", pid, code)
-            elif code == STARTUP_FAILURE:
+            elif code == STARTUP_FAILURE and index not in self._pauses:
+                # A first start that fails is a setting or a store that is not there: stop.
                 log.error("worker [%s] could not start: stopping", pid)
                 self._failed = True
                 self._stop()
             else:
+                # A replacement that could not start (the database failing over, say) is tried
+                # again, each time after twice the pause, up to a minute; the others serve.
                 log.warning("worker [%s] ended with exit code %s: starting another", pid, code)
                 lived = now - slot.started
-                self._due[index] = now if lived >= RESTART_PAUSE else now + RESTART_PAUSE
+                pause = self._pauses.get(index, RESTART_PAUSE / 2)
+                pause = min(60.0, pause * 2) if code == STARTUP_FAILURE else RESTART_PAUSE
+                self._pauses[index] = pause
+                self._due[index] = now if lived >= pause else now + pause
