@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import os
 import re
 import socket
 import threading
@@ -73,10 +74,30 @@ def expected_path(raw: str) -> bool:
     return segment is None or unquote(segment) not in (".", "..")
 
 
+# Ports handed out by free_port: each test process counts up through a range of its own, below
+# the kernel's ephemeral ports (32768 and up, by Linux's default), which outgoing connections
+# and other programs' binds to port 0 take. A port from bind(("", 0)) was free only when asked:
+# another xdist worker could be handed it too before the server bound it (seen in CI).
+_PORTS_FROM, _PORTS_EACH = 20000, 1500
+_next_port: list[int] = []
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    if not _next_port:
+        worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:]
+        _next_port.append(int(worker) % 8 if worker.isdigit() else 0)
+        _next_port.append(0)
+    slot, _ = _next_port
+    for _ in range(_PORTS_EACH):
+        port = _PORTS_FROM + slot * _PORTS_EACH + _next_port[1]
+        _next_port[1] = (_next_port[1] + 1) % _PORTS_EACH
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # in use (a server still running, or another program's)
+        return port
+    raise RuntimeError("no free port in this test process's range")
 
 
 @dataclass
