@@ -587,7 +587,7 @@ async def test_enqueue_scores_reopens_finished_work(store: Store) -> None:
 
 
 async def test_the_budget_allows_limit_calls_in_a_window(store: Store) -> None:
-    budget = store.budget(2, 0.5)
+    budget = store.budget(2, 2.0)  # long enough for a loaded machine between the steps
     assert await budget.room() == 2
     assert await budget.wait_time() == 0
     first, second = await budget.take(), await budget.take()
@@ -599,7 +599,7 @@ async def test_the_budget_allows_limit_calls_in_a_window(store: Store) -> None:
     await budget.spent(first)
     await budget.spent(second)
     assert await budget.take() is None  # a spent place holds for the window after it ended
-    assert 0 < await budget.wait_time() <= 0.5
+    assert 0 < await budget.wait_time() <= 2.0
 
     async def freed() -> bool:
         return await budget.room() == 2 and await budget.wait_time() == 0
@@ -640,6 +640,25 @@ async def test_a_longer_pause_already_set_wins(store: Store) -> None:
     await budget.pause(0.1)
     assert await budget.wait_time() > 30
     assert await budget.take() is None
+
+
+async def test_a_count_over_a_shorter_window_never_lets_a_longer_one_pass_its_limit(
+    store: Store,
+) -> None:
+    """Two processes with different windows on one store: the one with the shorter window
+    counts its window and resets the bound; the longer one must not trust that count."""
+    long, short = store.budget(2, 60.0), store.budget(1, 0.5)
+    first = await long.take()
+    assert first is not None
+    await long.spent(first)
+    await long.settle()
+
+    async def taken_by_short() -> bool:  # once the first call is half a second old: its count
+        return await short.take() is not None  # holds its own place only (left in flight)
+
+    assert await eventually_async(taken_by_short, 10)
+    # Two calls in the last 60 s: the 60 s budget has no place left, whatever short counted.
+    assert (await long.room(), await long.take()) == (0, None)
 
 
 async def test_two_instances_share_one_budget(store: Store, other: Store) -> None:

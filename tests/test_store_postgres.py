@@ -491,7 +491,9 @@ async def test_a_version_3_schema_gets_counters_that_count_its_rows(postgres_url
         await conn.execute("DROP INDEX webhooks_waiting")
         await conn.execute("DROP TRIGGER post_slots_added ON post_slots")
         await conn.execute("DROP FUNCTION scorer_slots_added()")
-        await conn.execute("ALTER TABLE budget DROP COLUMN counted, DROP COLUMN added")
+        await conn.execute(
+            "ALTER TABLE budget DROP COLUMN counted, DROP COLUMN added, DROP COLUMN counted_over"
+        )
         await conn.execute("UPDATE scorer_meta SET value = '3' WHERE key = 'schema_version'")
         await conn.execute(OLD_ENQUEUE.encode(), {"rid": "c1", "scores": "{}"})
     expected |= {"pending": 3, "scores_due": 3}

@@ -60,10 +60,13 @@ GONE = (
 )
 
 
+# The bound on the places held in this budget's window; NULL (unknown) when never counted, or
+# last counted over a shorter window (another instance's setting), which misses places.
+BOUND = "CASE WHEN counted_over >= %(window)s THEN counted + added END"
 # A place, taken only while the bound says one is surely free and there is no pause; its token
 # (None: none taken) and whether a pause holds (None: no budget row).
 TAKE_SURELY_FREE = (
-    "WITH b AS (SELECT paused_until > scorer_now() AS paused, counted + added AS bound"
+    "WITH b AS (SELECT paused_until > scorer_now() AS paused, " + BOUND + " AS bound"
     " FROM budget WHERE id = 1 FOR UPDATE),"
     " gone AS (DELETE FROM post_slots WHERE " + GONE + "),"
     " taken AS (INSERT INTO post_slots (token, taken_at, holder)"
@@ -115,7 +118,8 @@ class PostgresBudget:
     async def _surely_free(self, priority: Priority) -> int:
         """Places surely free now by the bound (0: the window must be counted to tell)."""
         row = await self._db.fetch(
-            "SELECT paused_until > scorer_now(), counted + added FROM budget WHERE id = 1"
+            "SELECT paused_until > scorer_now(), " + BOUND + " FROM budget WHERE id = 1",
+            self._params,
         )
         if not row or row[0][0] or row[0][1] is None:
             return 0
@@ -146,8 +150,9 @@ class PostgresBudget:
             return None
         async with self._db.connection() as conn, conn.transaction():
             cur = await conn.execute(
-                "SELECT paused_until > scorer_now(), counted + added FROM budget WHERE id = 1"
-                " FOR UPDATE"
+                "SELECT paused_until > scorer_now(), " + BOUND + " FROM budget WHERE id = 1"
+                " FOR UPDATE",
+                params,
             )
             row = await cur.fetchone()
             if row is None or row[0]:
@@ -170,7 +175,8 @@ class PostgresBudget:
             )
             taken = await cur.fetchone()
             await conn.execute(
-                "UPDATE budget SET added = 0, counted = (SELECT count(*) FROM post_slots"
+                "UPDATE budget SET added = 0, counted_over = %(window)s,"
+                " counted = (SELECT count(*) FROM post_slots"
                 " WHERE ended_at IS NULL OR " + HELD + ") WHERE id = 1",
                 params,
             )

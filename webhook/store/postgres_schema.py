@@ -196,6 +196,7 @@ CREATE TRIGGER webhooks_count_delete AFTER DELETE ON webhooks
 CREATE INDEX webhooks_waiting ON webhooks (received_at) WHERE state IN ('pending', 'leased');
 ALTER TABLE budget ADD COLUMN counted bigint;
 ALTER TABLE budget ADD COLUMN added bigint NOT NULL DEFAULT 0;
+ALTER TABLE budget ADD COLUMN counted_over double precision;
 {SLOTS_ADDED};
 CREATE TRIGGER post_slots_added AFTER INSERT ON post_slots
     REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION scorer_slots_added();

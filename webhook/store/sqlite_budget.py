@@ -20,9 +20,10 @@ before its end counts as ended when taken, and frees on its own. A 429's pause i
   window after it was taken; a pause still holds in this process).
 - Counting the window costs a read of every place in it (rate x window rows: 120,000 at 2,000
   calls a second), so it is done only when it matters. ``post_bound`` holds the places counted
-  at the last count plus every place added or moved since (triggers on ``post_log``, whichever
+  at the last count, plus every place added or moved since (triggers on ``post_log``, whichever
   process or build wrote it): places only leave a window as time passes, so that sum is never
-  below the places held now. While it is under a class's limit, a place is free without
+  below the places held now. (A count over a shorter window, another process's setting, bounds
+  nothing here: the window is counted.) While it is under a class's limit, a place is free without
   counting; when it reaches it, the window is counted again, exactly, and the bound reset. Far
   below the limit (a lifted one) a take is a few point reads and one insert; at the limit, it
   is what it always was.
@@ -100,7 +101,7 @@ class SQLiteBudget:
 
     async def _surely_free(self, priority: Priority) -> int:
         """Places surely free now by the bound (0: the window must be counted to tell)."""
-        bound, paused_until = await self._read(_bound)
+        bound, paused_until = await self._read(partial(_bound, self.window))
         if bound is None or max(paused_until, self._paused_until) > time.time():
             return 0
         unwritten = sum(row is None for row in self._held.values())  # not in the bound yet
@@ -121,7 +122,7 @@ class SQLiteBudget:
         def op(conn: sqlite3.Connection) -> int | None:
             now = time.time()
             limit = self.limit - reserve(priority, self.limit)
-            bound, paused_until = _bound(conn)
+            bound, paused_until = _bound(self.window, conn)
             if max(paused_until, self._paused_until) > now:
                 return None
             if bound is not None and bound < limit:  # surely free: no need to count
@@ -132,7 +133,9 @@ class SQLiteBudget:
             free = self._window(places, now, {}, priority).free() > 0
             row = _insert_place(now, conn) if free else None
             held = len(places[0]) + free  # the rows read are the window's
-            conn.execute("UPDATE post_bound SET counted = ?, added = 0", (held,))
+            conn.execute(
+                "UPDATE post_bound SET counted = ?, added = 0, window = ?", (held, self.window)
+            )
             return row
 
         try:
@@ -176,9 +179,16 @@ class SQLiteBudget:
             log.warning("could not record a pause of the API calls: %s", exc)
 
 
-def _bound(conn: sqlite3.Connection) -> tuple[int | None, float]:
-    """The bound on the places held (None: never counted), and the stored pause's end."""
-    counted, added = conn.execute("SELECT counted, added FROM post_bound").fetchone()
+def _bound(window: float, conn: sqlite3.Connection) -> tuple[int | None, float]:
+    """The bound on the places held in ``window`` (None: unknown), and the stored pause's end.
+
+    Unknown also when the last count was over a shorter window (a process with another
+    ``SCORER_RATE_WINDOW_SECONDS``): places that ended before it are not in it."""
+    counted, added, counted_over = conn.execute(
+        "SELECT counted, added, window FROM post_bound"
+    ).fetchone()
+    if counted_over is None or counted_over < window:
+        counted = None
     pause = conn.execute("SELECT value FROM meta WHERE key = ?", (PAUSE_KEY,)).fetchone()
     paused_until = float(pause[0]) if pause is not None and pause[0] is not None else 0.0
     return (None if counted is None else counted + added), paused_until

@@ -113,7 +113,8 @@ CREATE INDEX IF NOT EXISTS post_log_ended ON post_log (ended_at);
 CREATE TABLE IF NOT EXISTS post_bound (
     id      INTEGER PRIMARY KEY CHECK (id = 1),
     counted INTEGER,
-    added   INTEGER NOT NULL DEFAULT 0
+    added   INTEGER NOT NULL DEFAULT 0,
+    window  REAL
 );
 INSERT OR IGNORE INTO post_bound (id) VALUES (1);
 CREATE TRIGGER IF NOT EXISTS post_log_added AFTER INSERT ON post_log BEGIN
