@@ -103,6 +103,10 @@ class Server:
             "SCORER_RETRY_BASE": "0.2",
             "SCORER_POLL_INTERVAL": "0.2",
             "PYTHONUNBUFFERED": "1",
+            # Scorers on threads, unless a test asks for processes (tests/test_processes.py):
+            # a forkserver and two scorer processes per server, hundreds of servers a run,
+            # loaded CI enough to stretch the timings other tests wait on.
+            "SCORER_SCORING_PROCESSES": "0",
         }
         for key, value in env.items():
             if value is None:
