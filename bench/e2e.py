@@ -51,6 +51,7 @@ import httpx2
 import orjson
 
 from bench.ingest import DEFAULT_POSTGRES, SECRET, Place, free_port, postgres_database
+from bench.ingest import webhook as webhook_of
 from tests.standin import API_KEY
 from webhook.verify import sign
 
@@ -72,34 +73,8 @@ def webhook(rng: random.Random) -> bytes:
         words = rng.choices(WORDS, k=rng.randint(8, 40))
         return "".join(w + rng.choice((" ", " ", " ", " ", "  ", "\n")) for w in words).strip()
 
-    choices = [
-        {"index": i, "message": {"role": "assistant", "content": text()}, "finish_reason": "stop"}
-        for i in range(rng.choice((1, 1, 1, 2)))
-    ]
-    return orjson.dumps(
-        {
-            "request_id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
-            "request_body": {
-                "model": "gpt-4o-mini",
-                "messages": [{"role": "user", "content": "Summarise the report please."}],
-            },
-            "response_body": {
-                "id": "chatcmpl-1",
-                "object": "chat.completion",
-                "choices": choices,
-                "usage": {"prompt_tokens": 12, "completion_tokens": 24},
-            },
-            "model": "gpt-4o-mini",
-            "provider": "OPENAI",
-            "metadata": {
-                "cost": 1.2e-05,
-                "promptTokens": 12,
-                "completionTokens": 24,
-                "totalTokens": 36,
-                "latencyMs": 812,
-            },
-        }
-    )
+    answers = [text() for _ in range(rng.choice((1, 1, 1, 2)))]
+    return webhook_of(str(uuid.UUID(int=rng.getrandbits(128), version=4)), answers)
 
 
 def write_lines(work: Path, count: int) -> tuple[Path, Path]:

@@ -55,43 +55,46 @@ DEFAULT_POSTGRES = "postgresql://root@127.0.0.1:5432/test"
 SETTLE = 3.0  # seconds between a server's first answer and its measurement
 
 
+def webhook(request_id: str, answers: list[str]) -> bytes:
+    """A ~700-byte OpenAI chat webhook, as Helicone sends it, with one choice per answer."""
+    choices = [
+        {"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+        for i, text in enumerate(answers)
+    ]
+    return orjson.dumps(
+        {
+            "request_id": request_id,
+            "request_body": {
+                "model": "gpt-4o-mini",
+                "messages": [{"role": "user", "content": "Summarise the report please."}],
+            },
+            "response_body": {
+                "id": "chatcmpl-1",
+                "object": "chat.completion",
+                "choices": choices,
+                "usage": {"prompt_tokens": 12, "completion_tokens": 24},
+            },
+            "model": "gpt-4o-mini",
+            "provider": "OPENAI",
+            "metadata": {
+                "cost": 1.2e-05,
+                "promptTokens": 12,
+                "completionTokens": 24,
+                "totalTokens": 36,
+                "latencyMs": 812,
+            },
+        }
+    )
+
+
+ANSWER = "The report finds revenue grew 12% while costs fell; the outlook is cautious but positive"
+ANSWER += " for next year."
+
+
 def bodies(path: Path, count: int) -> None:
     with path.open("w") as out:
         for _ in range(count):
-            body = orjson.dumps(
-                {
-                    "request_id": str(uuid.uuid4()),
-                    "request_body": {
-                        "model": "gpt-4o-mini",
-                        "messages": [{"role": "user", "content": "Summarise the report please."}],
-                    },
-                    "response_body": {
-                        "id": "chatcmpl-1",
-                        "object": "chat.completion",
-                        "choices": [
-                            {
-                                "index": 0,
-                                "message": {
-                                    "role": "assistant",
-                                    "content": "The report finds revenue grew 12% while costs "
-                                    "fell; the outlook is cautious but positive for next year.",
-                                },
-                                "finish_reason": "stop",
-                            }
-                        ],
-                        "usage": {"prompt_tokens": 12, "completion_tokens": 24},
-                    },
-                    "model": "gpt-4o-mini",
-                    "provider": "OPENAI",
-                    "metadata": {
-                        "cost": 1.2e-05,
-                        "promptTokens": 12,
-                        "completionTokens": 24,
-                        "totalTokens": 36,
-                        "latencyMs": 812,
-                    },
-                }
-            )
+            body = webhook(str(uuid.uuid4()), [ANSWER])
             out.write(f"{sign(SECRET, body)}\t{body.decode()}\n")
 
 
