@@ -27,21 +27,33 @@ async def test_a_burst_shares_one_flush_and_each_caller_gets_its_own_results() -
     assert sorted(x for f in flushes for x in f) == sorted([*range(20), *range(100, 120)])
 
 
-async def test_a_failed_flush_fails_only_the_caller_whose_item_failed() -> None:
+async def test_a_refused_value_fails_only_its_caller_and_an_outage_fails_all_at_once() -> None:
+    flushes: list[list[int]] = []
+
     async def flush(items: list[int]) -> list[int]:
+        flushes.append(items)
         await asyncio.sleep(0)
         if -1 in items:
-            raise RuntimeError("disk full")
+            raise RuntimeError("value refused")
+        if -2 in items:
+            raise RuntimeError("database away")
         return items
 
-    gatherer: Gatherer[int, int] = Gatherer(flush)
+    gatherer: Gatherer[int, int] = Gatherer(flush, alone=lambda exc: "refused" in str(exc))
     outcomes = await asyncio.gather(
         gatherer.submit([-1]), gatherer.submit([2]), return_exceptions=True
     )
-    # The bad item fails its own caller only: the others are flushed again, alone.
+    # A refused value fails its own caller only: the others are flushed again, alone.
     assert isinstance(outcomes[0], RuntimeError)
     assert outcomes[1] == [2]
     assert await gatherer.submit([3, 4]) == [3, 4]
+    # Any other failure (the database away) fails them all at once, not once per caller.
+    flushes.clear()
+    outcomes = await asyncio.gather(
+        gatherer.submit([-2]), gatherer.submit([5]), return_exceptions=True
+    )
+    assert [type(o) for o in outcomes] == [RuntimeError, RuntimeError]
+    assert flushes == [[-2, 5]]
 
 
 async def test_a_cancelled_flush_leaves_nobody_waiting() -> None:

@@ -87,17 +87,22 @@ async def test_an_error_text_with_a_nul_is_recorded_and_fails_no_other_outcome(
     """PostgreSQL text cannot hold NUL, which an API's error body may carry: it is dropped,
     and an outcome gathered with it is never failed by it."""
     async with opened(postgres_url) as store:
-        for rid in ("bad", "good"):
+        for rid in ("bad", "good", "refused"):
             assert await store.add(rid, b"{}")
-        jobs = {job.request_id: job for job in await store.claim("score", 2, 60)}
+        jobs = {job.request_id: job for job in await store.claim("score", 3, 60)}
         held = await asyncio.gather(
             store.record([Retry(jobs["bad"].lease, 5.0, 502, "bad\x00gateway", frozenset())]),
             store.record([Scored(jobs["good"].lease, {"s": 1}, None, True)]),
+            # A score name jsonb cannot hold: refused, for its own caller only.
+            store.record([Scored(jobs["refused"].lease, {"s\x00": 1}, None, True)]),
+            return_exceptions=True,
         )
-        assert list(held) == [[True], [True]]
-        entries = await store.reader.entries(["bad", "good"])
+        assert list(held[:2]) == [[True], [True]]
+        assert isinstance(held[2], StoreError)
+        entries = await store.reader.entries(["bad", "good", "refused"])
         assert entries["bad"].last_error == "badgateway"
         assert entries["good"].state == "done"
+        assert entries["refused"].state == "leased"
 
 
 async def test_the_budget_counts_places_any_writer_added_without_reading_the_window(

@@ -5,9 +5,10 @@ flush is in flight, everything that arrives joins the next, so a burst costs one
 (one fsync, one round trip) instead of one each, and an idle store answers at once: nothing
 waits for a timer. Each caller's items stay together in one flush, in order.
 
-A flush that raises applied none of its items (callers share the transaction); each caller's
-items are then flushed alone, so one caller's bad item (a value the database refuses) fails only
-that caller, with its exception, as before they were gathered.
+A flush that raises applied none of its items (callers share the transaction). When the store
+says the failure was a value it refused (``alone``), each caller's items are flushed alone, so
+one caller's bad item fails only that caller, as before they were gathered; any other failure
+(the database away) fails them all at once, not once per caller.
 """
 
 from __future__ import annotations
@@ -23,8 +24,12 @@ R = TypeVar("R")
 
 
 class Gatherer(Generic[T, R]):
-    def __init__(self, flush: Callable[[list[T]], Awaitable[list[R]]]) -> None:
-        self._flush = flush
+    def __init__(
+        self,
+        flush: Callable[[list[T]], Awaitable[list[R]]],
+        alone: Callable[[Exception], bool] = lambda exc: False,
+    ) -> None:
+        self._flush, self._alone_after = flush, alone
         self._waiting: list[tuple[Sequence[T], asyncio.Future[list[R]]]] = []
         self._flusher: asyncio.Task[None] | None = None
 
@@ -59,12 +64,13 @@ class Gatherer(Generic[T, R]):
                 try:
                     results = await self._flush(items)
                 except Exception as exc:
-                    if len(batch) == 1:
-                        if not batch[0][1].done():
-                            batch[0][1].set_exception(exc)
+                    if len(batch) > 1 and self._alone_after(exc):
+                        for part, fut in batch:  # each alone: a bad item fails its caller only
+                            await self._alone(part, fut)
                         continue
-                    for part, fut in batch:  # each alone: a bad item fails its caller only
-                        await self._alone(part, fut)
+                    for _, fut in batch:
+                        if not fut.done():
+                            fut.set_exception(exc)
                     continue
                 except BaseException:  # cancelled: nobody may be left waiting for ever
                     for _, fut in [*batch, *self._waiting]:

@@ -197,6 +197,11 @@ OUTCOME: dict[type[Outcome], LiteralString] = {
 }
 
 
+def _refused_value(exc: Exception) -> bool:
+    """Whether the database refused a value (a score name it cannot hold), not the work."""
+    return isinstance(exc.__cause__, psycopg.DataError)
+
+
 def _text(text: str | None) -> str | None:
     """Text PostgreSQL can hold: no NUL (an API's error body may carry one)."""
     return None if text is None else text.replace("\x00", "")
@@ -260,7 +265,7 @@ class PostgresStore:
         self._instance = uuid.uuid4().hex
         self._serving = False
         self._adds: Gatherer[_Row, bool] = Gatherer(self._flush_adds)
-        self._outcomes: Gatherer[Outcome, bool] = Gatherer(self._apply)
+        self._outcomes: Gatherer[Outcome, bool] = Gatherer(self._apply, alone=_refused_value)
         self._budgets: list[PostgresBudget] = []
         self._failure: _Failure | None = None
         self._probe: asyncio.Task[None] | None = None
