@@ -159,7 +159,15 @@ def test_a_backlog_past_the_max_age_is_reported_with_a_way_out(
     warning = next(x for x in line.splitlines() if "drains in never" in x and "WARNING" in x)
     assert "past SCORER_MAX_AGE (2 min)" in warning
     assert "SCORER_SAMPLE=auto" in warning
-    text = server.client.get("/metrics").text
+
+    # The gauges are the monitor's latest report, which may have been made before the twelfth
+    # arrived (ten already never drain at 1 a minute): wait for the one that counts all twelve.
+    def scraped() -> str | None:
+        text = server.client.get("/metrics").text
+        rate = metric(text, "helicone_scorer_arrival_rate_per_minute")
+        return text if rate == pytest.approx(1.2) else None
+
+    text = eventually(scraped, 20, what="the arrival rate of all twelve on /metrics")
     assert metric(text, "helicone_scorer_drain_seconds") == float("inf")
     assert metric(text, "helicone_scorer_arrival_rate_per_minute") == pytest.approx(1.2)
     assert metric(text, "helicone_scorer_backlog_calls") >= 10
