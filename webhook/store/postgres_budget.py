@@ -183,11 +183,10 @@ class PostgresBudget:
         return None if taken is None else Slot(str(taken[0]))
 
     async def spent(self, slot: Slot) -> None:
-        """Record the call's end without waiting for it (the place counts as in flight until
-        then, never short), so the caller records its outcome meanwhile."""
+        """Write the call's end now (a failed write is kept and tried again at the next call):
+        the next claim's count, and the other instances', see the place freed as it was."""
         self._unspent.add(slot.token)
-        if self._ender is None or self._ender.done():
-            self._ender = asyncio.ensure_future(self._write_all_ends())
+        await self._write_ends()
 
     async def _write_all_ends(self) -> None:
         """Write ends until none is left, or one write failed (the next call tries again)."""
