@@ -180,7 +180,13 @@ def test_a_score_helicone_dropped_is_posted_again_once(
     tmp_path: Path, make_server: ServerFactory, standin: StandIn
 ) -> None:
     confirm_after = 1.0
-    env = SWEEP | {"SCORER_RECONCILE_CONFIRM_AFTER": str(confirm_after)}
+    # The look-back (CONFIRM_AFTER plus an interval) holds a request for a confirming sweep only
+    # if it was posted within about an interval of being logged: 2 s, not SWEEP's 0.5 s, so a
+    # loaded CI machine's slower post still falls inside it (a 0.5 s interval failed in CI).
+    env = SWEEP | {
+        "SCORER_RECONCILE_CONFIRM_AFTER": str(confirm_after),
+        "SCORER_RECONCILE_INTERVAL": "2",
+    }
     server = make_server(**env)
     dropped, kept = str(uuid.uuid4()), str(uuid.uuid4())
     standin.drop_scores(dropped, times=2)  # Helicone never shows them, even the second time
