@@ -206,8 +206,8 @@ def attention(s: dict[str, Any]) -> list[str]:
         if n := api["throttled_last_hour"]:
             said.append(
                 f"Helicone answered 429 (too many requests) {n} time{'s' if n != 1 else ''} in"
-                f" the last hour, the last {ago(api['last_throttled_at'], at)}: every call waits"
-                " for its Retry-After."
+                f" the last hour, the last {ago(api['last_throttled_at'], at)}: each one paused"
+                " every call for its Retry-After."
             )
     sweep = r.get("last_sweep")
     if sweep and sweep["stopped"] and sweep["stopped"] != "cancelled":
@@ -235,16 +235,16 @@ class Bar:
 
 
 def bars(counts: Mapping[int, int], most: int = 10) -> list[Bar]:
-    """The bars of a histogram of integer scores: ten of 10 for scores within 0-100 (the last
-    holds 90-100), one per value when there are at most ``most`` of them, else ``most`` bars of
-    equal width from the least to the greatest."""
+    """The bars of a histogram of integer scores: one per value when they span fewer than
+    ``most`` (a yes/no scorer's 0 and 1), ten of 10 for scores within 0-100 (the last holds
+    90-100), else ``most`` bars of equal width from the least to the greatest."""
     if not counts:
         return []
     lo, hi = min(counts), max(counts)
-    if lo >= 0 and hi <= 100:
-        edges = [(k * 10, k * 10 + 9 if k < 9 else 100) for k in range(10)]
-    elif hi - lo < most:
+    if hi - lo < most:
         edges = [(v, v) for v in range(lo, hi + 1)]
+    elif lo >= 0 and hi <= 100:
+        edges = [(k * 10, k * 10 + 9 if k < 9 else 100) for k in range(10)]
     else:
         width = math.ceil((hi - lo + 1) / most)
         edges = [(lo + k * width, min(hi, lo + (k + 1) * width - 1)) for k in range(most)]
