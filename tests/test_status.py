@@ -15,8 +15,10 @@ import pytest
 
 from tests.conftest import ServerFactory
 from tests.eventually import eventually
+from tests.link import LinkThread
 from tests.server import SECRET, Server, payload
 from tests.standin import API_KEY, Injected, StandIn
+from tests.stores import with_query
 
 TOKEN = "status-token-for-the-tests-0123456789"
 BEARER = {"Authorization": f"Bearer {TOKEN}"}
@@ -249,3 +251,37 @@ def test_the_page_never_shows_bodies_secrets_or_keys(
     assert "default-src 'none'" in headers["content-security-policy"]
     assert headers["cache-control"] == "no-store"
     assert headers["x-frame-options"] == "DENY"
+
+
+@pytest.fixture
+def link(postgres_url: str) -> Iterator[LinkThread]:
+    link = LinkThread(postgres_url).start()
+    yield link
+    link.close()
+
+
+@pytest.mark.parametrize("how", ["cut", "frozen"])
+def test_the_page_answers_while_the_database_is_away(
+    make_server: ServerFactory, link: LinkThread, how: str
+) -> None:
+    """Each part is read with a deadline: a database that refuses or hangs makes the page say
+    so, not hang or fail."""
+    url = with_query(link.url, connect_timeout="1")
+    server = make_server(SCORER_DATABASE_URL=url, SCORER_DATABASE_STATEMENT_TIMEOUT="3", **VOCAB)
+    assert figures(server)["service"]["ready"]["ready"] is True
+    if how == "cut":
+        link.cut()
+    else:
+        link.freeze()
+    seen = eventually(lambda: (f := figures(server))["service"]["ready"]["error"] and f, 60)
+    assert seen["attention"][0].startswith("The store does not accept writes (")
+    assert "error" in seen["queue"]
+    token = {"Authorization": f"Bearer {TOKEN}"}
+    html = server.client.get("/status", headers=token)
+    assert html.status_code == 200
+    assert "Could not read this part" in html.text
+    if how == "cut":
+        link.start()
+    else:
+        link.freeze(False)
+    eventually(lambda: figures(server)["attention"] == [], 60)
