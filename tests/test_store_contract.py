@@ -475,6 +475,30 @@ async def test_dead_letters_longest_dead_first(store: Store) -> None:
     assert [d.request_id for d in await store.reader.dead_letters(2)] == ["c", "a"]
 
 
+async def test_dead_letters_most_recently_dead_first_when_asked(
+    backend: Backend, store: Store
+) -> None:
+    await make_dead(store, "c", "a", "b")
+    reader = await open_reader(backend.url)
+    try:
+        for read in (store.reader, reader):
+            assert [d.request_id for d in await read.dead_letters(10, newest=True)] == [
+                "b", "a", "c"
+            ]  # fmt: skip
+            assert [d.request_id for d in await read.dead_letters(2, newest=True)] == ["b", "a"]
+            assert [d.request_id for d in await read.dead_letters(2)] == ["c", "a"]  # as before
+    finally:
+        await reader.close()
+    # A letter re-queued and dead again is the most recently dead.
+    assert await store.requeue_dead(["c"]) == 1
+    job = await claim_one(store)
+    assert await store.record([Dead(job.lease, 500, "again", frozenset())]) == [True]
+    assert [d.request_id for d in await store.reader.dead_letters(10, newest=True)] == [
+        "c", "b", "a"
+    ]  # fmt: skip
+    assert [d.request_id for d in await store.reader.dead_letters(10)] == ["a", "b", "c"]
+
+
 async def test_requeue_named_dead_letters(store: Store) -> None:
     await make_dead(store, "a", "b")
     assert await store.requeue_dead(["a", "never-stored"]) == 1
@@ -728,6 +752,73 @@ async def test_entries_all_or_named(store: Store) -> None:
     assert (a.backfill, a.last_status, a.last_error, a.finished_at) == (False, None, None, None)
 
 
+async def scored(
+    store: Store,
+    request_id: str,
+    scores: dict[str, int],
+    *,
+    origin: Origin = "live",
+    finished: bool = True,
+) -> None:
+    """Add and score a webhook (add it while nothing else is due to score)."""
+    await add(store, request_id, origin=origin)
+    job = await claim_one(store)
+    assert job.request_id == request_id
+    assert await store.record([Scored(job.lease, scores, None, finished=finished)]) == [True]
+
+
+async def test_score_counts_count_live_scored_webhooks_per_scorer_and_value(
+    backend: Backend, store: Store
+) -> None:
+    assert await store.reader.score_counts(0) == {}
+    await scored(store, "early", {"vocabulary_diversity": 67, "length": 12})  # before the window
+    # In the window, in every state a scored webhook can be in.
+    await scored(store, "dead", {"vocabulary_diversity": 67, "length": 12}, finished=False)
+    job = await claim_one(store, "post")
+    assert await store.record([Dead(job.lease, 500, "x", frozenset())]) == [True]
+    await scored(store, "done", {"vocabulary_diversity": 67, "length": 12})
+    await scored(
+        store, "to-post", {"vocabulary_diversity": 100, "length": 40, "judge": 0}, finished=False
+    )
+    # Not live, or not scored: never counted.
+    await scored(store, "reconciled", {"vocabulary_diversity": 67}, origin="reconciled")
+    assert await store.enqueue_scores("backfilled", {"vocabulary_diversity": 67, "other": 5})
+    await add(store, "skipped")
+    job = await claim_one(store)
+    assert await store.record([Skipped(job.lease, "sampled out")]) == [True]
+    await add(store, "unscored")
+    times = {rid: e.received_at for rid, e in (await store.reader.entries()).items()}
+    since = times["dead"]
+    assert times["early"] < since <= min(times["done"], times["to-post"])
+
+    expected = {
+        "vocabulary_diversity": {67: 2, 100: 1},
+        "length": {12: 2, 40: 1},
+        "judge": {0: 1},
+    }
+    reader = await open_reader(backend.url)
+    try:
+        for read in (store.reader, reader):
+            assert await read.score_counts(since) == expected  # "dead" arrived at ``since``
+            assert await read.score_counts(times["done"]) == {
+                "vocabulary_diversity": {67: 1, 100: 1},
+                "length": {12: 1, 40: 1},
+                "judge": {0: 1},
+            }
+            assert await read.score_counts(0) == expected | {
+                "vocabulary_diversity": {67: 3, 100: 1},
+                "length": {12: 3, 40: 1},
+            }
+            assert await read.score_counts(max(times.values()) + 1) == {}
+    finally:
+        await reader.close()
+    # Once scored, the unscored one counts too.
+    job = await claim_one(store)
+    assert job.request_id == "unscored"
+    assert await store.record([Scored(job.lease, {"length": 40}, None, finished=True)]) == [True]
+    assert (await store.reader.score_counts(since))["length"] == {12: 2, 40: 2}
+
+
 async def test_reads_never_wait_for_a_writer(backend: Backend, store: Store) -> None:
     await add(store, "a")
     reader = await open_reader(backend.url)
@@ -937,6 +1028,37 @@ async def test_only_one_process_holds_the_sweep_lease(store: Store, other: Store
     assert third is not None
     assert third.since == 1000.5
     assert await store.end_sweep(third, 2000.0) is True
+
+
+async def test_the_sweep_mark_is_where_the_last_sweep_ended(
+    backend: Backend, store: Store, other: Store
+) -> None:
+    reader = await open_reader(backend.url)
+    try:
+        assert await store.reader.sweep_mark() is None
+        assert await reader.sweep_mark() is None
+        first = await store.claim_sweep(LONG)
+        assert first is not None
+        assert await store.reader.sweep_mark() is None  # a sweep under way has not ended
+        assert await store.end_sweep(first, 1000.5) is True
+        assert await store.reader.sweep_mark() == 1000.5
+        assert await reader.sweep_mark() == 1000.5
+        second = await other.claim_sweep(LONG)
+        assert second is not None
+        assert await other.end_sweep(second, None) is True  # leaves the mark where it was
+        assert await reader.sweep_mark() == 1000.5
+        third = await other.claim_sweep(SHORT)
+        assert third is not None
+        fourth = await eventually_async(
+            lambda: store.claim_sweep(LONG), 10, what="the expired sweep lease taken"
+        )
+        assert await other.end_sweep(third, 9999.0) is False  # stale: records nothing
+        assert await reader.sweep_mark() == 1000.5
+        assert await store.end_sweep(fourth, 2000.25) is True
+        assert await other.reader.sweep_mark() == 2000.25
+        assert await reader.sweep_mark() == 2000.25
+    finally:
+        await reader.close()
 
 
 async def test_an_expired_sweep_lease_is_taken_and_its_end_is_stale(

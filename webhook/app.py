@@ -25,6 +25,8 @@ from webhook.metrics import QUEUE_DEPTH, exposition
 from webhook.monitor import Monitor
 from webhook.receive import Ingest, error, json_response, receive
 from webhook.settings import Settings
+from webhook.status import StatusPage
+from webhook.status_view import View
 from webhook.store import Store, StoreError
 from webhook.wiring import build
 
@@ -134,15 +136,27 @@ def create_app(settings: Settings) -> Starlette:
     async def internal_error(request: Request, exc: Exception) -> Response:
         return error(500, "internal error")
 
+    routes = [
+        Route("/webhook", receive, methods=["POST"]),
+        Route("/webhook/", receive, methods=["POST"]),
+        Route("/", receive, methods=["POST"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+    ]
+    if settings.status_token is not None:
+        view = View(
+            settings,
+            store,
+            parts.scoring,
+            None if parts.client is None else parts.client.heard,
+            relay.budget,
+            relay.sample,
+            parts.sweeper,
+        )
+        routes += StatusPage(settings.status_token.get_secret_value(), view).routes
     app = Starlette(
-        routes=[
-            Route("/webhook", receive, methods=["POST"]),
-            Route("/webhook/", receive, methods=["POST"]),
-            Route("/", receive, methods=["POST"]),
-            Route("/healthz", healthz, methods=["GET"]),
-            Route("/readyz", readyz, methods=["GET"]),
-            Route("/metrics", metrics, methods=["GET"]),
-        ],
+        routes=routes,
         exception_handlers={HTTPException: http_error, Exception: internal_error},
         lifespan=lifespan,
     )

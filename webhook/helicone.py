@@ -14,6 +14,7 @@ import email.utils
 import re
 import time
 import urllib.request
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
 __all__ = [
     "SCORING_WINDOW",
     "Answer",
+    "Heard",
     "Helicone",
     "id_problem",
     "request_path",
@@ -124,6 +126,48 @@ def request_path(request_id: str, action: str) -> str:
     return f"/v1/request/{quote(request_id, safe='')}/{action}"
 
 
+@dataclass(frozen=True, slots=True)
+class Said:
+    """One answer, as the status page shows it: never a body, a key or a request id."""
+
+    at: float  # epoch s
+    call: str  # "score", "feedback" or "query"
+    status: int | None  # None: no answer
+    error: str | None
+
+
+class Heard:
+    """What the API said lately to this process: the last answer, the last success, and the
+    429s of the last hour (at most ``keep`` of them), for the status page."""
+
+    def __init__(self, keep: int = 1000) -> None:
+        self.last: Said | None = None
+        self.last_ok: Said | None = None
+        self.last_failed: Said | None = None
+        self._throttled: deque[float] = deque(maxlen=keep)
+
+    def note(self, path: str, answer: Answer) -> None:
+        call = path.rsplit("/", 1)[-1]
+        said = Said(
+            time.time(),
+            call if call in ("score", "feedback") else "query",
+            answer.status,
+            None if answer.error is None else answer.error[:200],
+        )
+        self.last = said
+        if answer.ok:
+            self.last_ok = said
+        else:
+            self.last_failed = said
+        if answer.status == 429:
+            self._throttled.append(said.at)
+
+    def throttled(self, within: float = 3600.0) -> list[float]:
+        """When the 429s of the last ``within`` seconds came, oldest first."""
+        since = time.time() - within
+        return [at for at in self._throttled if at >= since]
+
+
 class Helicone:
     """One pooled async client for the whole process.
 
@@ -149,6 +193,7 @@ class Helicone:
             "User-Agent": USER_AGENT,
         }
         self._session: aiohttp.ClientSession | None = None
+        self.heard = Heard()
 
     def _open(self) -> aiohttp.ClientSession:
         import aiohttp
@@ -191,6 +236,11 @@ class Helicone:
         """POST JSON to the API; the answer's ``data`` is the body's ``data``, untyped.
 
         ``path`` is sent exactly as given (already percent-encoded, never normalised)."""
+        answer = await self._send(path, body)
+        self.heard.note(path, answer)
+        return answer
+
+    async def _send(self, path: str, body: dict[str, Any]) -> Answer:
         import aiohttp
         from yarl import URL
 

@@ -146,6 +146,7 @@ class Tally:
     held_back: float | None = None  # created_at of the oldest row whose bodies failed
     stopped: str | None = None  # why it ended before ``until``; None: it got there
     errors: list[str] = field(default_factory=list)  # the first few bodies that failed
+    ended: float | None = None  # when the sweep ended (epoch s)
 
     def summary(self) -> str:
         return (
@@ -172,6 +173,7 @@ class Sweeper:
     ) -> None:
         self.store, self.client, self.budget, self.policy = store, client, budget, policy
         self._task: asyncio.Task[None] | None = None
+        self.last: Tally | None = None  # this process's last sweep, for the status page
 
     # -- the background task ------------------------------------------------------------------
 
@@ -248,6 +250,8 @@ class Sweeper:
             tally.stopped = f"{type(exc).__name__}: {exc}"
             raise
         finally:
+            tally.ended = time.time()
+            self.last = tally
             await self._end(lease, tally)
         return tally
 

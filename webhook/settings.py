@@ -21,6 +21,7 @@ from webhook.store import is_postgres, sqlite_path, with_connection_settings
 __all__ = ["MAX_WORKERS", "Settings", "SettingsError", "load_settings", "worker_count"]
 
 MiB = 1024 * 1024
+MIN_STATUS_TOKEN = 16
 
 
 def _env(*names: str) -> AliasChoices:
@@ -145,6 +146,10 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = Field(
         default="text", validation_alias=_env("SCORER_LOG_FORMAT")
     )
+    # Unset: no status page (GET /status and /status.json answer 404).
+    status_token: SecretStr | None = Field(
+        default=None, validation_alias=_env("SCORER_STATUS_TOKEN")
+    )
 
     @field_validator(
         "webhook_secrets", "scorer_enabled", "scorer_disabled", "body_url_allow", mode="before"
@@ -180,6 +185,7 @@ class Settings(BaseSettings):
         "database_pool_size",
         "database_connect_timeout",
         "database_statement_timeout",
+        "status_token",
         mode="before",
     )
     @classmethod
@@ -205,6 +211,14 @@ class Settings(BaseSettings):
         if isinstance(value, str) and not value.strip():
             return 1  # set but blank: the default
         return worker_count(value)
+
+    @field_validator("status_token")
+    @classmethod
+    def _check_status_token(cls, value: SecretStr | None) -> SecretStr | None:
+        """Long enough that guessing it over HTTP is hopeless (the page can re-queue work)."""
+        if value is not None and len(value.get_secret_value()) < MIN_STATUS_TOKEN:
+            raise ValueError(f"must be at least {MIN_STATUS_TOKEN} characters")
+        return value
 
     @field_validator("api_base")
     @classmethod

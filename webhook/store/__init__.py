@@ -354,8 +354,9 @@ class Reader(Protocol):
 
     async def stats(self) -> QueueStats: ...
 
-    async def dead_letters(self, limit: int) -> list[DeadLetter]:
-        """The dead letters, the longest-dead first."""
+    async def dead_letters(self, limit: int, *, newest: bool = False) -> list[DeadLetter]:
+        """The dead letters, the longest-dead first; with ``newest``, the most recently dead
+        first (by when each became one)."""
 
     async def entries(self, request_ids: Sequence[str] | None = None) -> dict[str, Entry]:
         """Stored webhooks by request id (the named ones that exist, or all)."""
@@ -369,6 +370,18 @@ class Reader(Protocol):
         divide by ``min(window, 900)`` for a rate. A call still in flight counts from when it
         was taken on SQLite, once ended on PostgreSQL. ``unconfirmed`` and ``skipped`` count the
         webhooks still stored (``prune_done`` forgets them with the rest)."""
+
+    async def score_counts(self, since: float) -> dict[str, dict[int, int]]:
+        """Per scorer name, per value, how many live webhooks received at or after ``since``
+        (epoch s) got that value: ``{"vocabulary_diversity": {67: 12, 100: 3}}``. Only live
+        webhooks with scores count (not reconciled or backfilled ones, nor the unscored), in
+        any state, while stored (``prune_done`` forgets them). Aggregated in the database over
+        the live arrivals' index, so its cost grows with the arrivals since ``since``; on an
+        older schema it counts what that schema holds."""
+
+    async def sweep_mark(self) -> float | None:
+        """Where the last reconciliation sweep ended (epoch s: the mark
+        :meth:`Store.end_sweep` records), None if none ever did."""
 
     async def close(self) -> None: ...
 

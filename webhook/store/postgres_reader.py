@@ -28,6 +28,24 @@ from webhook.store.postgres_schema import SCHEMA_VERSION, check_version, stored_
 
 __all__ = ["PostgresReader", "posted_set"]
 
+# Dead letters by when each became one, then by arrival (over webhooks_state).
+DEAD_LETTERS: LiteralString = (
+    "SELECT request_id, attempts, last_status, last_error, received_at FROM webhooks"
+    " WHERE state = 'dead'"
+)
+LONGEST_DEAD: LiteralString = " ORDER BY finished_at, seq LIMIT %s"
+NEWEST_DEAD: LiteralString = " ORDER BY finished_at DESC, seq DESC LIMIT %s"
+# Live webhooks' scores since a time, counted per (name, value) in SQL, over the live arrivals'
+# index (webhooks_arrived, partial on origin = 0). Numbers only: a scorer gives integers (see
+# scorers.run.as_score).
+SCORE_COUNTS: LiteralString = (
+    "SELECT s.key, s.value::bigint, count(*) FROM webhooks w, jsonb_each(w.scores) s"
+    " WHERE w.origin = 0 AND w.received_at >= %s AND w.scores IS NOT NULL"
+    " AND jsonb_typeof(s.value) = 'number' GROUP BY 1, 2 ORDER BY 1, 2"
+)
+# Where the last sweep ended, as the store's end_sweep records it.
+SWEEP_MARK: LiteralString = "SELECT value FROM scorer_meta WHERE key = 'sweep_until'"
+
 
 def posted_set(scores: bool, feedback: bool) -> Posted:
     calls: list[Call] = []
@@ -86,12 +104,9 @@ class PostgresReader:
         counts = dict(zip(STATES, (pending, leased, done, dead), strict=True))
         return QueueStats(counts, oldest)
 
-    async def dead_letters(self, limit: int) -> list[DeadLetter]:
-        rows = await self._db.fetch(
-            "SELECT request_id, attempts, last_status, last_error, received_at FROM webhooks"
-            " WHERE state = 'dead' ORDER BY finished_at, seq LIMIT %s",
-            (limit,),
-        )
+    async def dead_letters(self, limit: int, *, newest: bool = False) -> list[DeadLetter]:
+        order = NEWEST_DEAD if newest else LONGEST_DEAD
+        rows = await self._db.fetch(DEAD_LETTERS + order, (limit,))
         return [DeadLetter(*row) for row in rows]
 
     async def entries(self, request_ids: Sequence[str] | None = None) -> dict[str, Entry]:
@@ -132,6 +147,16 @@ class PostgresReader:
             unconfirmed=unconfirmed,
             skipped=skipped,
         )
+
+    async def score_counts(self, since: float) -> dict[str, dict[int, int]]:
+        counts: dict[str, dict[int, int]] = {}
+        for name, value, n in await self._db.fetch(SCORE_COUNTS, (since,)):
+            counts.setdefault(name, {})[value] = n
+        return counts
+
+    async def sweep_mark(self) -> float | None:
+        rows = await self._db.fetch(SWEEP_MARK)
+        return float(rows[0][0]) if rows else None
 
     async def close(self) -> None:
         if self._owned:

@@ -67,6 +67,24 @@ FLOW = {
     "skipped": "SELECT COUNT(*) FROM webhooks WHERE {skipped} IS NOT NULL",
 }
 
+# Dead letters by when each became one, longest-dead first or most recently dead first (both
+# over webhooks_state).
+DEAD_LETTERS = (
+    "SELECT request_id, attempts, last_status, last_error, received_at FROM webhooks"
+    " WHERE state = 'dead' ORDER BY finished_at {order} LIMIT ?"
+)
+# Live webhooks' scores since a time, counted per (name, value) in SQL. From version 3 over the
+# live arrivals' index, named, so the planner never scans the table for the join with
+# json_each; before, by the backfill flag, over the table. Integer values only: a scorer gives
+# nothing else (see scorers.run.as_score).
+SCORE_COUNTS = (
+    "SELECT s.key, s.value, COUNT(*) FROM webhooks {index}, json_each(webhooks.scores) AS s"
+    " WHERE {origin} = 0 AND received_at >= ? AND scores IS NOT NULL AND s.type = 'integer'"
+    " GROUP BY s.key, s.value ORDER BY s.key, s.value"
+)
+# Where the last sweep ended, as the store's end_sweep records it (any version has ``meta``).
+SWEEP_MARK = "SELECT value FROM meta WHERE key = 'sweep_until'"
+
 
 def _version(conn: sqlite3.Connection) -> int:
     (version,) = conn.execute("PRAGMA user_version").fetchone()
@@ -190,14 +208,10 @@ class SQLiteReader:
 
         return await self.query(query)
 
-    async def dead_letters(self, limit: int) -> list[DeadLetter]:
+    async def dead_letters(self, limit: int, *, newest: bool = False) -> list[DeadLetter]:
         def query(conn: sqlite3.Connection) -> list[DeadLetter]:
-            rows = conn.execute(
-                "SELECT request_id, attempts, last_status, last_error, received_at FROM webhooks"
-                " WHERE state = 'dead' ORDER BY finished_at LIMIT ?",
-                (limit,),
-            )
-            return [DeadLetter(*row) for row in rows]
+            sql = DEAD_LETTERS.format(order="DESC" if newest else "ASC")
+            return [DeadLetter(*row) for row in conn.execute(sql, (limit,))]
 
         return await self.query(query)
 
@@ -245,6 +259,25 @@ class SQLiteReader:
                 unconfirmed=counts["unconfirmed"],
                 skipped=counts["skipped"],
             )
+
+        return await self.query(query)
+
+    async def score_counts(self, since: float) -> dict[str, dict[int, int]]:
+        def query(conn: sqlite3.Connection) -> dict[str, dict[int, int]]:
+            columns = _columns(conn)
+            index = "INDEXED BY webhooks_arrived" if columns is COLUMNS else ""
+            sql = SCORE_COUNTS.format(index=index, origin=columns["origin"])
+            counts: dict[str, dict[int, int]] = {}
+            for name, value, n in conn.execute(sql, (since,)):
+                counts.setdefault(name, {})[value] = n
+            return counts
+
+        return await self.query(query)
+
+    async def sweep_mark(self) -> float | None:
+        def query(conn: sqlite3.Connection) -> float | None:
+            row = conn.execute(SWEEP_MARK).fetchone()
+            return None if row is None else float(row[0])
 
         return await self.query(query)
 

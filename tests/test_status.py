@@ -1,0 +1,287 @@
+"""The status page over HTTP, on a real server and the stand-in: who may see it, what it says, the
+retry forms and their CSRF defence, and what it never shows. Its real-browser test is
+tests/test_status_browser.py."""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import httpx2
+import pytest
+
+from tests.conftest import ServerFactory
+from tests.eventually import eventually
+from tests.link import LinkThread
+from tests.server import SECRET, Server, payload
+from tests.standin import API_KEY, Injected, StandIn
+from tests.stores import with_query
+
+TOKEN = "status-token-for-the-tests-0123456789"
+BEARER = {"Authorization": f"Bearer {TOKEN}"}
+FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+VOCAB = {"SCORER_ENABLED": "vocabulary_diversity", "SCORER_STATUS_TOKEN": TOKEN}
+
+
+@pytest.fixture
+def page(make_server: ServerFactory) -> Server:
+    return make_server(**VOCAB)
+
+
+@pytest.fixture
+def browser(page: Server) -> Iterator[httpx2.Client]:
+    """A client that keeps cookies, as a browser would (no redirects followed)."""
+    with httpx2.Client(base_url=page.url, timeout=30) as client:
+        yield client
+
+
+def figures(server: Server) -> dict[str, Any]:
+    answer = server.client.get("/status.json", headers=BEARER)
+    assert answer.status_code == 200, answer.text
+    data: dict[str, Any] = answer.json()
+    return data
+
+
+def sign_in(client: httpx2.Client, token: str = TOKEN) -> httpx2.Response:
+    return client.post("/status/login", content=f"token={token}", headers=FORM)
+
+
+def csrf_of(html: str) -> str:
+    found = re.search(r'name="csrf" value="([0-9a-f]+)"', html)
+    assert found, "no CSRF field on the page"
+    return found.group(1)
+
+
+def dead_letter(server: Server, standin: StandIn) -> str:
+    rid = str(uuid.uuid4())
+    standin.fail_next(Injected(400, {"data": None, "error": "scores refused by the stand-in"}))
+    assert server.post(payload(rid)).status_code == 202
+    server.wait_rows(lambda rows: rows.get(rid, {}).get("state") == "dead")
+    return rid
+
+
+def test_the_page_is_off_unless_a_token_is_set(make_server: ServerFactory) -> None:
+    server = make_server()
+    for path in ("/status", "/status.json"):
+        assert server.client.get(path, headers=BEARER).status_code == 404
+    assert server.client.post("/status/retry", headers=BEARER | FORM).status_code == 404
+
+
+def test_without_the_token_the_page_and_its_figures_are_refused(
+    page: Server, browser: httpx2.Client
+) -> None:
+    answer = browser.get("/status")
+    assert answer.status_code == 401
+    assert "<h1>Sign in</h1>" in answer.text
+    assert 'name="token"' in answer.text
+    for headers in (
+        {},
+        {"Authorization": "Bearer wrong-token-0123456789"},
+        {"Authorization": TOKEN},
+    ):
+        answer = browser.get("/status.json", headers=headers)
+        assert answer.status_code == 401
+        assert answer.json() == {"error": "needs the status token: Authorization: Bearer <token>"}
+        assert answer.headers["www-authenticate"].startswith("Bearer")
+    wrong = sign_in(browser, "not-the-token-0123456789")
+    assert wrong.status_code == 401
+    assert 'role="alert"' in wrong.text
+    assert "set-cookie" not in wrong.headers
+    assert browser.post("/status/retry", content="", headers=FORM).status_code == 401
+
+
+def test_signing_in_sets_a_strict_http_only_session_that_is_not_the_token(
+    page: Server, browser: httpx2.Client
+) -> None:
+    answer = sign_in(browser)
+    assert answer.status_code == 303
+    assert answer.headers["location"] == "/status"
+    cookie = answer.headers["set-cookie"]
+    assert "HttpOnly" in cookie
+    assert "SameSite=strict" in cookie
+    assert "Path=/;" in cookie or cookie.endswith("Path=/")
+    assert "Secure" not in cookie  # plain http on loopback: a Secure cookie would not come back
+    assert TOKEN not in cookie
+    shown = browser.get("/status")
+    assert shown.status_code == 200
+    assert "<h1>helicone-scorer status</h1>" in shown.text
+    assert browser.get("/status.json").status_code == 200
+    # A forged or stretched session is refused: its HMAC is keyed by the token.
+    session = browser.cookies["scorer_status"]
+    expires, mac = session.split(".")
+    for forged in (f"{int(expires) + 3600}.{mac}", f"{expires}.{'0' * len(mac)}", "1.x", ""):
+        browser.cookies.clear()
+        browser.cookies.set("scorer_status", forged)
+        assert browser.get("/status").status_code == 401
+    browser.cookies.clear()
+    browser.cookies.set("scorer_status", session)
+    assert browser.get("/status").status_code == 200
+    out = browser.post("/status/logout", content="", headers=FORM)
+    assert out.status_code == 303
+    assert 'scorer_status=""' in out.headers["set-cookie"]
+
+
+def test_the_page_shows_the_service_and_its_queue(
+    page: Server, standin: StandIn, browser: httpx2.Client
+) -> None:
+    ids = [str(uuid.uuid4()) for _ in range(3)]
+    for rid in ids:
+        assert page.post(payload(rid)).status_code == 202
+    standin.wait_for(lambda: standin.posted_ids() >= set(ids))
+    seen = eventually(lambda: (f := figures(page))["queue"]["counts"]["done"] == 3 and f)
+    service = seen["service"]
+    assert service["ready"] == {"ready": True, "error": None}
+    assert service["dry_run"] is False
+    assert service["store"]["kind"] == "SQLite"
+    assert [s["name"] for s in service["scorers"]] == ["vocabulary_diversity"]
+    assert seen["queue"]["oldest_undelivered_seconds"] is None
+    api = seen["delivery"]["api"]
+    assert api["last"]["status"] == 201
+    assert api["last"]["call"] == "score"
+    assert api["throttled_last_hour"] == 0
+    hour = seen["scores"]["hour"]["vocabulary_diversity"]
+    assert hour["webhooks"] == 3
+    assert sum(hour["counts"].values()) == 3
+    assert seen["attention"] == []
+    sign_in(browser)
+    html = browser.get("/status").text
+    assert re.search(r'data-testid="count-done">3<', html)
+    assert 'role="img" aria-label="vocabulary_diversity, last hour: 3 webhooks' in html
+    for heading in ("Service", "Queue", "Delivery", "Reconciliation", "Scores", "Dead letters"):
+        assert f">{heading}</h2>" in html
+
+
+def test_a_dead_letter_is_listed_and_retried_from_the_page(
+    page: Server, standin: StandIn, browser: httpx2.Client
+) -> None:
+    rid = dead_letter(page, standin)
+    seen = figures(page)
+    assert [d["request_id"] for d in seen["dead_letters"]["latest"]] == [rid]
+    assert seen["dead_letters"]["latest"][0]["last_status"] == 400
+    assert "1 dead letter: see Dead letters below." in seen["attention"]
+    sign_in(browser)
+    html = browser.get("/status").text
+    assert f'data-request-id="{rid}"' in html
+    assert f'aria-label="Retry {rid}"' in html
+    form = f"csrf={csrf_of(html)}&request_id={rid}"
+    answer = browser.post("/status/retry", content=form, headers=FORM)
+    assert answer.status_code == 303
+    assert answer.headers["location"] == "/status?retried=1"
+    assert "Re-queued 1 dead letter." in browser.get(answer.headers["location"]).text
+    standin.wait_for(lambda: standin.posts()[rid] == 1)
+    page.wait_rows(lambda rows: rows[rid]["state"] == "done")
+
+
+def test_retry_all_by_bearer_needs_no_csrf(page: Server, standin: StandIn) -> None:
+    ids = {dead_letter(page, standin) for _ in range(2)}
+    answer = page.client.post("/status/retry", content="", headers=BEARER | FORM)
+    assert answer.status_code == 303
+    assert answer.headers["location"] == "/status?retried=2"
+    standin.wait_for(lambda: standin.posted_ids() >= ids)
+
+
+def test_cross_site_and_forged_forms_are_refused_and_retry_nothing(
+    page: Server, standin: StandIn, browser: httpx2.Client
+) -> None:
+    rid = dead_letter(page, standin)
+    sign_in(browser)
+    csrf = csrf_of(browser.get("/status").text)
+    own = f"csrf={csrf}&request_id={rid}"
+    refused = [
+        ({}, f"request_id={rid}", 403),  # no CSRF token
+        ({}, f"csrf={'0' * 64}&request_id={rid}", 403),  # a wrong one
+        ({"Origin": "https://evil.example"}, own, 403),  # another site's page
+        ({"Sec-Fetch-Site": "cross-site"}, own, 403),
+        ({"Content-Type": "text/plain"}, own, 415),
+        ({}, own + "&pad=" + "x" * 5000, 413),
+    ]
+    for headers, body, status in refused:
+        answer = browser.post("/status/retry", content=body, headers=FORM | headers)
+        assert answer.status_code == status, (headers, answer.text)
+        assert "error" in answer.json()
+    assert page.rows()[rid]["state"] == "dead"
+    assert browser.post("/status/retry", content=own, headers=FORM).status_code == 303
+    # The same form from a page of this very site passes.
+    standin.wait_for(lambda: standin.posts()[rid] == 1)
+
+
+def test_an_api_that_fails_is_named_in_the_pages_own_words(page: Server, standin: StandIn) -> None:
+    """The API down: every call fails (here with 503s), webhooks wait and are retried."""
+    standin.fail_next(*[Injected(503, {"error": "down for maintenance"})] * 50)
+    rid = str(uuid.uuid4())
+    assert page.post(payload(rid)).status_code == 202
+    said = eventually(
+        lambda: [a for a in figures(page)["attention"] if a.startswith("Helicone's API")]
+    )
+    assert said[0].startswith(
+        "Helicone's API has not accepted a call since this process started: the last answer"
+        " was 503 (down for maintenance)"
+    )
+    assert "Webhooks are still accepted and wait in the queue" in said[0]
+    assert figures(page)["delivery"]["api"]["last_failed"]["status"] == 503
+
+
+def test_429s_are_counted_and_named(page: Server, standin: StandIn) -> None:
+    standin.fail_next(Injected(429, headers={"Retry-After": "1"}))
+    rid = str(uuid.uuid4())
+    assert page.post(payload(rid)).status_code == 202
+    standin.wait_for(lambda: standin.posts()[rid] == 1)
+    api = figures(page)["delivery"]["api"]
+    assert api["throttled_last_hour"] == 1
+    assert api["last_throttled_at"] <= time.time()
+    assert any(a.startswith("Helicone answered 429") for a in figures(page)["attention"])
+
+
+def test_the_page_never_shows_bodies_secrets_or_keys(
+    page: Server, standin: StandIn, browser: httpx2.Client
+) -> None:
+    text = "a-private-answer-that-only-the-body-holds"
+    rid = str(uuid.uuid4())
+    assert page.post(payload(rid, text)).status_code == 202
+    standin.wait_for(lambda: standin.posts()[rid] == 1)
+    dead_letter(page, standin)
+    sign_in(browser)
+    shown = browser.get("/status").text + browser.get("/status.json").text
+    for secret in (text, "general Kenobi", API_KEY, SECRET, TOKEN):
+        assert secret not in shown
+    headers = browser.get("/status").headers
+    assert "default-src 'none'" in headers["content-security-policy"]
+    assert headers["cache-control"] == "no-store"
+    assert headers["x-frame-options"] == "DENY"
+
+
+@pytest.fixture
+def link(postgres_url: str) -> Iterator[LinkThread]:
+    link = LinkThread(postgres_url).start()
+    yield link
+    link.close()
+
+
+@pytest.mark.parametrize("how", ["cut", "frozen"])
+def test_the_page_answers_while_the_database_is_away(
+    make_server: ServerFactory, link: LinkThread, how: str
+) -> None:
+    """Each part is read with a deadline: a database that refuses or hangs makes the page say
+    so, not hang or fail."""
+    url = with_query(link.url, connect_timeout="1")
+    server = make_server(SCORER_DATABASE_URL=url, SCORER_DATABASE_STATEMENT_TIMEOUT="3", **VOCAB)
+    assert figures(server)["service"]["ready"]["ready"] is True
+    if how == "cut":
+        link.cut()
+    else:
+        link.freeze()
+    seen = eventually(lambda: (f := figures(server))["service"]["ready"]["error"] and f, 60)
+    assert seen["attention"][0].startswith("The store does not accept writes (")
+    assert "error" in seen["queue"]
+    token = {"Authorization": f"Bearer {TOKEN}"}
+    html = server.client.get("/status", headers=token)
+    assert html.status_code == 200
+    assert "Could not read this part" in html.text
+    if how == "cut":
+        link.start()
+    else:
+        link.freeze(False)
+    eventually(lambda: figures(server)["attention"] == [], 60)
