@@ -2,11 +2,12 @@
 
 The browser is the system's ``chromium`` (``scripts/test-packages`` installs it), never
 Playwright's own download (``playwright install`` is not run anywhere). One browser per test
-module, a fresh context and page per test.
+module (``chromium``), a fresh context and page per test (``tab``: not ``page`` nor ``browser``,
+which tests/test_status.py names fixtures of its own).
 
 Its network is loopback only: every request goes through a proxy at a closed loopback port, and
 Chromium bypasses a proxy for loopback addresses alone, so the pages, the scripts run in them
-(axe) and Chromium's own background calls reach nothing but this machine. The ``page`` fixture
+(axe) and Chromium's own background calls reach nothing but this machine. The ``tab`` fixture
 also fails a test whose page asked for anything off loopback, or raised an uncaught script error.
 
 While a browser is open, Playwright's sync API keeps its event loop marked as running on the
@@ -58,7 +59,7 @@ def chromium_path() -> str:
 
 
 @pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
+def chromium() -> Iterator[Browser]:
     path = chromium_path()
     playwright = sync_playwright().start()
     try:
@@ -72,8 +73,8 @@ def browser() -> Iterator[Browser]:
 
 
 @pytest.fixture
-def page(browser: Browser) -> Iterator[Page]:
-    context = browser.new_context()
+def tab(chromium: Browser) -> Iterator[Page]:
+    context = chromium.new_context()
     off_loopback: list[str] = []
     errors: list[str] = []
 
