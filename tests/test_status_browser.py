@@ -190,6 +190,8 @@ def test_signed_in_the_page_shows_the_queue_and_retries_dead_letters(
     reload_until(tab, lambda: dead_row(tab, rid).count() == 1, "its dead letter's row")
     assert count(tab, "dead") == 1
     assert_nothing_secret(tab.content())
+    bearer = {"Authorization": f"Bearer {TOKEN}"}
+    assert_nothing_secret(server.client.get("/status.json", headers=bearer).text)
     retry = tab.get_by_role("button", name=f"Retry {rid}", exact=True)
     expect(retry).to_have_text("Retry")
     retry.click()
