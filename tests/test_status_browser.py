@@ -287,3 +287,24 @@ def test_the_page_reloads_itself(status_server: Server, tab: Page) -> None:
     with tab.expect_navigation():
         tab.clock.fast_forward(16_000)
     expect(tab.get_by_role("heading", level=1)).to_have_text("helicone-scorer status")
+
+
+def test_the_page_works_without_javascript(
+    status_server: Server, standin: StandIn, chromium: Browser
+) -> None:
+    server = status_server
+    standin.fail_next(Injected(400, {"data": None, "error": "bad scores"}))
+    rid = str(uuid.uuid4())
+    assert server.post(payload(rid, WORDS)).status_code == 202
+    context = chromium.new_context(java_script_enabled=False)
+    try:
+        page = context.new_page()
+        sign_in(page, server)
+        reload_until(page, lambda: dead_row(page, rid).count() == 1, "its dead letter's row")
+        page.get_by_role("button", name=f"Retry {rid}", exact=True).click()
+        expect(page.get_by_role("status")).to_have_text("Re-queued 1 dead letter.")
+        standin.wait_for(lambda: rid in standin.posted_ids())
+        page.get_by_role("button", name="Sign out").click()
+        expect(page.get_by_role("heading", level=1)).to_have_text("Sign in")
+    finally:
+        context.close()
