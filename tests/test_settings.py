@@ -35,6 +35,7 @@ from webhook.settings import Settings, SettingsError, load_settings
         ({"SCORER_SAMPLE": "0"}, "SCORER_SAMPLE"),
         ({"SCORER_SAMPLE": "101"}, "SCORER_SAMPLE"),
         ({"SCORER_FLOW_REPORT_SECONDS": "0"}, "SCORER_FLOW_REPORT_SECONDS"),
+        ({"SCORER_STATUS_TOKEN": "too-short"}, "SCORER_STATUS_TOKEN"),
     ],
 )
 def test_bad_value_stops_start_with_one_line_naming_it(

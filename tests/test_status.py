@@ -285,3 +285,22 @@ def test_the_page_answers_while_the_database_is_away(
     else:
         link.freeze(False)
     eventually(lambda: figures(server)["attention"] == [], 60)
+
+
+def test_behind_a_proxy_that_ends_tls_the_cookie_is_secure_and_the_forms_pass(
+    page: Server, standin: StandIn, browser: httpx2.Client
+) -> None:
+    """As on Fly: the browser is on https, the server sees http from the proxy."""
+    rid = dead_letter(page, standin)
+    https = {"X-Forwarded-Proto": "https", "Origin": f"https://127.0.0.1:{page.port}"}
+    answer = browser.post("/status/login", content=f"token={TOKEN}", headers=FORM | https)
+    assert answer.status_code == 303
+    assert "Secure" in answer.headers["set-cookie"]
+    session = answer.cookies["scorer_status"]
+    with httpx2.Client(base_url=page.url, timeout=30) as client:  # sends it over http anyway
+        client.cookies.set("scorer_status", session)
+        csrf = csrf_of(client.get("/status").text)
+        form = f"csrf={csrf}&request_id={rid}"
+        retried = client.post("/status/retry", content=form, headers=FORM | https)
+        assert retried.status_code == 303
+    standin.wait_for(lambda: standin.posts()[rid] == 1)

@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from webhook.metrics import QUEUE_DEPTH, exposition
+from webhook.metrics import QUEUE_DEPTH, STORE_READY, exposition
 from webhook.monitor import Monitor
 from webhook.receive import Ingest, error, json_response, receive
 from webhook.settings import Settings
@@ -105,6 +105,8 @@ def create_app(settings: Settings) -> Starlette:
             max_age=settings.max_age,
             sample=relay.sample,
             report=settings.flow_report_seconds,
+            ping=store.ping,
+            reconcile_interval=settings.reconcile_every if parts.sweeper is not None else 0.0,
         )
 
     async def healthz(request: Request) -> Response:
@@ -114,7 +116,9 @@ def create_app(settings: Settings) -> Starlette:
         try:
             await asyncio.wait_for(store.ping(), 5.0)
         except Exception as exc:
+            STORE_READY.set(0)
             return error(503, f"store is not writable: {str(exc) or type(exc).__name__}")
+        STORE_READY.set(1)
         return json_response(200, {"status": "ready"})
 
     async def metrics(request: Request) -> Response:

@@ -20,11 +20,13 @@ __all__ = [
     "DEAD_LETTERS",
     "DRAIN_SECONDS",
     "FEEDBACK_POSTED",
+    "MAX_AGE_SECONDS",
     "POST_FAILURES",
     "POST_RATE",
     "QUEUE_DEPTH",
     "RECEIVED",
     "RECONCILE_FAILED",
+    "RECONCILE_INTERVAL",
     "RECONCILE_LAST_COMPLETED",
     "RECONCILE_LISTED",
     "RECONCILE_MISSING",
@@ -37,6 +39,7 @@ __all__ = [
     "SCORER_ERRORS",
     "SCORES_POSTED",
     "SKIPPED",
+    "STORE_READY",
     "exposition",
 ]
 
@@ -110,6 +113,19 @@ SAMPLE_PERCENT = Gauge(
     registry=REGISTRY,
     multiprocess_mode="mostrecent",
 )
+MAX_AGE_SECONDS = Gauge(
+    "helicone_scorer_max_age_seconds",
+    "SCORER_MAX_AGE: how long a webhook may wait before it becomes a dead letter.",
+    registry=REGISTRY,
+    multiprocess_mode="mostrecent",
+)
+# Set on every reading of the flow as well as by /readyz, so it moves with no probe calling.
+STORE_READY = Gauge(
+    "helicone_scorer_store_ready",
+    "1 if the store accepted a durable write at the last check, else 0.",
+    registry=REGISTRY,
+    multiprocess_mode="mostrecent",
+)
 SCORER_DURATION = Histogram(
     "helicone_scorer_scorer_duration_seconds",
     "Time each scorer took.",
@@ -153,6 +169,12 @@ RECONCILE_LAST_COMPLETED = Gauge(
     "When the last reconciliation sweep that reached the end of its window ended (Unix time).",
     registry=REGISTRY,
     multiprocess_mode="max",
+)
+RECONCILE_INTERVAL = Gauge(
+    "helicone_scorer_reconcile_interval_seconds",
+    "Seconds between two reconciliation sweeps (SCORER_RECONCILE_INTERVAL; 0: no sweeps).",
+    registry=REGISTRY,
+    multiprocess_mode="mostrecent",
 )
 
 # Outcomes the receiver reports, bound once so the hot path does no label lookup.

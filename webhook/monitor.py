@@ -1,12 +1,14 @@
 """The server's reading of the flow (:mod:`webhook.flow`): into the gauges of ``/metrics``, the
 automatic sample, and a log line every ``SCORER_FLOW_REPORT_SECONDS``; a warning when the backlog
-would take longer than ``SCORER_MAX_AGE`` to drain."""
+would take longer than ``SCORER_MAX_AGE`` to drain. Each reading also pings the store, as
+``/readyz`` does, so ``helicone_scorer_store_ready`` follows it with no probe calling."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import math
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from webhook import metrics
@@ -19,6 +21,7 @@ __all__ = ["Monitor"]
 log = logging.getLogger("webhook.flow")
 
 EVERY = 30.0  # seconds between two readings of the figures (at most)
+PING_TIMEOUT = 5.0  # as /readyz's
 
 
 class Monitor:
@@ -35,11 +38,26 @@ class Monitor:
         max_age: float,
         sample: Sample,
         report: float = 300.0,
+        ping: Callable[[], Awaitable[None]] | None = None,
+        reconcile_interval: float = 0.0,
     ) -> None:
         self.reader, self.limit, self.window = reader, limit, window
         self.feedback, self.max_age, self.sample = feedback, max_age, sample
         self.report_every, self.every = report, min(EVERY, report)
+        self.ping = ping
         metrics.SAMPLE_PERCENT.set(sample.percent)
+        metrics.MAX_AGE_SECONDS.set(max_age)
+        metrics.RECONCILE_INTERVAL.set(reconcile_interval)
+
+    async def check_store(self) -> None:
+        if self.ping is None:
+            return
+        try:
+            await asyncio.wait_for(self.ping(), PING_TIMEOUT)
+        except Exception:
+            metrics.STORE_READY.set(0)  # the store logs its own failures
+        else:
+            metrics.STORE_READY.set(1)
 
     async def read(self) -> Drain:
         figures = drain(
@@ -79,6 +97,7 @@ class Monitor:
         """Forever, until cancelled; a failed reading is logged and tried at the next turn."""
         since_report = self.report_every  # the first reading is reported
         while True:
+            await self.check_store()
             try:
                 figures = await self.read()
             except Exception as exc:

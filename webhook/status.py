@@ -4,7 +4,8 @@ Policy:
 
 - Off unless ``SCORER_STATUS_TOKEN`` is set: the paths are not routed at all (404).
 - Access: the token as ``Authorization: Bearer``, or through the sign-in form, which sets a
-  session cookie (HttpOnly, SameSite=Strict, Secure over https, 12 hours; path ``/``, for
+  session cookie (HttpOnly, SameSite=Strict, Secure over https or behind a proxy that says so
+  in ``X-Forwarded-Proto``, 12 hours; path ``/``, for
   ``/status.json`` is not under ``/status``).
   The cookie holds its expiry and an HMAC of it keyed by the token, never the token itself, so
   a new token ends every session. Every comparison is constant time. Anything else gets 401.
@@ -26,7 +27,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlsplit
 
 import orjson
 from jinja2 import Environment, FileSystemLoader, select_autoescape
@@ -154,7 +155,7 @@ class StatusPage:
             self.access.new_session(),
             max_age=SESSION_SECONDS,
             path="/",
-            secure=request.url.scheme == "https",
+            secure=_over_https(request),
             httponly=True,
             samesite="strict",
         )
@@ -194,8 +195,11 @@ async def _form(request: Request) -> dict[str, str] | Response:
     """A small urlencoded form from this site, or the answer refusing it."""
     site = request.headers.get("sec-fetch-site")
     origin = request.headers.get("origin")
-    own = f"{request.url.scheme}://{request.headers.get('host', '')}"
-    if site not in (None, "same-origin", "none") or (origin is not None and origin != own):
+    # The host only: behind a proxy that ends TLS, the page is https and the server sees http.
+    own = request.headers.get("host", "")
+    if site not in (None, "same-origin", "none") or (
+        origin is not None and urlsplit(origin).netloc != own
+    ):
         return _secured(error(403, "cross-site requests are refused"))
     kind = request.headers.get("content-type", "").partition(";")[0].strip().lower()
     if kind != "application/x-www-form-urlencoded":
@@ -206,6 +210,13 @@ async def _form(request: Request) -> dict[str, str] | Response:
         if len(body) > FORM_BYTES:
             return _secured(error(413, f"the form is larger than {FORM_BYTES} bytes"))
     return dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
+
+
+def _over_https(request: Request) -> bool:
+    """Whether the browser reached the page over https, itself or through a proxy that ended TLS
+    (the proxy's header can only make the cookie stricter, so it is believed)."""
+    forwarded = request.headers.get("x-forwarded-proto", "")
+    return request.url.scheme == "https" or forwarded.split(",")[0].strip() == "https"
 
 
 def _see_status(query: str = "") -> Response:

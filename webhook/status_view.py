@@ -109,7 +109,9 @@ class View:
         api: dict[str, Any] | None = None
         if self.heard is not None:
             throttled = self.heard.throttled(HOUR)
+            ok, failed = self.heard.last_ok, self.heard.last_failed
             api = {
+                "failing": failed is not None and (ok is None or ok.at < failed.at),
                 "last": _said(self.heard.last),
                 "last_ok": _said(self.heard.last_ok),
                 "last_failed": _said(self.heard.last_failed),
@@ -194,14 +196,18 @@ def attention(s: dict[str, Any]) -> list[str]:
     api = d.get("api")
     if api is not None:
         ok, bad = api["last_ok"], api["last_failed"]
-        if bad is not None and (ok is None or ok["at"] < bad["at"]):
+        if api["failing"]:
             since = ago(ok["at"], at) if ok else "this process started"
-            answer = "no answer" if bad["status"] is None else f"{bad['status']}"
+            why = bad["error"] or "no error text"
+            last = (
+                f"the last call got no answer ({why})"
+                if bad["status"] is None
+                else f"the last answer was {bad['status']} ({why})"
+            )
             said.append(
-                f"Helicone's API has not accepted a call since {since}: the last answer was"
-                f" {answer} ({bad['error'] or 'no error text'}), {ago(bad['at'], at)}. Webhooks"
-                " are still accepted and wait in the queue; each is tried again after a growing"
-                " delay."
+                f"Helicone's API has not accepted a call since {since}: {last},"
+                f" {ago(bad['at'], at)}. Webhooks are still accepted and wait in the queue; each"
+                " is tried again after a growing delay."
             )
         if n := api["throttled_last_hour"]:
             said.append(
