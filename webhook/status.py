@@ -238,5 +238,7 @@ def _secured(answer: Response) -> Response:
     answer.headers["Cache-Control"] = "no-store"
     answer.headers["X-Content-Type-Options"] = "nosniff"
     answer.headers["X-Frame-Options"] = "DENY"
-    answer.headers["Referrer-Policy"] = "no-referrer"
+    # Not no-referrer: under it a browser sends "Origin: null" with the page's own forms,
+    # which _form refuses as another site's (the sign-in form could never sign in).
+    answer.headers["Referrer-Policy"] = "same-origin"
     return answer
