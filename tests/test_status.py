@@ -16,9 +16,11 @@ import pytest
 from tests.conftest import ServerFactory
 from tests.eventually import eventually
 from tests.link import LinkThread
+from tests.rawhttp import connect, read_response
 from tests.server import SECRET, Server, payload
 from tests.standin import API_KEY, Injected, StandIn
 from tests.stores import with_query
+from webhook.status_view import Bar, bars, where_stored
 
 TOKEN = "status-token-for-the-tests-0123456789"
 BEARER = {"Authorization": f"Bearer {TOKEN}"}
@@ -221,7 +223,7 @@ def test_an_api_that_fails_is_named_in_the_pages_own_words(page: Server, standin
         " was 503 (down for maintenance)"
     )
     assert "Webhooks are still accepted and wait in the queue" in said[0]
-    assert figures(page)["delivery"]["api"]["last_failed"]["status"] == 503
+    assert figures(page)["delivery"]["api"]["last_trouble"]["status"] == 503
 
 
 def test_429s_are_counted_and_named(page: Server, standin: StandIn) -> None:
@@ -304,3 +306,86 @@ def test_behind_a_proxy_that_ends_tls_the_cookie_is_secure_and_the_forms_pass(
         retried = client.post("/status/retry", content=form, headers=FORM | https)
         assert retried.status_code == 303
     standin.wait_for(lambda: standin.posts()[rid] == 1)
+
+
+def test_crafted_cookies_fields_and_links_get_a_clear_answer_not_a_500(
+    page: Server, standin: StandIn, browser: httpx2.Client
+) -> None:
+    rid = dead_letter(page, standin)  # so the page has retry forms
+    for cookie in ("9" * 5000 + ".x", "²." + "a" * 64, "4102444800." + "é" * 64, "." * 3):
+        for request in (b"GET /status", b"POST /status/retry"):
+            head = request + b" HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close"
+            head += b"\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+            sock = connect(page, head + b"Cookie: scorer_status=" + cookie.encode() + b"\r\n\r\n")
+            with sock:
+                assert read_response(sock).startswith(b"HTTP/1.1 401 "), (request, cookie)
+    sign_in(browser)
+    for csrf in ("%C3%A9", "", "0" * 5000):
+        answer = browser.post("/status/retry", content=f"csrf={csrf}", headers=FORM)
+        assert answer.status_code in (403, 413), answer.text
+    html = browser.get("/status").text
+    answer = browser.post(
+        "/status/retry", content=f"csrf={csrf_of(html)}&request_id=", headers=FORM
+    )
+    assert answer.status_code == 400
+    assert answer.json() == {"error": "request_id is empty: leave it out to retry them all"}
+    for link in ("?retried=²", "?retried=" + "9" * 5000, "?retried=-1"):
+        shown = browser.get("/status" + link)
+        assert shown.status_code == 200
+        assert "Re-queued" not in shown.text
+    assert page.rows()[rid]["state"] == "dead"  # nothing above retried it
+
+
+def test_one_refused_call_is_a_dead_letter_not_an_api_in_trouble(
+    page: Server, standin: StandIn
+) -> None:
+    dead_letter(page, standin)
+    assert figures(page)["attention"] == ["1 dead letter: see Dead letters below."]
+
+
+def test_a_refused_api_key_is_named(page: Server, standin: StandIn) -> None:
+    standin.fail_next(Injected(401, {"error": "invalid API key"}))
+    dead_letter_id = str(uuid.uuid4())
+    assert page.post(payload(dead_letter_id)).status_code == 202
+    said = eventually(
+        lambda: [a for a in figures(page)["attention"] if a.startswith("Helicone's API")]
+    )
+    assert "the last answer was 401 (invalid API key)" in said[0]
+    assert "It refuses the API key: check HELICONE_API_KEY" in said[0]
+
+
+def test_forms_pass_behind_a_proxy_that_rewrites_the_host(
+    page: Server, standin: StandIn, browser: httpx2.Client
+) -> None:
+    """nginx's default: Host is the upstream's address, the browser's Origin the public one."""
+    public = {"Origin": "https://scorer.example.com"}
+    said_so = [{"Sec-Fetch-Site": "same-origin"}, {"X-Forwarded-Host": "scorer.example.com"}]
+    for headers in said_so:
+        answer = browser.post(
+            "/status/login", content=f"token={TOKEN}", headers=FORM | public | headers
+        )
+        assert answer.status_code == 303, headers
+    refused = browser.post("/status/login", content=f"token={TOKEN}", headers=FORM | public)
+    assert refused.status_code == 403
+
+
+def test_the_store_is_named_without_its_user_password_or_options() -> None:
+    assert where_stored("postgresql://u:p@ss@h1:5432,h2:5433/db?password=x") == {
+        "kind": "PostgreSQL",
+        "where": "h1:5432,h2:5433/db",
+    }
+    assert where_stored("postgresql:///db")["where"] == "local/db"
+    assert where_stored("sqlite:///data/s.db") == {"kind": "SQLite", "where": "data/s.db"}
+
+
+def test_histogram_bars() -> None:
+    assert bars({}) == []
+    assert bars({0: 5, 1: 2}) == [Bar("0", 5), Bar("1", 2)]
+    tens = bars({3: 1, 67: 2, 100: 4})
+    assert [b.label for b in tens][::3] == ["0-9", "30-39", "60-69", "90-100"]
+    assert sum(b.count for b in tens) == 7
+    assert tens[-1] == Bar("90-100", 4)
+    wide = bars({-50: 1, 950: 1})
+    assert wide[0] == Bar("-50 to 50", 1)
+    assert wide[-1].count == 1
+    assert sum(b.count for b in wide) == 2

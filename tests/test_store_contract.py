@@ -30,6 +30,7 @@ from webhook.store import (
     Posted,
     Released,
     Retry,
+    ScoreCounts,
     Scored,
     Skipped,
     Stage,
@@ -767,10 +768,13 @@ async def scored(
     assert await store.record([Scored(job.lease, scores, None, finished=finished)]) == [True]
 
 
+MOST = 1000
+
+
 async def test_score_counts_count_live_scored_webhooks_per_scorer_and_value(
     backend: Backend, store: Store
 ) -> None:
-    assert await store.reader.score_counts(0) == {}
+    assert await store.reader.score_counts(0, MOST) == ScoreCounts({}, 0)
     await scored(store, "early", {"vocabulary_diversity": 67, "length": 12})  # before the window
     # In the window, in every state a scored webhook can be in.
     await scored(store, "dead", {"vocabulary_diversity": 67, "length": 12}, finished=False)
@@ -799,24 +803,34 @@ async def test_score_counts_count_live_scored_webhooks_per_scorer_and_value(
     reader = await open_reader(backend.url)
     try:
         for read in (store.reader, reader):
-            assert await read.score_counts(since) == expected  # "dead" arrived at ``since``
-            assert await read.score_counts(times["done"]) == {
-                "vocabulary_diversity": {67: 1, 100: 1},
-                "length": {12: 1, 40: 1},
-                "judge": {0: 1},
-            }
-            assert await read.score_counts(0) == expected | {
+            # "dead" arrived at ``since``
+            assert await read.score_counts(since, MOST) == ScoreCounts(expected, 3)
+            assert await read.score_counts(times["done"], MOST) == ScoreCounts(
+                {
+                    "vocabulary_diversity": {67: 1, 100: 1},
+                    "length": {12: 1, 40: 1},
+                    "judge": {0: 1},
+                },
+                2,
+            )
+            everything = expected | {
                 "vocabulary_diversity": {67: 3, 100: 1},
                 "length": {12: 3, 40: 1},
             }
-            assert await read.score_counts(max(times.values()) + 1) == {}
+            assert await read.score_counts(0, MOST) == ScoreCounts(everything, 4)
+            # At most ``most``, the latest: "to-post" (added last), then "done".
+            assert await read.score_counts(0, 1) == ScoreCounts(
+                {"vocabulary_diversity": {100: 1}, "length": {40: 1}, "judge": {0: 1}}, 1
+            )
+            assert (await read.score_counts(0, 2)).webhooks == 2
+            assert await read.score_counts(max(times.values()) + 1, MOST) == ScoreCounts({}, 0)
     finally:
         await reader.close()
     # Once scored, the unscored one counts too.
     job = await claim_one(store)
     assert job.request_id == "unscored"
     assert await store.record([Scored(job.lease, {"length": 40}, None, finished=True)]) == [True]
-    assert (await store.reader.score_counts(since))["length"] == {12: 2, 40: 2}
+    assert (await store.reader.score_counts(since, MOST)).counts["length"] == {12: 2, 40: 2}
 
 
 async def test_reads_never_wait_for_a_writer(backend: Backend, store: Store) -> None:

@@ -137,13 +137,18 @@ class Said:
 
 
 class Heard:
-    """What the API said lately to this process: the last answer, the last success, and the
-    429s of the last hour (at most ``keep`` of them), for the status page."""
+    """What the API said lately to this process, for the status page: the last answer, the
+    last success, the last *trouble*, and the 429s of the last hour (at most ``keep``).
 
-    def __init__(self, keep: int = 1000) -> None:
+    Trouble is an answer that says the API itself is unwell or refuses us, whichever webhook
+    asked: no answer, 401 or 403 (the key), 408, 429, or a 5xx. Another 4xx is about one
+    webhook's call (a dead letter, counted apart), not the API.
+    """
+
+    def __init__(self, keep: int = 10_000) -> None:
         self.last: Said | None = None
         self.last_ok: Said | None = None
-        self.last_failed: Said | None = None
+        self.last_trouble: Said | None = None
         self._throttled: deque[float] = deque(maxlen=keep)
 
     def note(self, path: str, answer: Answer) -> None:
@@ -155,12 +160,19 @@ class Heard:
             None if answer.error is None else answer.error[:200],
         )
         self.last = said
+        status = answer.status
         if answer.ok:
             self.last_ok = said
-        else:
-            self.last_failed = said
-        if answer.status == 429:
+        elif status is None or status in (401, 403, 408, 429) or status >= 500:
+            self.last_trouble = said
+        if status == 429:
             self._throttled.append(said.at)
+
+    @property
+    def failing(self) -> bool:
+        """Trouble since the last success (or since this process started)."""
+        trouble, ok = self.last_trouble, self.last_ok
+        return trouble is not None and (ok is None or ok.at < trouble.at)
 
     def throttled(self, within: float = 3600.0) -> list[float]:
         """When the 429s of the last ``within`` seconds came, oldest first."""

@@ -216,9 +216,12 @@ class Settings(BaseSettings):
     @classmethod
     def _check_status_token(cls, value: SecretStr | None) -> SecretStr | None:
         """Long enough that guessing it over HTTP is hopeless (the page can re-queue work)."""
-        if value is not None and len(value.get_secret_value()) < MIN_STATUS_TOKEN:
+        if value is None:
+            return None
+        token = value.get_secret_value().strip()  # a header's value is stripped too
+        if len(token) < MIN_STATUS_TOKEN:
             raise ValueError(f"must be at least {MIN_STATUS_TOKEN} characters")
-        return value
+        return SecretStr(token)
 
     @field_validator("api_base")
     @classmethod

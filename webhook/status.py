@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 import time
 from datetime import UTC, datetime
@@ -79,16 +80,23 @@ class Access:
         return f"{expires}.{self._mac(f'session:{expires}')}"
 
     def session_ok(self, value: str | None) -> bool:
-        expires, _, mac = (value or "").partition(".")
-        if not expires.isdigit() or int(expires) < time.time():
+        shape = _SESSION.fullmatch(value or "")
+        if shape is None or int(shape[1]) < time.time():
             return False
-        return hmac.compare_digest(mac, self._mac(f"session:{expires}"))
+        return hmac.compare_digest(shape[2].encode(), self._mac(f"session:{shape[1]}").encode())
 
     def csrf(self, session: str) -> str:
         return self._mac(f"csrf:{session}")
 
+    def csrf_ok(self, session: str, given: str) -> bool:
+        return hmac.compare_digest(given.encode(), self.csrf(session).encode())
+
     def _mac(self, text: str) -> str:
         return hmac.new(self._key, text.encode(), hashlib.sha256).hexdigest()
+
+
+_SESSION = re.compile(r"([0-9]{1,12})\.([0-9a-f]{64})")  # expiry (epoch s) . HMAC-SHA256
+_COUNT = re.compile(r"[0-9]{1,9}")
 
 
 def _digest(text: str) -> bytes:
@@ -118,13 +126,14 @@ class StatusPage:
             return _html("login.html", 401)
         session = request.cookies.get(COOKIE)
         retried = request.query_params.get("retried", "")
+        shown = int(retried) if _COUNT.fullmatch(retried) else None
         figures = await self.view.figures()
         return _html(
             "status.html",
             200,
             s=figures,
             csrf=self.access.csrf(session) if session else "",
-            retried=int(retried) if retried.isdigit() else None,
+            retried=shown,
             refresh=REFRESH_SECONDS,
         )
 
@@ -179,10 +188,12 @@ class StatusPage:
             if not self.access.session_ok(session):
                 return _secured(error(401, "sign in first"))
             assert session is not None
-            if not hmac.compare_digest(form.get("csrf", ""), self.access.csrf(session)):
+            if not self.access.csrf_ok(session, form.get("csrf", "")):
                 return _secured(error(403, "the form is stale or forged: reload the page"))
         rid = form.get("request_id")
-        retried = await self.view.store.requeue_dead([rid] if rid else None)
+        if rid is not None and not rid:
+            return _secured(error(400, "request_id is empty: leave it out to retry them all"))
+        retried = await self.view.store.requeue_dead(None if rid is None else [rid])
         return _see_status(f"?retried={retried}")
 
     def _signed_in(self, request: Request) -> bool:
@@ -193,13 +204,7 @@ class StatusPage:
 
 async def _form(request: Request) -> dict[str, str] | Response:
     """A small urlencoded form from this site, or the answer refusing it."""
-    site = request.headers.get("sec-fetch-site")
-    origin = request.headers.get("origin")
-    # The host only: behind a proxy that ends TLS, the page is https and the server sees http.
-    own = request.headers.get("host", "")
-    if site not in (None, "same-origin", "none") or (
-        origin is not None and urlsplit(origin).netloc != own
-    ):
+    if not _same_site(request):
         return _secured(error(403, "cross-site requests are refused"))
     kind = request.headers.get("content-type", "").partition(";")[0].strip().lower()
     if kind != "application/x-www-form-urlencoded":
@@ -210,6 +215,21 @@ async def _form(request: Request) -> dict[str, str] | Response:
         if len(body) > FORM_BYTES:
             return _secured(error(413, f"the form is larger than {FORM_BYTES} bytes"))
     return dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
+
+
+def _same_site(request: Request) -> bool:
+    """Whether a form came from this site's own page. The browser's ``Sec-Fetch-Site`` says so
+    where it is sent (every current browser); else ``Origin``, by host only, as the server or
+    its proxy names it (a proxy that ends TLS makes the page https and the server see http; one
+    may rewrite ``Host``, and then says ``X-Forwarded-Host``)."""
+    site = request.headers.get("sec-fetch-site")
+    if site is not None:
+        return site in ("same-origin", "none")
+    origin = request.headers.get("origin")
+    if origin is None:
+        return True  # not a browser's cross-site form: those carry one or the other
+    hosts = {request.headers.get("host"), request.headers.get("x-forwarded-host")}
+    return urlsplit(origin).netloc in hosts - {None}
 
 
 def _over_https(request: Request) -> bool:

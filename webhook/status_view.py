@@ -2,9 +2,10 @@
 
 Each part is read on its own with a deadline (:data:`READ_SECONDS`): a store that is away makes
 its parts say so (``"error"``) and the rest still shows. The score distributions are the costly
-read, so they are read at most every :data:`SCORES_EVERY` seconds. Nothing here holds a body, a
-score's inputs, a secret or a key: the store is named without its password, the judge by its
-model and host.
+read: from the latest :data:`SCORES_READ` live webhooks of each window at most, at most every
+:data:`SCORES_EVERY` seconds, one reading at a time however many pages ask. Nothing here holds
+a body, a score's inputs, a secret or a key: the store is named without its password, the judge
+by its model and host.
 """
 
 from __future__ import annotations
@@ -26,10 +27,11 @@ from webhook.score import Scoring
 from webhook.settings import Settings
 from webhook.store import PostBudget, Store, sqlite_path
 
-__all__ = ["Bar", "View", "ago", "attention", "bars"]
+__all__ = ["Bar", "View", "ago", "attention", "bars", "where_stored"]
 
 READ_SECONDS = 5.0
 SCORES_EVERY = 30.0
+SCORES_READ = 10_000  # the latest live webhooks a distribution is read from, at most
 DEAD_SHOWN = 20
 HOUR, DAY = 3600.0, 86400.0
 
@@ -48,6 +50,7 @@ class View:
         self.settings, self.store, self.scoring = settings, store, scoring
         self.heard, self.budget, self.sample, self.sweeper = heard, budget, sample, sweeper
         self._scores: tuple[float, dict[str, Any]] | None = None
+        self._scores_read: asyncio.Future[dict[str, Any]] | None = None
         self._judge = _judge(scoring)
 
     async def figures(self) -> dict[str, Any]:
@@ -66,7 +69,7 @@ class View:
                 "ready": {"ready": "error" not in ready, "error": ready.get("error")},
                 "dry_run": self.heard is None,
                 "api": None if self.heard is None else _host(self.settings.api_base),
-                "store": _store(self.settings.database_url),
+                "store": where_stored(self.settings.database_url),
                 "scorers": [
                     {"name": s.name, "scores": list(s.score_names), "rule": _rule(r)}
                     for s in self.scoring.scorers
@@ -109,12 +112,11 @@ class View:
         api: dict[str, Any] | None = None
         if self.heard is not None:
             throttled = self.heard.throttled(HOUR)
-            ok, failed = self.heard.last_ok, self.heard.last_failed
             api = {
-                "failing": failed is not None and (ok is None or ok.at < failed.at),
+                "failing": self.heard.failing,
                 "last": _said(self.heard.last),
                 "last_ok": _said(self.heard.last_ok),
-                "last_failed": _said(self.heard.last_failed),
+                "last_trouble": _said(self.heard.last_trouble),
                 "throttled_last_hour": len(throttled),
                 "last_throttled_at": throttled[-1] if throttled else None,
                 "next_call_in_seconds": await self.budget.wait_time("live"),
@@ -144,14 +146,29 @@ class View:
         }
 
     async def _score_counts(self, now: float) -> dict[str, Any]:
+        """The last reading, if fresh; else one reading shared by every page asking meanwhile
+        (a page that gives up waiting leaves it running for the next)."""
         if self._scores is not None and now - self._scores[0] < SCORES_EVERY:
             return self._scores[1]
+        if self._scores_read is None or self._scores_read.done():
+            self._scores_read = asyncio.ensure_future(self._read_scores(now))
+        return await asyncio.shield(self._scores_read)
+
+    async def _read_scores(self, now: float) -> dict[str, Any]:
         reader = self.store.reader
-        hour, day = await asyncio.gather(
-            reader.score_counts(now - HOUR), reader.score_counts(now - DAY)
-        )
-        scores = {"hour": _distributions(hour), "day": _distributions(day)}
-        self._scores = (now, scores)
+        try:
+            hour = await reader.score_counts(now - HOUR, SCORES_READ)
+            day = await reader.score_counts(now - DAY, SCORES_READ)
+        except Exception as exc:
+            scores: dict[str, Any] = {"error": str(exc) or type(exc).__name__}
+        else:
+            scores = {
+                "hour": _distributions(hour.counts),
+                "day": _distributions(day.counts),
+                "webhooks_read": {"hour": hour.webhooks, "day": day.webhooks},
+                "most": SCORES_READ,
+            }
+        self._scores = (now, scores)  # a failure too: the next page does not read it again
         return scores
 
     async def _dead(self) -> dict[str, Any]:
@@ -195,19 +212,25 @@ def attention(s: dict[str, Any]) -> list[str]:
         said.append(f"Behind: {d['advice']}.")
     api = d.get("api")
     if api is not None:
-        ok, bad = api["last_ok"], api["last_failed"]
+        ok, bad = api["last_ok"], api["last_trouble"]
         if api["failing"]:
-            since = ago(ok["at"], at) if ok else "this process started"
+            since = f"for {duration(at - ok['at'])}" if ok else "since this process started"
             why = bad["error"] or "no error text"
             last = (
                 f"the last call got no answer ({why})"
                 if bad["status"] is None
                 else f"the last answer was {bad['status']} ({why})"
             )
+            then = (
+                " It refuses the API key: check HELICONE_API_KEY, then retry the dead letters"
+                " it made."
+                if bad["status"] in (401, 403)
+                else " Webhooks are still accepted and wait in the queue; each is tried again"
+                " after a growing delay."
+            )
             said.append(
-                f"Helicone's API has not accepted a call since {since}: {last},"
-                f" {ago(bad['at'], at)}. Webhooks are still accepted and wait in the queue; each"
-                " is tried again after a growing delay."
+                f"Helicone's API has not accepted a call {since}: {last},"
+                f" {ago(bad['at'], at)}.{then}"
             )
         if n := api["throttled_last_hour"]:
             said.append(
@@ -257,7 +280,7 @@ def bars(counts: Mapping[int, int], most: int = 10) -> list[Bar]:
         edges = [e for e in edges if e[0] <= hi]
     return [
         Bar(
-            str(a) if a == b else f"{a}-{b}",
+            str(a) if a == b else f"{a} to {b}" if a < 0 else f"{a}-{b}",
             sum(n for v, n in counts.items() if a <= v <= b),
         )
         for a, b in edges
@@ -268,13 +291,14 @@ def _said(said: Any) -> dict[str, Any] | None:
     return None if said is None else asdict(said)
 
 
-def _store(url: str) -> dict[str, str]:
+def where_stored(url: str) -> dict[str, str]:
     path = sqlite_path(url)
     if path is not None:
         return {"kind": "SQLite", "where": path}
-    parts = urlsplit(url)
-    where = f"{parts.hostname or 'local socket'}:{parts.port or 5432}{parts.path}"
-    return {"kind": "PostgreSQL", "where": where}
+    # Hosts (libpq takes several, comma separated), port and database; never the user, password
+    # or options.
+    where = url.partition("://")[2].rpartition("@")[2].partition("?")[0]
+    return {"kind": "PostgreSQL", "where": where if not where.startswith("/") else f"local{where}"}
 
 
 def _host(url: str) -> str:

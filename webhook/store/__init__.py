@@ -54,9 +54,9 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 __all__ = [
@@ -82,6 +82,7 @@ __all__ = [
     "Reader",
     "Released",
     "Retry",
+    "ScoreCounts",
     "Scored",
     "Skipped",
     "Slot",
@@ -90,6 +91,7 @@ __all__ = [
     "StoreError",
     "SweepLease",
     "Tenure",
+    "fold_score_counts",
     "is_postgres",
     "open_reader",
     "open_store",
@@ -251,6 +253,26 @@ class DeadLetter:
 
 
 @dataclass(frozen=True, slots=True)
+class ScoreCounts:
+    """What :meth:`Reader.score_counts` read: per scorer name, per value, how many webhooks."""
+
+    counts: dict[str, dict[int, int]]
+    webhooks: int  # scored live webhooks read: ``most`` when there were more
+
+
+def fold_score_counts(rows: Iterable[Sequence[Any]]) -> ScoreCounts:
+    """A backend's score-count rows: ``(name, value, count)``, and one ``(None, None, read)``."""
+    counts: dict[str, dict[int, int]] = {}
+    read = 0
+    for name, value, n in rows:
+        if name is None:
+            read = int(n)
+        else:
+            counts.setdefault(str(name), {})[int(value)] = int(n)
+    return ScoreCounts(counts, read)
+
+
+@dataclass(frozen=True, slots=True)
 class QueueStats:
     counts: dict[str, int]  # every state in STATES, zero included
     oldest_pending_at: float | None  # received_at of the oldest webhook not yet finished
@@ -371,13 +393,13 @@ class Reader(Protocol):
         was taken on SQLite, once ended on PostgreSQL. ``unconfirmed`` and ``skipped`` count the
         webhooks still stored (``prune_done`` forgets them with the rest)."""
 
-    async def score_counts(self, since: float) -> dict[str, dict[int, int]]:
-        """Per scorer name, per value, how many live webhooks received at or after ``since``
-        (epoch s) got that value: ``{"vocabulary_diversity": {67: 12, 100: 3}}``. Only live
-        webhooks with scores count (not reconciled or backfilled ones, nor the unscored), in
-        any state, while stored (``prune_done`` forgets them). Aggregated in the database over
-        the live arrivals' index, so its cost grows with the arrivals since ``since``; on an
-        older schema it counts what that schema holds."""
+    async def score_counts(self, since: float, most: int) -> ScoreCounts:
+        """Per scorer name, per value, how many of the latest ``most`` live webhooks received
+        at or after ``since`` (epoch s) got that value: ``{"vocabulary_diversity": {67: 12,
+        100: 3}}``. Only live webhooks with scores count (not reconciled or backfilled ones,
+        nor the unscored), in any state, while stored (``prune_done`` forgets them). Read over
+        the live arrivals' index, newest first, so its cost is bounded by ``most`` however busy
+        the window; on an older schema it counts what that schema holds."""
 
     async def sweep_mark(self) -> float | None:
         """Where the last reconciliation sweep ended (epoch s: the mark

@@ -20,7 +20,9 @@ from webhook.store import (
     NoStore,
     Posted,
     QueueStats,
+    ScoreCounts,
     StoreError,
+    fold_score_counts,
     url_without_password,
 )
 from webhook.store.postgres_db import Database, Options, one_line
@@ -35,13 +37,16 @@ DEAD_LETTERS: LiteralString = (
 )
 LONGEST_DEAD: LiteralString = " ORDER BY finished_at, seq LIMIT %s"
 NEWEST_DEAD: LiteralString = " ORDER BY finished_at DESC, seq DESC LIMIT %s"
-# Live webhooks' scores since a time, counted per (name, value) in SQL, over the live arrivals'
-# index (webhooks_arrived, partial on origin = 0). Numbers only: a scorer gives integers (see
-# scorers.run.as_score).
+# The latest live webhooks' scores since a time, counted per (name, value) in SQL, read newest
+# first over the live arrivals' index (webhooks_arrived, partial on origin = 0), then how many
+# were read. Numbers only: a scorer gives integers (see scorers.run.as_score).
 SCORE_COUNTS: LiteralString = (
-    "SELECT s.key, s.value::bigint, count(*) FROM webhooks w, jsonb_each(w.scores) s"
-    " WHERE w.origin = 0 AND w.received_at >= %s AND w.scores IS NOT NULL"
-    " AND jsonb_typeof(s.value) = 'number' GROUP BY 1, 2 ORDER BY 1, 2"
+    "WITH latest AS MATERIALIZED (SELECT scores FROM webhooks"
+    " WHERE origin = 0 AND received_at >= %s AND scores IS NOT NULL"
+    " ORDER BY received_at DESC LIMIT %s)"
+    " SELECT s.key, s.value::bigint, count(*) FROM latest, jsonb_each(latest.scores) s"
+    " WHERE jsonb_typeof(s.value) = 'number' GROUP BY 1, 2"
+    " UNION ALL SELECT NULL, NULL, count(*) FROM latest"
 )
 # Where the last sweep ended, as the store's end_sweep records it.
 SWEEP_MARK: LiteralString = "SELECT value FROM scorer_meta WHERE key = 'sweep_until'"
@@ -148,11 +153,8 @@ class PostgresReader:
             skipped=skipped,
         )
 
-    async def score_counts(self, since: float) -> dict[str, dict[int, int]]:
-        counts: dict[str, dict[int, int]] = {}
-        for name, value, n in await self._db.fetch(SCORE_COUNTS, (since,)):
-            counts.setdefault(name, {})[value] = n
-        return counts
+    async def score_counts(self, since: float, most: int) -> ScoreCounts:
+        return fold_score_counts(await self._db.fetch(SCORE_COUNTS, (since, most)))
 
     async def sweep_mark(self) -> float | None:
         rows = await self._db.fetch(SWEEP_MARK)

@@ -20,7 +20,17 @@ from typing import Any, TypeVar
 
 import orjson
 
-from webhook.store import STATES, DeadLetter, Entry, Flow, NoStore, QueueStats, StoreError
+from webhook.store import (
+    STATES,
+    DeadLetter,
+    Entry,
+    Flow,
+    NoStore,
+    QueueStats,
+    ScoreCounts,
+    StoreError,
+    fold_score_counts,
+)
 from webhook.store.sqlite_schema import READABLE, origin_name, posted, version_problem
 
 __all__ = ["SQLiteReader"]
@@ -73,14 +83,17 @@ DEAD_LETTERS = (
     "SELECT request_id, attempts, last_status, last_error, received_at FROM webhooks"
     " WHERE state = 'dead' ORDER BY finished_at {order} LIMIT ?"
 )
-# Live webhooks' scores since a time, counted per (name, value) in SQL. From version 3 over the
-# live arrivals' index, named, so the planner never scans the table for the join with
-# json_each; before, by the backfill flag, over the table. Integer values only: a scorer gives
-# nothing else (see scorers.run.as_score).
+# The latest live webhooks' scores since a time, counted per (name, value) in SQL, then how many
+# were read. From version 3 read newest first over the live arrivals' index, named, so the
+# planner never scans the table; before, by the backfill flag, over the table. Integer values
+# only: a scorer gives nothing else (see scorers.run.as_score).
 SCORE_COUNTS = (
-    "SELECT s.key, s.value, COUNT(*) FROM webhooks {index}, json_each(webhooks.scores) AS s"
-    " WHERE {origin} = 0 AND received_at >= ? AND scores IS NOT NULL AND s.type = 'integer'"
-    " GROUP BY s.key, s.value ORDER BY s.key, s.value"
+    "WITH latest AS MATERIALIZED (SELECT scores FROM webhooks {index}"
+    " WHERE {origin} = 0 AND received_at >= ? AND scores IS NOT NULL"
+    " ORDER BY received_at DESC LIMIT ?)"
+    " SELECT s.key, s.value, COUNT(*) FROM latest, json_each(latest.scores) AS s"
+    " WHERE s.type = 'integer' GROUP BY s.key, s.value"
+    " UNION ALL SELECT NULL, NULL, COUNT(*) FROM latest"
 )
 # Where the last sweep ended, as the store's end_sweep records it (any version has ``meta``).
 SWEEP_MARK = "SELECT value FROM meta WHERE key = 'sweep_until'"
@@ -262,15 +275,12 @@ class SQLiteReader:
 
         return await self.query(query)
 
-    async def score_counts(self, since: float) -> dict[str, dict[int, int]]:
-        def query(conn: sqlite3.Connection) -> dict[str, dict[int, int]]:
+    async def score_counts(self, since: float, most: int) -> ScoreCounts:
+        def query(conn: sqlite3.Connection) -> ScoreCounts:
             columns = _columns(conn)
             index = "INDEXED BY webhooks_arrived" if columns is COLUMNS else ""
             sql = SCORE_COUNTS.format(index=index, origin=columns["origin"])
-            counts: dict[str, dict[int, int]] = {}
-            for name, value, n in conn.execute(sql, (since,)):
-                counts.setdefault(name, {})[value] = n
-            return counts
+            return fold_score_counts(conn.execute(sql, (since, most)))
 
         return await self.query(query)
 
