@@ -13,7 +13,15 @@ from pathlib import Path
 
 from tests.stores import every_kind, sqlite_counts_agree, sqlite_writes_held, with_store
 from webhook.helicone import SCORING_WINDOW
-from webhook.store import Delivered, Flow, QueueStats, Store, open_reader, open_store
+from webhook.store import (
+    Delivered,
+    Flow,
+    QueueStats,
+    ScoreCounts,
+    Store,
+    open_reader,
+    open_store,
+)
 
 # The schema of version 1, as the first release created it.
 SCHEMA_V1 = """
@@ -99,6 +107,42 @@ def test_a_version_1_database_is_migrated_and_keeps_its_rows(tmp_path: Path) -> 
     with sqlite3.connect(db) as conn:
         assert conn.execute("PRAGMA user_version").fetchone() == (4,)
     sqlite_counts_agree(db)
+
+
+def test_the_status_reads_read_a_version_1_database_as_it_is(tmp_path: Path) -> None:
+    """Before version 3 a webhook's origin is its backfill flag, and no sweep ever ended."""
+    db = tmp_path / "v1.db"
+    with sqlite3.connect(db) as conn:
+        conn.executescript(SCHEMA_V1)
+        conn.executemany(
+            "INSERT INTO webhooks (request_id, state, received_at, available_at, scores, backfill,"
+            " finished_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [
+                ("before", "done", 1.0, 1.0, '{"a":1}', 0, 2.0),
+                ("live", "done", 3.0, 3.0, '{"a":1,"b":0}', 0, 4.0),
+                ("dead", "dead", 4.0, 4.0, '{"a":2}', 0, 9.0),
+                ("backfilled", "pending", 5.0, 5.0, '{"a":1}', 1, None),
+                ("unscored", "dead", 6.0, 6.0, None, 0, 7.0),
+            ],
+        )
+
+    async def read() -> tuple[object, ...]:
+        reader = await open_reader(f"sqlite:///{db}")
+        try:
+            newest = [d.request_id for d in await reader.dead_letters(10, newest=True)]
+            counts = await reader.score_counts(3.0, 10), await reader.score_counts(3.0, 1)
+            return *counts, await reader.sweep_mark(), newest
+        finally:
+            await reader.close()
+
+    assert asyncio.run(read()) == (
+        ScoreCounts({"a": {1: 1, 2: 1}, "b": {0: 1}}, 2),
+        ScoreCounts({"a": {2: 1}}, 1),  # the latest: "dead"
+        None,
+        ["dead", "unscored"],
+    )
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone() == (1,)  # read, not migrated
 
 
 # Version 2: version 1 and the lease token.
