@@ -8,6 +8,7 @@ import re
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx2
@@ -389,3 +390,47 @@ def test_histogram_bars() -> None:
     assert wide[0] == Bar("-50 to 50", 1)
     assert wide[-1].count == 1
     assert sum(b.count for b in wide) == 2
+
+
+def test_the_service_part_names_rules_the_judge_and_a_dry_run_but_no_keys(
+    tmp_path: Path, make_server: ServerFactory
+) -> None:
+    (tmp_path / "rules.toml").write_text(
+        '[vocabulary_diversity]\nsample = 0.5\nmodels = ["gpt-4o*"]\nusers = ["a", "b"]\n'
+    )
+    judge_key = "sk-judge-key-never-shown-0123"
+    server = make_server(
+        api=False,  # a dry run
+        SCORER_STATUS_TOKEN=TOKEN,
+        SCORER_ENABLED="vocabulary_diversity,judge",
+        SCORER_RULES_FILE=str(tmp_path / "rules.toml"),
+        SCORER_FEEDBACK_RULE="vocabulary_diversity >= 50",
+        SCORER_JUDGE_BASE_URL="https://user:pw@judge.example.com:8443/v1?key=x",
+        SCORER_JUDGE_MODEL="judge-1",
+        SCORER_JUDGE_API_KEY=judge_key,
+        SCORER_SAMPLE="50",
+        SCORER_DATABASE_URL=f"sqlite:///{tmp_path / 'scorer.db'}",
+    )
+    seen = figures(server)
+    service = seen["service"]
+    assert service["dry_run"] is True
+    assert service["api"] is None
+    assert service["scorers"][0] == {
+        "name": "vocabulary_diversity",
+        "scores": ["vocabulary_diversity"],
+        "rule": "sample 50%; models gpt-4o*; 2 user pattern(s)",
+    }
+    assert service["feedback_rule"] == "vocabulary_diversity >= 50"
+    judge = service["judge"]
+    assert judge["model"] == "judge-1"
+    assert judge["host"] == "https://judge.example.com:8443"
+    assert seen["delivery"]["api"] is None
+    assert seen["delivery"]["sample_percent"] == 50
+    assert seen["reconciliation"]["on"] is False
+    html = server.client.get("/status", headers=BEARER).text
+    assert "dry run" in html
+    assert "a dry run: nothing is posted" in html
+    assert "judge-1 at https://judge.example.com:8443" in html
+    assert "50% of webhooks scored and posted" in html
+    for secret in (judge_key, "user:pw", "key=x", TOKEN, SECRET):
+        assert secret not in html + str(seen)
