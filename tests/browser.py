@@ -75,6 +75,8 @@ def chromium() -> Iterator[Browser]:
 @pytest.fixture
 def tab(chromium: Browser) -> Iterator[Page]:
     context = chromium.new_context()
+    # Generous waits: a loaded CI machine (2 cores, several test workers, a browser each) is slow.
+    context.set_default_timeout(30_000)
     off_loopback: list[str] = []
     errors: list[str] = []
 

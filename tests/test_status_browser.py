@@ -23,6 +23,9 @@ from tests.eventually import eventually
 from tests.server import SECRET, Server, payload
 from tests.standin import API_KEY, Injected, StandIn
 
+# Generous waits: a loaded CI machine (2 cores, several test workers, a browser each) is slow.
+expect.set_options(timeout=20_000)
+
 TOKEN = "status-token-7f3a9c1e5b2d4f6a8c0e"
 # The webhooks' response text: the page must never show a body.
 WORDS = "Marmalade skies over a quiet harbour on Tuesday"
@@ -51,8 +54,10 @@ def sign_in(page: Page, server: Server) -> None:
     expect(page.get_by_role("heading", level=1)).to_have_text("helicone-scorer status")
 
 
-def count(page: Page, state: str) -> int:
-    return int(page.get_by_test_id(f"count-{state}").inner_text().strip())
+def count(page: Page, state: str) -> int | None:
+    """The count of ``state`` on the page; None when the page could not read the queue."""
+    cell = page.get_by_test_id(f"count-{state}")
+    return int(cell.inner_text().strip()) if cell.count() else None
 
 
 def reload_until(page: Page, condition: Callable[[], object], what: str) -> None:
@@ -172,9 +177,10 @@ def test_signed_in_the_page_shows_the_queue_and_retries_dead_letters(
         assert cookie["sameSite"] == "Strict", cookie
     headings = tab.get_by_role("heading", level=2).all_inner_texts()
     assert [h for h in headings if h in SECTIONS] == SECTIONS, headings
-    for state in ("pending", "leased", "done", "dead"):
-        assert count(tab, state) >= 0
-    done = count(tab, "done")
+    counts = {state: count(tab, state) for state in ("pending", "leased", "done", "dead")}
+    assert all(n is not None and n >= 0 for n in counts.values()), counts
+    done = counts["done"]
+    assert done is not None
 
     sent = [str(uuid.uuid4()) for _ in range(3)]
     for rid in sent:

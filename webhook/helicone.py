@@ -141,14 +141,15 @@ class Heard:
     last success, the last *trouble*, and the 429s of the last hour (at most ``keep``).
 
     Trouble is an answer that says the API itself is unwell or refuses us, whichever webhook
-    asked: no answer, 401 or 403 (the key), 408, 429, or a 5xx. Another 4xx is about one
-    webhook's call (a dead letter, counted apart), not the API.
+    asked: no answer, 401 or 403 (the key), 408, or a 5xx. A 429 is the rate limit, counted
+    apart (:meth:`throttled`); another 4xx is about one webhook's call (a dead letter).
     """
 
     def __init__(self, keep: int = 10_000) -> None:
         self.last: Said | None = None
         self.last_ok: Said | None = None
         self.last_trouble: Said | None = None
+        self.trouble_since: float | None = None  # the first trouble since the last success
         self._throttled: deque[float] = deque(maxlen=keep)
 
     def note(self, path: str, answer: Answer) -> None:
@@ -163,16 +164,18 @@ class Heard:
         status = answer.status
         if answer.ok:
             self.last_ok = said
-        elif status is None or status in (401, 403, 408, 429) or status >= 500:
+            self.trouble_since = None
+        elif status is None or status in (401, 403, 408) or status >= 500:
             self.last_trouble = said
+            if self.trouble_since is None:
+                self.trouble_since = said.at
         if status == 429:
             self._throttled.append(said.at)
 
     @property
     def failing(self) -> bool:
         """Trouble since the last success (or since this process started)."""
-        trouble, ok = self.last_trouble, self.last_ok
-        return trouble is not None and (ok is None or ok.at < trouble.at)
+        return self.trouble_since is not None
 
     def throttled(self, within: float = 3600.0) -> list[float]:
         """When the 429s of the last ``within`` seconds came, oldest first."""

@@ -114,6 +114,7 @@ class View:
             throttled = self.heard.throttled(HOUR)
             api = {
                 "failing": self.heard.failing,
+                "trouble_since": self.heard.trouble_since,
                 "last": _said(self.heard.last),
                 "last_ok": _said(self.heard.last_ok),
                 "last_trouble": _said(self.heard.last_trouble),
@@ -149,7 +150,7 @@ class View:
     async def _score_counts(self, now: float) -> dict[str, Any]:
         """The last reading, if fresh; else one reading shared by every page asking meanwhile
         (a page that gives up waiting leaves it running for the next)."""
-        if self._scores is not None and now - self._scores[0] < SCORES_EVERY:
+        if self._scores is not None and time.monotonic() - self._scores[0] < SCORES_EVERY:
             return self._scores[1]
         if self._scores_read is None or self._scores_read.done():
             self._scores_read = asyncio.ensure_future(self._read_scores(now))
@@ -168,8 +169,11 @@ class View:
                 "day": _distributions(day.counts),
                 "webhooks_read": {"hour": hour.webhooks, "day": day.webhooks},
                 "most": SCORES_READ,
+                "read_at": now,
             }
-        self._scores = (now, scores)  # a failure too: the next page does not read it again
+        # A failure too: the next pages do not read it again at once. From the read's end, on
+        # the monotonic clock.
+        self._scores = (time.monotonic(), scores)
         return scores
 
     async def _dead(self) -> dict[str, Any]:
@@ -178,13 +182,24 @@ class View:
 
 
 async def _read(part: Awaitable[dict[str, Any]]) -> dict[str, Any]:
-    """A part of the page, or why it could not be read (in time)."""
-    try:
-        return await asyncio.wait_for(part, READ_SECONDS)
-    except TimeoutError:
+    """A part of the page, or why it could not be read in time. A read past its time is left
+    to finish in the background rather than cancelled: the store's own timeouts end it, and
+    cancelling a query on a database that stopped answering can take longer than the read."""
+    read = asyncio.ensure_future(part)
+    done, _ = await asyncio.wait({read}, timeout=READ_SECONDS)
+    if not done:
+        read.add_done_callback(_forget)
         return {"error": f"no answer from the store in {READ_SECONDS:.0f} s"}
+    try:
+        return read.result()
     except Exception as exc:
         return {"error": str(exc) or type(exc).__name__}
+
+
+def _forget(read: asyncio.Future[dict[str, Any]]) -> None:
+    """Take an abandoned read's outcome, so its failure is not reported as never retrieved."""
+    if not read.cancelled():
+        read.exception()
 
 
 def _distributions(counts: Mapping[str, Mapping[int, int]]) -> dict[str, Any]:
@@ -215,7 +230,7 @@ def attention(s: dict[str, Any]) -> list[str]:
     if api is not None:
         ok, bad = api["last_ok"], api["last_trouble"]
         if api["failing"]:
-            since = f"for {duration(at - ok['at'])}" if ok else "since this process started"
+            since = f"for {duration(at - api['trouble_since'])}" if ok else "since it started"
             why = bad["error"] or "no error text"
             last = (
                 f"the last call got no answer ({why})"
@@ -230,7 +245,7 @@ def attention(s: dict[str, Any]) -> list[str]:
                 " after a growing delay."
             )
             said.append(
-                f"Helicone's API has not accepted a call {since}: {last},"
+                f"Helicone's API has not accepted a call from this process {since}: {last},"
                 f" {ago(bad['at'], at)}.{then}"
             )
         if n := api["throttled_last_hour"]:
