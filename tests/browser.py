@@ -17,8 +17,6 @@ the store): call such helpers through :func:`off_loop`.
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
@@ -26,6 +24,8 @@ from urllib.parse import urlsplit
 
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
+
+from tests.packages import installed
 
 T = TypeVar("T")
 
@@ -49,13 +49,7 @@ LOOPBACK = {"127.0.0.1", "localhost", "[::1]", "::1"}
 
 def chromium_path() -> str:
     """The system's chromium; a skip without it, or a failure under CI (``CI`` set)."""
-    path = shutil.which("chromium")
-    if path is None:
-        reason = "no chromium on PATH: scripts/test-packages installs it (apt-get, as root)"
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
-    return path
+    return installed("chromium", "chromium")
 
 
 @pytest.fixture(scope="module")

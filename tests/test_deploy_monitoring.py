@@ -10,9 +10,7 @@ missing these tests skip, except under CI (``CI`` set), where they fail.
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,7 @@ import yaml
 from tests.conftest import ServerFactory
 from tests.eventually import eventually
 from tests.metrics import metric
+from tests.packages import installed
 from tests.stores import sqlite_writes_held
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,13 +74,7 @@ GRAFANA_VARIABLES = {"$__rate_interval": "5m", "$__interval": "1m", "$job": ".*"
 
 @pytest.fixture
 def promtool() -> str:
-    found = shutil.which("promtool")
-    if found is None:
-        why = "promtool is missing: scripts/test-packages installs it (Debian's prometheus)"
-        if os.environ.get("CI"):
-            pytest.fail(why)
-        pytest.skip(why)
-    return found
+    return installed("promtool", "prometheus")
 
 
 def run_promtool(promtool: str, *args: str | Path) -> None:
