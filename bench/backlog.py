@@ -41,7 +41,6 @@ import sqlite3
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from dataclasses import asdict
@@ -50,6 +49,7 @@ from pathlib import Path
 import orjson
 import psycopg
 
+from bench.postgres import add_postgres_url, store_url
 from tests.server import Server, with_api
 from tests.standin import StandIn
 from webhook.store import Call, Delivered, Entry, Store, open_reader, open_store, sqlite_path
@@ -280,50 +280,37 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=1_000_000)
     parser.add_argument("--small", type=int, default=10_000)
     parser.add_argument("--store", choices=["sqlite", "postgres"], default="sqlite")
-    parser.add_argument("--postgres-url", default="postgresql://root@127.0.0.1:5432/test")
+    add_postgres_url(parser)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--claims", type=int, default=200)
     parser.add_argument("--drain", type=float, default=60.0)
     args = parser.parse_args()
     assert args.claims * 8 < args.small <= args.count, "the claims would empty the small backlog"
-    with tempfile.TemporaryDirectory() as tmp:
-        workdir = Path(tmp)
-        dbname = f"bench_backlog_{uuid.uuid4().hex[:8]}"
-        if args.store == "sqlite":
-            url = f"sqlite:///{workdir / 'backlog.db'}"
-        else:
-            with psycopg.connect(args.postgres_url, autocommit=True) as conn:
-                conn.execute(f"CREATE DATABASE {dbname}")
-            url = args.postgres_url.rsplit("/", 1)[0] + f"/{dbname}"
-        try:
-            print(f"store: {args.store}, python {sys.version.split()[0]}, pid {os.getpid()}")
-            took = asyncio.run(fill(url, 0, args.small))
-            print(f"filled {args.small} in {took:.1f} s")
-            small = asyncio.run(claims(url, args.claims))
-            print(summary(f"claim+record at {args.small}", small))
-            took = asyncio.run(fill(url, args.small - 8 * args.claims, args.count))
-            print(f"filled to {args.count} in {took:.1f} s (bulk rows checked against an API row)")
-            large = asyncio.run(claims(url, args.claims))
-            print(summary(f"claim+record at {args.count}", large))
-            ratio = statistics.median(large) / statistics.median(small)
-            print(f"claim cost, {args.count} / {args.small}: {ratio:.2f}")
-            read = asyncio.run(reads(url, 3 * args.rounds))
-            print(summary("read (stats + flow, in process)", read))
-            start = [command(["--version"], url, workdir)[0] for _ in range(args.rounds)]
-            print(summary("start (--version)", start))
-            times = []
-            output = ""
-            for _ in range(args.rounds):
-                took, output = command(["queue"], url, workdir)
-                times.append(took)
-            print(summary("queue", times))
-            print(output, end="")
-            if args.drain > 0:
-                drain(url, workdir, args.drain)
-        finally:
-            if args.store == "postgres":
-                with psycopg.connect(args.postgres_url, autocommit=True) as conn:
-                    conn.execute(f"DROP DATABASE IF EXISTS {dbname} WITH (FORCE)")
+    with store_url(args.store, args.postgres_url) as (url, workdir):
+        print(f"store: {args.store}, python {sys.version.split()[0]}, pid {os.getpid()}")
+        took = asyncio.run(fill(url, 0, args.small))
+        print(f"filled {args.small} in {took:.1f} s")
+        small = asyncio.run(claims(url, args.claims))
+        print(summary(f"claim+record at {args.small}", small))
+        took = asyncio.run(fill(url, args.small - 8 * args.claims, args.count))
+        print(f"filled to {args.count} in {took:.1f} s (bulk rows checked against an API row)")
+        large = asyncio.run(claims(url, args.claims))
+        print(summary(f"claim+record at {args.count}", large))
+        ratio = statistics.median(large) / statistics.median(small)
+        print(f"claim cost, {args.count} / {args.small}: {ratio:.2f}")
+        read = asyncio.run(reads(url, 3 * args.rounds))
+        print(summary("read (stats + flow, in process)", read))
+        start = [command(["--version"], url, workdir)[0] for _ in range(args.rounds)]
+        print(summary("start (--version)", start))
+        times = []
+        output = ""
+        for _ in range(args.rounds):
+            took, output = command(["queue"], url, workdir)
+            times.append(took)
+        print(summary("queue", times))
+        print(output, end="")
+        if args.drain > 0:
+            drain(url, workdir, args.drain)
 
 
 if __name__ == "__main__":

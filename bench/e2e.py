@@ -50,8 +50,9 @@ from typing import IO
 import httpx2
 import orjson
 
-from bench.ingest import DEFAULT_POSTGRES, SECRET, Place, free_port, postgres_database
+from bench.ingest import SECRET, Place, free_port
 from bench.ingest import webhook as webhook_of
+from bench.postgres import add_postgres_url, postgres_database
 from tests.standin import API_KEY
 from webhook.verify import sign
 
@@ -339,13 +340,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2, help="wrk threads")
     ap.add_argument("--stores", default="sqlite", help="comma list: sqlite, postgres")
     ap.add_argument("--workers", default="1", help="comma list of server process counts")
-    ap.add_argument(
-        "--postgres-url",
-        default=os.environ.get("SCORER_BENCH_POSTGRES_URL", DEFAULT_POSTGRES),
-        help="a PostgreSQL server where this user may create databases; the run creates a"
-        " database of its own there and drops it (default: $SCORER_BENCH_POSTGRES_URL, else"
-        f" {DEFAULT_POSTGRES})",
-    )
+    add_postgres_url(ap)
     ap.add_argument(
         "--env", action="append", default=[], metavar="NAME=VALUE", help="extra server setting"
     )

@@ -38,20 +38,19 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote
 
 import httpx2
 import orjson
 import psycopg
 from psycopg import sql
 
+from bench.postgres import add_postgres_url, postgres_database
 from webhook.verify import sign
 
 SECRET = "bench-secret-0123456789abcdef0123456789abcdef0123456789abcdef0123"
 HERE = Path(__file__).resolve().parent
-DEFAULT_POSTGRES = "postgresql://root@127.0.0.1:5432/test"
 SETTLE = 3.0  # seconds between a server's first answer and its measurement
 
 
@@ -190,23 +189,6 @@ def with_query(url: str, **options: str) -> str:
     return url + ("&" if "?" in url else "?") + query
 
 
-@contextlib.contextmanager
-def postgres_database(server: str) -> Iterator[str]:
-    """A database of this run's own on ``server`` (a URL where databases may be created),
-    dropped at the end however the run ends."""
-    name = f"bench_ingest_{uuid.uuid4().hex[:8]}"
-    try:
-        with psycopg.connect(server, autocommit=True, connect_timeout=5) as admin:
-            admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    except psycopg.Error as exc:
-        sys.exit(f"cannot create a database at {server}: {exc}".strip())
-    try:
-        yield urlunsplit(urlsplit(server)._replace(path="/" + name))
-    finally:
-        with psycopg.connect(server, autocommit=True) as admin:
-            admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
-
-
 def server_command(name: str, port: int) -> list[str]:
     """``name`` is a server, with ``*N`` for N processes (``sqlite*2``)."""
     server, _, workers = name.partition("*")
@@ -233,13 +215,7 @@ def main() -> None:
         default="sqlite",
         help="comma-separated stores to measure: sqlite, postgres (default: sqlite)",
     )
-    ap.add_argument(
-        "--postgres-url",
-        default=os.environ.get("SCORER_BENCH_POSTGRES_URL", DEFAULT_POSTGRES),
-        help="a PostgreSQL server where this user may create databases; the run creates a"
-        " database of its own there and drops it (default: $SCORER_BENCH_POSTGRES_URL, else"
-        f" {DEFAULT_POSTGRES})",
-    )
+    add_postgres_url(ap)
     ap.add_argument(
         "--workers",
         type=int,

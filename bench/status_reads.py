@@ -28,15 +28,14 @@ import itertools
 import random
 import sqlite3
 import statistics
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import orjson
 import psycopg
 
+from bench.postgres import add_postgres_url, store_url
 from webhook.status_view import SCORES_READ
 from webhook.store import ScoreCounts, open_reader, open_store, sqlite_path
 from webhook.store.postgres_reader import SCORE_COUNTS as PG_SCORE_COUNTS
@@ -187,7 +186,7 @@ async def reads(url: str, rounds: int, since: float, mosts: list[int]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--store", choices=["sqlite", "postgres"], default="sqlite")
-    parser.add_argument("--postgres-url", default="postgresql://root@127.0.0.1:5432/test")
+    add_postgres_url(parser)
     parser.add_argument("--live", type=int, default=300_000)
     parser.add_argument("--old", type=int, default=300_000)
     parser.add_argument("--other", type=int, default=30_000)
@@ -200,25 +199,13 @@ def main() -> None:
         help="comma-separated caps to read with (default: the status page's, and none)",
     )
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        dbname = f"bench_status_{uuid.uuid4().hex[:8]}"
-        if args.store == "sqlite":
-            url = f"sqlite:///{Path(tmp) / 'status.db'}"
-        else:
-            with psycopg.connect(args.postgres_url, autocommit=True) as conn:
-                conn.execute(f"CREATE DATABASE {dbname}")
-            url = args.postgres_url.rsplit("/", 1)[0] + f"/{dbname}"
-        try:
-            asyncio.run(create(url))
-            now = time.time()
-            print(f"store: {args.store}; filled in {fill(url, args, now):.1f} s: {vars(args)}")
-            mosts = [int(m) for m in args.most.split(",")]
-            asyncio.run(reads(url, args.rounds, now - DAY, mosts))
-            print(plan(url, now - DAY, mosts[0]))
-        finally:
-            if args.store == "postgres":
-                with psycopg.connect(args.postgres_url, autocommit=True) as conn:
-                    conn.execute(f"DROP DATABASE IF EXISTS {dbname} WITH (FORCE)")
+    with store_url(args.store, args.postgres_url) as (url, _):
+        asyncio.run(create(url))
+        now = time.time()
+        print(f"store: {args.store}; filled in {fill(url, args, now):.1f} s: {vars(args)}")
+        mosts = [int(m) for m in args.most.split(",")]
+        asyncio.run(reads(url, args.rounds, now - DAY, mosts))
+        print(plan(url, now - DAY, mosts[0]))
 
 
 if __name__ == "__main__":
