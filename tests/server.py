@@ -18,7 +18,7 @@ import httpx2
 import orjson
 
 from tests.eventually import eventually
-from tests.standin import API_KEY, free_port
+from tests.standin import API_KEY, Injected, StandIn, free_port
 from webhook.store import Entry, open_reader, sqlite_path
 from webhook.verify import sign
 
@@ -38,6 +38,15 @@ def payload(request_id: str | None = None, text: str = "Hello there, general Ken
             "metadata": {"cost": 0.0001, "latencyMs": 321, "completionTokens": 6},
         }
     )
+
+
+def post_refused(server: Server, standin: StandIn, text: str = "Hello there.") -> str:
+    """Send a webhook whose score post the stand-in answers 400 (its next answer): a dead letter
+    at once. Its request id."""
+    rid = str(uuid.uuid4())
+    standin.fail_next(Injected(400, {"data": None, "error": "scores refused by the stand-in"}))
+    assert server.post(payload(rid, text)).status_code == 202
+    return rid
 
 
 def entries(url: str) -> dict[str, Entry]:

@@ -18,7 +18,7 @@ from tests.conftest import ServerFactory
 from tests.eventually import eventually
 from tests.link import LinkThread
 from tests.rawhttp import connect, read_response
-from tests.server import SECRET, Server, payload
+from tests.server import SECRET, Server, payload, post_refused
 from tests.standin import API_KEY, Injected, StandIn
 from tests.stores import with_query
 from webhook.status_view import Bar, bars, where_stored
@@ -65,9 +65,7 @@ def csrf_of(html: str) -> str:
 
 
 def dead_letter(server: Server, standin: StandIn) -> str:
-    rid = str(uuid.uuid4())
-    standin.fail_next(Injected(400, {"data": None, "error": "scores refused by the stand-in"}))
-    assert server.post(payload(rid)).status_code == 202
+    rid = post_refused(server, standin)
     server.wait_rows(lambda rows: rows.get(rid, {}).get("state") == "dead")
     return rid
 

@@ -20,7 +20,7 @@ from playwright.sync_api import Error as PlaywrightError
 
 from tests.conftest import ServerFactory
 from tests.eventually import eventually
-from tests.server import SECRET, Server, payload
+from tests.server import SECRET, Server, payload, post_refused
 from tests.standin import API_KEY, Injected, StandIn
 
 # Generous waits: a loaded CI machine (2 cores, several test workers, a browser each) is slow.
@@ -190,9 +190,7 @@ def test_signed_in_the_page_shows_the_queue_and_retries_dead_letters(
     expect(tab.get_by_test_id("dead-letters").locator("tr[data-request-id]")).to_have_count(0)
 
     # A 400 for its scores: a dead letter at once. Retried from its row, the stand-in takes it.
-    standin.fail_next(Injected(400, {"data": None, "error": "bad scores"}))
-    rid = str(uuid.uuid4())
-    assert server.post(payload(rid, WORDS)).status_code == 202
+    rid = post_refused(server, standin, WORDS)
     reload_until(tab, lambda: dead_row(tab, rid).count() == 1, "its dead letter's row")
     assert count(tab, "dead") == 1
     assert_nothing_secret(tab.content())
@@ -235,9 +233,7 @@ def test_a_retry_without_its_csrf_field_is_refused(
     status_server: Server, standin: StandIn, tab: Page
 ) -> None:
     server = status_server
-    standin.fail_next(Injected(400, {"data": None, "error": "bad scores"}))
-    rid = str(uuid.uuid4())
-    assert server.post(payload(rid, WORDS)).status_code == 202
+    rid = post_refused(server, standin, WORDS)
     hold_timers(tab)
     sign_in(tab, server)
     reload_until(tab, lambda: dead_row(tab, rid).count() == 1, "its dead letter's row")
@@ -271,9 +267,7 @@ def test_the_pages_pass_axe_and_fit_a_phone(
     first = str(uuid.uuid4())
     assert server.post(payload(first, WORDS)).status_code == 202
     standin.wait_for(lambda: first in standin.posted_ids())  # before the 400 is in place
-    standin.fail_next(Injected(400, {"data": None, "error": "bad scores"}))
-    rid = str(uuid.uuid4())
-    assert server.post(payload(rid, WORDS)).status_code == 202
+    rid = post_refused(server, standin, WORDS)
     reload_until(tab, lambda: dead_row(tab, rid).count() == 1, "its dead letter's row")
     assert axe_violations(tab) == []
     tab.set_viewport_size(PHONE)
@@ -299,9 +293,7 @@ def test_the_page_works_without_javascript(
     status_server: Server, standin: StandIn, chromium: Browser
 ) -> None:
     server = status_server
-    standin.fail_next(Injected(400, {"data": None, "error": "bad scores"}))
-    rid = str(uuid.uuid4())
-    assert server.post(payload(rid, WORDS)).status_code == 202
+    rid = post_refused(server, standin, WORDS)
     context = chromium.new_context(java_script_enabled=False)
     try:
         page = context.new_page()
