@@ -178,9 +178,8 @@ def test_signed_in_the_page_shows_the_queue_and_retries_dead_letters(
     headings = tab.get_by_role("heading", level=2).all_inner_texts()
     assert [h for h in headings if h in SECTIONS] == SECTIONS, headings
     counts = {state: count(tab, state) for state in ("pending", "leased", "done", "dead")}
-    assert all(n is not None and n >= 0 for n in counts.values()), counts
-    done = counts["done"]
-    assert done is not None
+    assert counts == {"pending": 0, "leased": 0, "done": 0, "dead": 0}  # a fresh server
+    done = 0
 
     sent = [str(uuid.uuid4()) for _ in range(3)]
     for rid in sent:
@@ -242,7 +241,7 @@ def test_a_retry_without_its_csrf_field_is_refused(
     forged = tab.request.post(
         f"{server.url}/status/retry", form={"request_id": rid}, max_redirects=0
     )
-    assert 400 <= forged.status < 500, forged.status
+    assert forged.status == 403, forged.status
     tab.reload()
     expect(dead_row(tab, rid)).to_have_count(1)
     assert count(tab, "dead") == 1
