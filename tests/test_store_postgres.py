@@ -265,11 +265,39 @@ async def test_a_schema_version_this_build_does_not_know_is_refused(postgres_url
     conninfo = postgres_url
     async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
         await conn.execute("UPDATE scorer_meta SET value = '99' WHERE key = 'schema_version'")
-    message = "the database has schema version 99; this build knows version 4"
+    message = "the database has schema version 99; this build knows version 5"
     with pytest.raises(StoreError, match=f"^{re.escape(message)}$"):
         await open_store(postgres_url).open()
     with pytest.raises(StoreError, match=f"^{re.escape(message)}$"):
         await open_reader(postgres_url)
+
+
+async def test_a_version_4_schema_gets_the_budgets_bound(postgres_url: str) -> None:
+    """Version 4 as the build that shipped it left it: no bound. The migration adds it, and
+    places taken from then on are counted in it, whoever inserts them."""
+    async with opened(postgres_url):
+        pass
+    async with await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as conn:
+        await conn.execute("DROP TRIGGER post_slots_added ON post_slots")
+        await conn.execute("DROP FUNCTION scorer_slots_added()")
+        await conn.execute(
+            "ALTER TABLE budget DROP COLUMN counted, DROP COLUMN added, DROP COLUMN counted_over"
+        )
+        await conn.execute("UPDATE scorer_meta SET value = '4' WHERE key = 'schema_version'")
+    async with opened(postgres_url) as store:  # migrates
+        budget = store.budget(5, 60.0)
+        slots = [await budget.take() for _ in range(6)]
+        assert [s is not None for s in slots] == [True] * 5 + [False]
+    async with await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as conn:
+        version = await (
+            await conn.execute("SELECT value FROM scorer_meta WHERE key = 'schema_version'")
+        ).fetchone()
+        row = await (
+            await conn.execute("SELECT coalesce(counted, 0) + added FROM budget WHERE id = 1")
+        ).fetchone()
+    assert version == ("5",)
+    assert row is not None
+    assert row[0] >= 5  # the bound covers every place held: the five taken since
 
 
 # The previous build's (version 2) backfill insert and claims, frozen as it ran them: during a
@@ -321,7 +349,7 @@ async def test_a_version_1_schema_is_migrated_to_origins_and_keeps_its_rows(
             " ('done', 3, 3, '{\"a\": 3}', false, 'done', true, 4)"
         )
     message = (
-        "the database has schema version 1; this build reads version 4: start the server on it"
+        "the database has schema version 1; this build reads version 5: start the server on it"
         " once to migrate it"
     )
     with pytest.raises(StoreError, match=f"^{re.escape(message)}$"):
@@ -345,7 +373,7 @@ async def test_a_version_1_schema_is_migrated_to_origins_and_keeps_its_rows(
         assert lease.since is None
     async with await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as conn:
         cur = await conn.execute("SELECT value FROM scorer_meta WHERE key = 'schema_version'")
-        assert await cur.fetchone() == ("4",)
+        assert await cur.fetchone() == ("5",)
         cur = await conn.execute(
             "SELECT column_name FROM information_schema.columns"
             " WHERE table_name = 'webhooks' AND table_schema = current_schema()"

@@ -18,12 +18,15 @@ Version 4: ``webhook_counts``, counters (webhooks by state, the backlog's calls 
 unconfirmed and the skipped) that statement triggers on ``webhooks`` keep in the transaction of
 every insert, update and delete, whichever build's statement made it, so ``queue`` and the flow
 read their counts from a few rows rather than counting a backlog of millions; and
-``webhooks_waiting`` (``received_at`` of the unfinished), for the oldest one's age; and the
-posting budget's bound (``budget.counted`` and ``added``, with a trigger on ``post_slots``), so
-a place is taken without counting the window (see .postgres_budget). Each
+``webhooks_waiting`` (``received_at`` of the unfinished), for the oldest one's age. Each
 database session adds to a row of its own (its backend pid): a transaction only ever locks its
 own session's counters, so instances writing at once never wait on each other for them, and no
 new deadlock can arise; the reader sums the rows. Row 0 holds the counts the migration found.
+
+Version 5 (here only): the posting budget's bound, ``budget.counted`` and ``added`` with a
+trigger on ``post_slots``, so a place is taken without counting the window (see
+.postgres_budget). It came after version 4 had shipped; SQLite's own bound (``post_bound``) is
+created with its schema at every open, so a SQLite file stays at version 4.
 
 Expand, then contract: version 3 keeps ``backfill`` (with its default), which this build never
 reads or writes, because during a rolling deploy instances of the previous build still claim
@@ -43,7 +46,7 @@ from webhook.store import StoreError
 
 __all__ = ["SCHEMA_VERSION", "check_version", "migrate"]
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 # pg_advisory_xact_lock key for creating and migrating the schema (any fixed bigint).
 SCHEMA_LOCK = 0x5C0_4E5_C4E3A
 
@@ -194,6 +197,8 @@ CREATE TRIGGER webhooks_count_delete AFTER DELETE ON webhooks
     REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION scorer_count();
 {COUNT_ALL};
 CREATE INDEX webhooks_waiting ON webhooks (received_at) WHERE state IN ('pending', 'leased');
+""",
+    5: f"""
 ALTER TABLE budget ADD COLUMN counted bigint;
 ALTER TABLE budget ADD COLUMN added bigint NOT NULL DEFAULT 0;
 ALTER TABLE budget ADD COLUMN counted_over double precision;
