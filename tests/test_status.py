@@ -342,6 +342,10 @@ def test_crafted_cookies_fields_and_links_get_a_clear_answer_not_a_500(
     )
     assert answer.status_code == 400
     assert answer.json() == {"error": "request_id is empty: leave it out to retry them all"}
+    for origin in ("http://[", "http://[::1"):  # not URLs: another site's, not a 500
+        for path in ("/status/login", "/status/retry"):
+            answer = page.client.post(path, content="", headers=FORM | {"Origin": origin})
+            assert answer.status_code == 403, (path, origin, answer.text)
     for link in ("?retried=²", "?retried=" + "9" * 5000, "?retried=-1"):
         shown = browser.get("/status" + link)
         assert shown.status_code == 200

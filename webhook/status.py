@@ -229,7 +229,10 @@ def _same_site(request: Request) -> bool:
     if origin is None:
         return True  # not a browser's cross-site form: those carry one or the other
     hosts = {request.headers.get("host"), request.headers.get("x-forwarded-host")}
-    return urlsplit(origin).netloc in hosts - {None}
+    try:
+        return urlsplit(origin).netloc in hosts - {None}
+    except ValueError:  # not a URL ("http://["): not this site's page
+        return False
 
 
 def _over_https(request: Request) -> bool:
