@@ -22,9 +22,8 @@ async def test_a_burst_shares_one_flush_and_each_caller_gets_its_own_results() -
     gatherer: Gatherer[int, int] = Gatherer(flush)
     results = await asyncio.gather(*(gatherer.submit([i, i + 100]) for i in range(20)))
     assert results == [[i * 10, (i + 100) * 10] for i in range(20)]
-    # The first caller flushes alone at once; everyone who came meanwhile shares the next.
-    assert len(flushes) <= 2
-    assert sorted(x for f in flushes for x in f) == sorted([*range(20), *range(100, 120)])
+    # All came before the flusher ran: one flush, the callers' items in their order.
+    assert flushes == [[x for i in range(20) for x in (i, i + 100)]]
 
 
 async def test_a_refused_value_fails_only_its_caller_and_an_outage_fails_all_at_once() -> None:
@@ -74,3 +73,36 @@ async def test_a_cancelled_flush_leaves_nobody_waiting() -> None:
     for waiter in (first, second):
         with pytest.raises(asyncio.CancelledError):
             await asyncio.wait_for(waiter, 5)
+
+
+async def test_a_flush_cancelled_while_callers_are_flushed_alone_leaves_nobody_waiting() -> None:
+    first_in = asyncio.Event()
+    alone_started = asyncio.Event()
+
+    async def flush(items: list[int]) -> list[int]:
+        if items == [0]:
+            await first_in.wait()
+            return items
+        if len(items) > 1:
+            raise RuntimeError("value refused")  # each caller is then flushed alone
+        if items in ([1], [2]):
+            alone_started.set()
+            await asyncio.sleep(3600)
+        return items
+
+    gatherer: Gatherer[int, int] = Gatherer(flush, alone=lambda exc: True)
+    first = asyncio.create_task(gatherer.submit([0]))
+    await asyncio.sleep(0)
+    waiters = [asyncio.create_task(gatherer.submit([n])) for n in (1, 2)]
+    await asyncio.sleep(0)
+    first_in.set()
+    await asyncio.wait_for(alone_started.wait(), 5)
+    late = asyncio.create_task(gatherer.submit([3]))  # waits for the next flush
+    await asyncio.sleep(0)
+    assert gatherer._flusher is not None
+    gatherer._flusher.cancel()
+    assert await first == [0]
+    for waiter in (*waiters, late):
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(waiter, 5)
+    assert await asyncio.wait_for(gatherer.submit([4]), 5) == [4]  # a new flusher starts

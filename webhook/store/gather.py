@@ -57,31 +57,36 @@ class Gatherer(Generic[T, R]):
             await asyncio.shield(self._flusher)
 
     async def _run(self) -> None:
+        batch: list[tuple[Sequence[T], asyncio.Future[list[R]]]] = []
         try:
             while self._waiting:
                 batch, self._waiting = self._waiting, []
-                items = [item for part, _ in batch for item in part]
-                try:
-                    results = await self._flush(items)
-                except Exception as exc:
-                    if len(batch) > 1 and self._alone_after(exc):
-                        for part, fut in batch:  # each alone: a bad item fails its caller only
-                            await self._alone(part, fut)
-                        continue
-                    for _, fut in batch:
-                        if not fut.done():
-                            fut.set_exception(exc)
-                    continue
-                except BaseException:  # cancelled: nobody may be left waiting for ever
-                    for _, fut in [*batch, *self._waiting]:
-                        fut.cancel()
-                    self._waiting = []
-                    raise
-                start = 0
-                for part, fut in batch:
-                    end = start + len(part)
-                    if not fut.done():
-                        fut.set_result(results[start:end])
-                    start = end
+                await self._flush_batch(batch)
+                batch = []
+        except BaseException:  # cancelled, wherever: nobody may be left waiting for ever
+            for _, fut in [*batch, *self._waiting]:
+                fut.cancel()
+            self._waiting = []
+            raise
         finally:
             self._flusher = None
+
+    async def _flush_batch(self, batch: list[tuple[Sequence[T], asyncio.Future[list[R]]]]) -> None:
+        items = [item for part, _ in batch for item in part]
+        try:
+            results = await self._flush(items)
+        except Exception as exc:
+            if len(batch) > 1 and self._alone_after(exc):
+                for part, fut in batch:  # each alone: a bad item fails its caller only
+                    await self._alone(part, fut)
+                return
+            for _, fut in batch:
+                if not fut.done():
+                    fut.set_exception(exc)
+            return
+        start = 0
+        for part, fut in batch:
+            end = start + len(part)
+            if not fut.done():
+                fut.set_result(results[start:end])
+            start = end
