@@ -1209,3 +1209,19 @@ async def test_flow_counts_arrivals_posts_backlog_and_its_calls(store: Store) ->
         window=600, arrived=5, posted=3, backlog=6, backlog_calls=7, unconfirmed=1, skipped=1
     )
     assert (await store.reader.flow(60)).arrived == 5
+
+
+async def test_a_value_that_cannot_be_sent_fails_only_its_own_outcome(store: Store) -> None:
+    """Outcomes recorded at once share a transaction: one whose text the driver cannot encode
+    (a lone surrogate) fails its own caller, and the others are applied."""
+    await add(store, "bad", "good")
+    jobs = {job.request_id: job for job in await store.claim("score", 2, LONG)}
+    held = await asyncio.gather(
+        store.record([Dead(jobs["bad"].lease, 500, "bad \ud800 text", frozenset())]),
+        store.record([Scored(jobs["good"].lease, {"s": 1}, None, True)]),
+        return_exceptions=True,
+    )
+    assert isinstance(held[0], Exception)
+    assert held[1] == [True]
+    assert (await entry(store, "good")).state == "done"
+    assert (await entry(store, "bad")).state == "leased"

@@ -5,10 +5,12 @@ flush is in flight, everything that arrives joins the next, so a burst costs one
 (one fsync, one round trip) instead of one each, and an idle store answers at once: nothing
 waits for a timer. Each caller's items stay together in one flush, in order.
 
-A flush that raises applied none of its items (callers share the transaction). When the store
-says the failure was a value it refused (``alone``), each caller's items are flushed alone, so
-one caller's bad item fails only that caller, as before they were gathered; any other failure
-(the database away) fails them all at once, not once per caller.
+A flush that raises applied none of its items (callers share the transaction). When the
+failure was a value that could not be sent (:func:`unsendable`: text the driver cannot encode,
+an int too large for the column, on either store) or one the store says its database refused
+(``alone``), each caller's items are flushed alone, so one caller's bad item fails only that
+caller, as before they were gathered; any other failure (the database away) fails them all at
+once, not once per caller.
 """
 
 from __future__ import annotations
@@ -17,10 +19,15 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
-__all__ = ["Gatherer"]
+__all__ = ["Gatherer", "unsendable"]
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+
+def unsendable(exc: BaseException) -> bool:
+    """A value the database driver could not send (raised, or wrapped as the cause)."""
+    return any(isinstance(e, ValueError | OverflowError) for e in (exc, exc.__cause__))
 
 
 class Gatherer(Generic[T, R]):
@@ -76,7 +83,7 @@ class Gatherer(Generic[T, R]):
         try:
             results = await self._flush(items)
         except Exception as exc:
-            if len(batch) > 1 and self._alone_after(exc):
+            if len(batch) > 1 and (unsendable(exc) or self._alone_after(exc)):
                 for part, fut in batch:  # each alone: a bad item fails its caller only
                     await self._alone(part, fut)
                 return
