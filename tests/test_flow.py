@@ -169,7 +169,6 @@ def test_a_backlog_past_the_max_age_is_reported_with_a_way_out(
 
     text = eventually(scraped, 20, what="the arrival rate of all twelve on /metrics")
     assert metric(text, "helicone_scorer_drain_seconds") == float("inf")
-    assert metric(text, "helicone_scorer_arrival_rate_per_minute") == pytest.approx(1.2)
     assert metric(text, "helicone_scorer_backlog_calls") >= 10
 
     env = {k: v for k, v in server.env.items() if k != "HELICONE_WEBHOOK_SECRET"}
