@@ -47,6 +47,9 @@ __all__ = ["Relay"]
 
 BATCH_WAIT = 0.005
 """Seconds free places may wait for others to join their claim while work is in flight."""
+# After waiting for room in the budget, claim a little later: the share of the wait, at most
+# SETTLE_MAX seconds (see Stage._room).
+SETTLE_SHARE, SETTLE_MAX = 0.1, 1.0
 
 # The relay's lines keep the logger name they always had, which log filters may rely on.
 log = logging.getLogger("webhook.deliver")
@@ -76,6 +79,7 @@ class _Stage:
         self._heartbeat: asyncio.Task[None] | None = None
         self._stopping = False
         self._short_since: float | None = None  # since when free places wait for a batch
+        self._no_claim_until = 0.0  # (monotonic) waiting for room in the budget, and a settle
 
     def wake(self) -> None:
         self._wake.set()
@@ -121,9 +125,19 @@ class _Stage:
                 return 0, self._short_since + BATCH_WAIT - now
         self._short_since = None
         if self.budget is not None and free > 0:
+            now = time.monotonic()
+            if now < self._no_claim_until:
+                return 0, self._no_claim_until - now
             free = min(free, await self.budget.room())
             if free <= 0:
-                return 0, await self.budget.wait_time()
+                # Work given back for want of room is due again when room should free, each a
+                # few ms apart (its own release's latency). Claiming a little after that sees
+                # all of it, and takes it in priority order, live first, rather than whichever
+                # happened to be due first (a reconciled webhook was posted before live ones
+                # after a 429's pause, in CI).
+                wait = await self.budget.wait_time()
+                self._no_claim_until = now + wait + min(SETTLE_MAX, wait * SETTLE_SHARE)
+                return 0, self._no_claim_until - now
         return free, None
 
     async def _run(self) -> None:
