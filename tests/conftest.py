@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from tests.browser import chromium, tab  # noqa: F401 (fixtures, made known to every test here)
+from tests.link import link  # noqa: F401 (a fixture, as above)
 from tests.server import Server, with_api
 from tests.standin import StandIn
 from tests.stores import (  # noqa: F401 (fixtures, made known to every test here)

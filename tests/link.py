@@ -11,15 +11,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
+import pytest
 
 from tests.standin import free_port
 
-__all__ = ["Link", "LinkThread", "through"]
+__all__ = ["Link", "LinkThread", "link", "through"]
 
 
 def _upstream(url: str) -> tuple[str, int]:
@@ -45,6 +46,7 @@ class Link:
         self.url = through(url, self.port)
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
         self._flowing = asyncio.Event()
         self._flowing.set()
 
@@ -55,6 +57,13 @@ class Link:
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
 
+    async def __aenter__(self) -> Link:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
     async def cut(self) -> None:
         """Reset every connection through it, and refuse new ones until :meth:`start`."""
         assert self._server is not None
@@ -63,6 +72,20 @@ class Link:
             writer.transport.abort()
         await self._server.wait_closed()
         self._server = None
+
+    async def close(self) -> None:
+        """Cut, and end every connection's task, so no socket is left for the garbage collector
+        to find open (a ResourceWarning, an error under ``filterwarnings = error``, that fails
+        whichever test is running then: seen in CI)."""
+        self.freeze(False)
+        if self.up:
+            await self.cut()
+        for writer in self._writers:  # those opened since a cut, if any
+            writer.transport.abort()
+        # Aborted, each connection's pipes end on their own; a task cancelled instead would
+        # make asyncio's stream callback log a CancelledError.
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=10)
 
     def freeze(self, frozen: bool = True) -> None:
         """Stop passing bytes on (or pass them again), closing nothing: a database that stopped
@@ -73,32 +96,36 @@ class Link:
             self._flowing.set()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
         # Known to :meth:`cut` from the start: a connection accepted just before a cut, whose
         # upstream opened after it, would otherwise live on through the cut (a store's pool
         # then reached the database while the test had cut it: seen in CI).
         self._writers.add(writer)
+        ends = [writer]
         try:
             up_reader, up_writer = await asyncio.open_connection(*self.upstream)
+            ends.append(up_writer)
+            if writer.transport.is_closing():  # cut meanwhile
+                return
+            self._writers.add(up_writer)
+            await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
         except OSError:
-            writer.transport.abort()
-            self._writers.discard(writer)
             return
-        if writer.transport.is_closing():  # cut meanwhile
-            up_writer.transport.abort()
-            self._writers.discard(writer)
-            return
-        self._writers.add(up_writer)
+        finally:
+            for end in ends:
+                end.transport.abort()
+            self._writers.difference_update(ends)
+            self._tasks.discard(task)
 
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            with contextlib.suppress(ConnectionError):
-                while data := await src.read(65536):
-                    await self._flowing.wait()
-                    dst.write(data)
-                    await dst.drain()
-            dst.transport.abort()
-
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
-        self._writers -= {writer, up_writer}
+    async def _pipe(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError):
+            while data := await src.read(65536):
+                await self._flowing.wait()
+                dst.write(data)
+                await dst.drain()
+        dst.transport.abort()
 
 
 class LinkThread:
@@ -121,13 +148,24 @@ class LinkThread:
     def cut(self) -> None:
         self._call(self.link.cut())
 
+    async def _close(self) -> None:
+        await self.link.close()
+        for _ in range(3):  # the aborted transports' callbacks, which close their sockets
+            await asyncio.sleep(0)
+
     def freeze(self, frozen: bool = True) -> None:
         self._loop.call_soon_threadsafe(self.link.freeze, frozen)
 
     def close(self) -> None:
-        self.freeze(False)
-        if self.link.up:
-            self.cut()
+        self._call(self._close())
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
         self._loop.close()
+
+
+@pytest.fixture
+def link(postgres_url: str) -> Iterator[LinkThread]:
+    """A started :class:`LinkThread` to the test's database, closed after the test."""
+    link = LinkThread(postgres_url).start()
+    yield link
+    link.close()

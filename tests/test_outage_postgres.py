@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Iterator
 
 import psycopg
 import pytest
@@ -25,13 +24,6 @@ from tests.standin import Injected, StandIn
 from tests.stores import with_query
 
 ACCEPTED, UNAVAILABLE = 202, 503
-
-
-@pytest.fixture
-def link(postgres_url: str) -> Iterator[LinkThread]:
-    link = LinkThread(postgres_url).start()
-    yield link
-    link.close()
 
 
 class Sender:

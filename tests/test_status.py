@@ -268,13 +268,6 @@ def test_the_page_never_shows_bodies_secrets_or_keys(
     assert headers["x-frame-options"] == "DENY"
 
 
-@pytest.fixture
-def link(postgres_url: str) -> Iterator[LinkThread]:
-    link = LinkThread(postgres_url).start()
-    yield link
-    link.close()
-
-
 @pytest.mark.parametrize("how", ["cut", "frozen"])
 def test_the_page_answers_while_the_database_is_away(
     make_server: ServerFactory, link: LinkThread, how: str

@@ -458,10 +458,11 @@ async def test_a_statement_past_the_statement_timeout_fails_and_the_store_goes_o
 
 
 async def test_a_database_that_goes_away_and_comes_back(postgres_url: str) -> None:
-    link = Link(postgres_url)
-    await link.start()
-    url = with_query(link.url, connect_timeout="1")
-    async with opened(url) as store, opened(postgres_url) as direct:
+    async with (
+        Link(postgres_url) as link,
+        opened(with_query(link.url, connect_timeout="1")) as store,
+        opened(postgres_url) as direct,
+    ):
         woken: list[Stage] = []
         store.subscribe(woken.append)
         await eventually_async(lambda: _settled(woken), 10, what="listening")
@@ -490,24 +491,21 @@ async def test_a_database_that_goes_away_and_comes_back(postgres_url: str) -> No
         woken.clear()
         assert await direct.add("from-another", b"{}")
         await eventually_async(lambda: _has(woken, "score"), 10, what="woken by another's add")
-    await link.cut()
 
 
 async def test_a_database_that_stops_answering_fails_writes_within_the_statement_timeout(
     postgres_url: str,
 ) -> None:
-    link = Link(postgres_url)
-    await link.start()
-    url = with_connection_settings(with_query(link.url, connect_timeout="1"), statement_timeout=1)
-    async with opened(url) as store:
-        assert await store.add("before", b"{}")
-        link.freeze()  # no reset, no answer: a hung network path
-        with pytest.raises(StoreError):
-            await asyncio.wait_for(store.add("frozen", b"{}"), 30)  # not a hang
-        with pytest.raises(StoreError, match=r"^the last write failed "):
-            await store.ping()
-        link.freeze(False)
-    await link.cut()
+    async with Link(postgres_url) as link:
+        url = with_query(link.url, connect_timeout="1")
+        async with opened(with_connection_settings(url, statement_timeout=1)) as store:
+            assert await store.add("before", b"{}")
+            link.freeze()  # no reset, no answer: a hung network path
+            with pytest.raises(StoreError):
+                await asyncio.wait_for(store.add("frozen", b"{}"), 30)  # not a hang
+            with pytest.raises(StoreError, match=r"^the last write failed "):
+                await store.ping()
+            link.freeze(False)
 
 
 async def test_a_version_3_schema_gets_counters_that_count_its_rows(postgres_url: str) -> None:
