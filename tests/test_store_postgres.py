@@ -457,6 +457,28 @@ async def test_a_statement_past_the_statement_timeout_fails_and_the_store_goes_o
         await store.ping()
 
 
+async def test_a_pause_holds_in_its_process_before_its_write_commits(postgres_url: str) -> None:
+    """A 429's pause stops this process's calls the moment it is known. Its write (which the
+    other instances wait for) is held here on the budget row's lock: before, room and take
+    went on, and a live post started inside a pause (test_priorities, in CI)."""
+    async with (
+        opened(postgres_url) as store,
+        await psycopg.AsyncConnection.connect(postgres_url) as locker,
+    ):
+        budget = store.budget(5, 60.0)
+        assert await budget.room() == 5
+        await locker.execute("SELECT 1 FROM budget WHERE id = 1 FOR UPDATE")
+        pausing = asyncio.ensure_future(budget.pause(60))
+        await asyncio.sleep(0.2)
+        assert not pausing.done()  # its write waits for the lock
+        assert await asyncio.wait_for(budget.room(), 5) == 0
+        assert await asyncio.wait_for(budget.take(), 5) is None
+        assert await asyncio.wait_for(budget.wait_time(), 5) > 30
+        await locker.rollback()
+        await asyncio.wait_for(pausing, 10)
+        assert await budget.take() is None
+
+
 async def test_a_database_that_goes_away_and_comes_back(postgres_url: str) -> None:
     async with (
         Link(postgres_url) as link,

@@ -94,10 +94,10 @@ async def spend(
     process, for its ``Retry-After`` (else a minute)."""
     try:
         answer = await send()
+        if answer.status == 429:  # first: no other call of this process starts meanwhile
+            await budget.pause(answer.retry_after if answer.retry_after is not None else 60.0)
     finally:
         await budget.spent(slot)
-    if answer.status == 429:
-        await budget.pause(answer.retry_after if answer.retry_after is not None else 60.0)
     return answer
 
 

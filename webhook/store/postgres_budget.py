@@ -6,7 +6,9 @@ still in flight ends no earlier than now while its holder is alive (its heartbea
 place whose holder is gone (killed, or closed before the call ended), or that no serving
 instance holds, counts as ended when taken, so it frees on its own. The ``budget`` row holds
 the 429 pause, and is the lock that makes ``take`` atomic across instances: a taker locks it,
-then counts (a fresh snapshot, after the lock), then inserts.
+then counts (a fresh snapshot, after the lock), then inserts. The process that got the 429
+also keeps the pause itself, from the moment it is known: its own calls stop at once, not once
+the write commits (as the SQLite budget does).
 
 A call of a :data:`~webhook.store.Priority` may take a place only while more than its
 :func:`~webhook.store.reserve` is free (counted under the same lock), so the classes above it
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import TYPE_CHECKING
 
 from webhook.store import Priority, Slot, StoreError, reserve
@@ -92,6 +95,9 @@ class PostgresBudget:
         }
         self._unspent: set[str] = set()  # tokens of calls that ended, not yet written
         self._ender: asyncio.Future[None] | None = None  # writing them
+        # (monotonic) This process's latest pause: it holds here from the moment the 429 is
+        # known, before its write commits (a round trip, or never if the database is away).
+        self._paused_until = 0.0
 
     async def _state(self) -> tuple[float, list[float]]:
         """Seconds the pause still runs (<= 0: none), and when each held place ended, oldest
@@ -111,6 +117,10 @@ class PostgresBudget:
         paused, ages = row
         return float(paused), [float(a) for a in ages]
 
+    def _paused_here(self) -> float:
+        """Seconds this process's own latest pause still runs (<= 0: none)."""
+        return self._paused_until - time.monotonic()
+
     def _limit(self, priority: Priority) -> int:
         """The places a call of ``priority`` may fill."""
         return self.limit - reserve(priority, self.limit)
@@ -127,6 +137,8 @@ class PostgresBudget:
 
     async def room(self, priority: Priority = "live") -> int:
         await self._write_ends()  # before a claim: the places this process freed, freed
+        if self._paused_here() > 0:
+            return 0
         if free := await self._surely_free(priority):
             return free
         paused, held = await self._state()
@@ -139,6 +151,8 @@ class PostgresBudget:
 
     async def take(self, priority: Priority = "live") -> Slot | None:
         self._end_pending()
+        if self._paused_here() > 0:
+            return None
         limit = self._limit(priority)
         params = self._params | {"holder": self._holder, "limit": limit}
         # Far from the limit: one statement, one round trip, the budget row locked only for it.
@@ -219,8 +233,9 @@ class PostgresBudget:
         return True
 
     async def pause(self, seconds: float) -> None:
-        # As ``spent``: the 429 was answered; a pause that cannot be stored is logged, and the
-        # call's outcome is recorded all the same.
+        # As ``spent``: the 429 was answered; a pause that cannot be stored is logged (it holds
+        # in this process all the same), and the call's outcome is recorded.
+        self._paused_until = max(self._paused_until, time.monotonic() + seconds)
         try:
             await self._db.execute(
                 "UPDATE budget SET paused_until = greatest(paused_until, scorer_now() + %s)"
@@ -231,10 +246,11 @@ class PostgresBudget:
             log.warning("could not record a pause of the API calls: %s", exc)
 
     async def wait_time(self, priority: Priority = "live") -> float:
-        if await self._surely_free(priority):
+        here = self._paused_here()
+        if here <= 0 and await self._surely_free(priority):
             return 0.0
         paused, held = await self._state()
-        wait = max(0.0, paused)
+        wait = max(0.0, paused, here)
         limit = self._limit(priority)
         if 0 < limit <= len(held):
             # The place that frees the one we need: the (len - limit + 1)-th oldest.
