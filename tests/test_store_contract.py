@@ -500,6 +500,42 @@ async def test_dead_letters_most_recently_dead_first_when_asked(
     assert [d.request_id for d in await store.reader.dead_letters(10)] == ["a", "b", "c"]
 
 
+async def test_retry_now_makes_due_only_posts_waiting_after_the_api_failed(
+    store: Store, other: Store
+) -> None:
+    """The API answers again: posts waiting out a retry after no answer, a 408 or a 5xx are
+    due now, of every origin, scores or feedback, attempts unchanged. Not one after a 429, one
+    released for want of room, a score stage's retry, or one leased."""
+    waits = {"none": None, "timeout": 408, "down": 503}
+    for rid, status in waits.items():
+        await to_post(store, rid, origin="reconciled" if rid == "down" else "live")
+        job = await claim_one(store, "post")
+        assert await store.record([Retry(job.lease, 3600, status, "x", frozenset())]) == [True]
+    await feedback_only(store, "feedback")
+    job = await claim_one(store, "post")
+    assert await store.record([Retry(job.lease, 3600, 500, "x", frozenset({"scores"}))]) == [True]
+    await to_post(store, "throttled")
+    job = await claim_one(store, "post")
+    assert await store.record([Retry(job.lease, 3600, 429, "slow", frozenset())]) == [True]
+    await to_post(store, "no-room")
+    job = await claim_one(store, "post")
+    assert await store.record([Released(job.lease, frozenset(), 3600)]) == [True]
+    await add(store, "unscored")
+    job = await claim_one(store)
+    assert await store.record([Retry(job.lease, 3600, 500, "x", frozenset())]) == [True]
+    await to_post(store, "leased")
+    leased = await claim_one(store, "post")
+    attempts = {rid: (await entry(store, rid)).attempts for rid in [*waits, "feedback"]}
+
+    assert await other.retry_now() == 4  # another instance: the store's, not the process's
+    jobs = await store.claim("post", 10, LONG)
+    assert sorted(j.request_id for j in jobs) == sorted([*waits, "feedback"])
+    assert {j.request_id: j.attempts for j in jobs} == {r: a + 1 for r, a in attempts.items()}
+    assert await store.claim("score", 10, LONG) == []
+    assert await store.retry_now() == 0  # nothing left waiting after a failure
+    assert await store.record([Delivered(leased.lease, 201, frozenset({"scores"}))]) == [True]
+
+
 async def test_requeue_named_dead_letters(store: Store) -> None:
     await make_dead(store, "a", "b")
     assert await store.requeue_dead(["a", "never-stored"]) == 1

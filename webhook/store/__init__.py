@@ -510,6 +510,14 @@ class Store(Protocol):
         """Re-queue the named dead letters (all when None), due now with fresh attempts;
         returns how many."""
 
+    async def retry_now(self) -> int:
+        """Make due now every webhook waiting out the delay of a retried post whose last call
+        got no answer, a 408 or a 5xx: the API answers again, and the delays that grew while
+        it was down would only hold the backlog back (the budget sets the pace). Not one
+        waiting after a 429 (the pause holds those) or released for want of room. Attempts
+        are unchanged. A batch a transaction, so no write waits long behind it; returns how
+        many."""
+
     async def purge_dead(self) -> int:
         """Delete every dead letter for good; returns how many."""
 

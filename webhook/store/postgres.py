@@ -73,6 +73,18 @@ log = logging.getLogger("webhook.store")
 _Row = tuple[str, bytes, int, float | None]
 
 CHANNEL = "scorer_wake"
+# Posts waiting out a retry after no answer, a 408 or a 5xx (Store.retry_now): a batch of one
+# group of the index of the webhooks to post, read from now on (the rows made due leave it);
+# rows a claim holds are left to it.
+RETRY_NOW: LiteralString = (
+    "UPDATE webhooks SET available_at = scorer_now() WHERE request_id IN (SELECT request_id"
+    " FROM webhooks WHERE state IN ('pending', 'leased') AND scores IS NOT NULL"
+    " AND origin = %(origin)s AND posted_scores = %(part)s AND available_at > scorer_now()"
+    " AND state = 'pending' AND last_error IS NOT NULL"
+    " AND (last_status IS NULL OR last_status = 408 OR last_status >= 500)"
+    " LIMIT %(limit)s FOR UPDATE SKIP LOCKED)"
+)
+RETRY_NOW_BATCH = 1000
 
 
 ORIGIN_CODES: tuple[LiteralString, ...] = ("0", "1", "2")  # ORIGINS' codes, in claim order
@@ -725,6 +737,22 @@ class PostgresStore:
             await self._notify(conn, wake)
         self._wake(wake)
         return len(rows)
+
+    async def retry_now(self) -> int:
+        total = 0
+        for origin in range(len(ORIGIN_CODES)):
+            for part in (False, True):
+                params = {"origin": origin, "part": part, "limit": RETRY_NOW_BATCH}
+                count = RETRY_NOW_BATCH
+                while count == RETRY_NOW_BATCH:
+                    async with self._db.connection() as conn, conn.transaction():
+                        count = (await conn.execute(RETRY_NOW, params)).rowcount
+                        if count:
+                            await self._notify(conn, {"post"})
+                    if count:
+                        total += count
+                        self._wake({"post"})
+        return total
 
     async def purge_dead(self) -> int:
         return await self._db.execute("DELETE FROM webhooks WHERE state = 'dead'", ())

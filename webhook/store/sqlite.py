@@ -184,6 +184,16 @@ STORED_AMONG = "SELECT request_id FROM webhooks WHERE"
 # The sweep's lease ("token expires_at") and where the last sweep ended, in ``meta``.
 SWEEP_LEASE, SWEEP_UNTIL = "sweep_lease", "sweep_until"
 CHUNK = 500  # ids per statement, well under SQLite's limit of bound parameters
+# Posts waiting out a retry after no answer, a 408 or a 5xx (Store.retry_now): a batch of one
+# group of the index of the webhooks to post, read from now on (the rows made due leave it).
+RETRY_NOW = (
+    "UPDATE webhooks SET available_at = :now WHERE request_id IN (SELECT request_id FROM webhooks"
+    " INDEXED BY webhooks_to_post WHERE state IN ('pending', 'leased') AND scores IS NOT NULL"
+    " AND origin = :origin AND posted & 1 = :part AND available_at > :now"
+    " AND state = 'pending' AND last_error IS NOT NULL"
+    " AND (last_status IS NULL OR last_status = 408 OR last_status >= 500) LIMIT :limit)"
+)
+RETRY_NOW_BATCH = 1000
 
 
 def _statement(outcome: Outcome, now: float) -> tuple[str, tuple[Any, ...]]:
@@ -562,6 +572,21 @@ class SQLiteStore:
             self._wake("score")
             self._wake("post")
         return count
+
+    async def retry_now(self) -> int:
+        def op(origin: int, part: int, conn: sqlite3.Connection) -> int:
+            params = {"now": time.time(), "origin": origin, "part": part, "limit": RETRY_NOW_BATCH}
+            return conn.execute(RETRY_NOW, params).rowcount
+
+        total = 0
+        for origin in range(len(ORIGINS)):
+            for part in (0, 1):
+                while count := await self._writer.run(partial(op, origin, part)):
+                    total += count
+                    self._wake("post")
+                    if count < RETRY_NOW_BATCH:
+                        break
+        return total
 
     async def purge_dead(self) -> int:
         def op(conn: sqlite3.Connection) -> int:
