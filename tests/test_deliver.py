@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import threading
+import time
 import uuid
 from collections.abc import Callable
 
@@ -41,6 +42,30 @@ def test_unreachable_api_is_retried(make_server: ServerFactory, standin: StandIn
     server.env["HELICONE_API_BASE"] = standin.base_url
     server.start()
     standin.wait_for(lambda: rid in standin.posted_ids())
+
+
+def test_the_first_success_after_an_outage_makes_the_waiting_retries_due(
+    server: Server, standin: StandIn
+) -> None:
+    """Three posts fail with 503s asking for ten minutes; the next call succeeds: the three are
+    posted at once, not ten minutes later, with no attempt added."""
+    down = Injected(503, {"data": None, "error": "down"}, headers={"Retry-After": "600"})
+    standin.fail_next(down, down, down)
+    waiting = [str(uuid.uuid4()) for _ in range(3)]
+    for rid in waiting:
+        assert server.post(payload(rid)).status_code == 202
+    rows = server.wait_rows(
+        lambda rows: all(r in rows and rows[r]["last_status"] == 503 for r in waiting)
+    )
+    assert {rows[r]["state"] for r in waiting} == {"pending"}
+    assert all(rows[r]["available_at"] > time.time() + 500 for r in waiting)
+    back = str(uuid.uuid4())
+    assert server.post(payload(back)).status_code == 202
+    standin.wait_for(lambda: set(waiting) | {back} <= standin.posted_ids(), 30)
+    server.wait_for_log("the API answers again: 3 webhook(s) waiting out a retry are due now")
+    rows = server.wait_rows(lambda rows: all(rows[r]["state"] == "done" for r in waiting))
+    assert [rows[r]["attempts"] for r in waiting] == [2, 2, 2]
+    assert all(standin.posts()[r] == 1 for r in [*waiting, back])
 
 
 def test_permanent_4xx_goes_to_dead_letters(server: Server, standin: StandIn) -> None:

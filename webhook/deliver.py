@@ -25,6 +25,11 @@ Retry policy, all of it in :class:`RetryPolicy`:
 - No answer (connection error, timeout), 408, 429 and 5xx are retried with exponential backoff
   and full jitter: attempt *n* waits a random time up to ``base * 2**(n-1)``, capped at ``cap``;
   a ``Retry-After`` that asks for longer wins. A 429 also pauses *all* calls until then.
+- The first call that succeeds after calls that got no answer, a 408 or a 5xx (the API was
+  down) makes every post waiting out a retry after such a failure due at once
+  (:meth:`webhook.store.Store.retry_now`), attempts unchanged: the delays grown during an
+  outage would hold the backlog back for up to ``cap`` once the API is back; the budget sets
+  the pace instead.
 - Any other 4xx is permanent: the webhook goes to the dead letters at once, with its status and
   error. So does one that used up ``max_attempts`` or is older than ``max_age``.
 - A request Helicone logged more than 30 days ago (:data:`webhook.helicone.SCORING_WINDOW`;
@@ -37,6 +42,8 @@ Retry policy, all of it in :class:`RetryPolicy`:
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -48,7 +55,7 @@ from prometheus_client import Counter
 
 from webhook import metrics
 from webhook.flow import Sample
-from webhook.helicone import SCORING_WINDOW, Answer, Helicone, spend
+from webhook.helicone import SCORING_WINDOW, Answer, Helicone, spend, trouble
 from webhook.logs import event
 from webhook.store import (
     Call,
@@ -131,6 +138,8 @@ class Delivery:
         self.sample = sample or Sample()
         # Calls made here that no recorded outcome carries yet: request id -> calls.
         self._posted: dict[str, Posted] = {}
+        self._failing = False  # trouble since the last success here: the API is down
+        self._retrying: asyncio.Task[None] | None = None  # making the retries due now
 
     def posted(self, job: Job) -> Posted:
         """What this webhook has posted, as far as this process knows."""
@@ -219,7 +228,36 @@ class Delivery:
         answer = await spend(self.budget, slot, send)
         if not answer.ok:
             metrics.POST_FAILURES.labels(str(answer.status or "none")).inc()
+            self._failing = self._failing or trouble(answer.status)
+        elif self._failing:
+            self._failing = False
+            if self._retrying is None or self._retrying.done():
+                self._retrying = asyncio.create_task(self._retry_now(), name="retry-now")
         return answer
+
+    async def _retry_now(self) -> None:
+        """The API answers again: the posts waiting out a retry are due now."""
+        try:
+            count = await self.store.retry_now()
+        except Exception as exc:  # they wait out their delays, as before
+            log.warning("could not make the waiting retries due now: %s", exc)
+            return
+        if count:
+            event(
+                log,
+                f"the API answers again: {count} webhook(s) waiting out a retry are due now",
+                outcome="retry_now",
+                count=count,
+            )
+
+    async def close(self, grace: float = 5.0) -> None:
+        """Let the retries being made due finish (``grace`` seconds at most)."""
+        if self._retrying is None:
+            return
+        await asyncio.wait({self._retrying}, timeout=grace)
+        self._retrying.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._retrying
 
     async def _defer(
         self, job: Job, posted: Posted, why: Literal["budget", "lease"], priority: Priority

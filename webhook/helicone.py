@@ -37,6 +37,7 @@ __all__ = [
     "request_path",
     "retry_after_seconds",
     "spend",
+    "trouble",
 ]
 
 USER_AGENT = "helicone-scorer/0.1"
@@ -136,13 +137,19 @@ class Said:
     error: str | None
 
 
+def trouble(status: int | None) -> bool:
+    """An answer that says the API itself is unwell or refuses us, whichever call asked: no
+    answer, 401 or 403 (the key), 408, or a 5xx. A 429 is the rate limit; another 4xx is about
+    one call."""
+    return status is None or status in (401, 403, 408) or status >= 500
+
+
 class Heard:
     """What the API said lately to this process, for the status page: the last answer, the
     last success, the last *trouble*, and the 429s of the last hour (at most ``keep``).
 
-    Trouble is an answer that says the API itself is unwell or refuses us, whichever webhook
-    asked: no answer, 401 or 403 (the key), 408, or a 5xx. A 429 is the rate limit, counted
-    apart (:meth:`throttled`); another 4xx is about one webhook's call (a dead letter).
+    Trouble is what :func:`trouble` says; a 429 is counted apart (:meth:`throttled`); another
+    4xx is about one webhook's call (a dead letter).
     """
 
     def __init__(self, keep: int = 10_000) -> None:
@@ -165,7 +172,7 @@ class Heard:
         if answer.ok:
             self.last_ok = said
             self.trouble_since = None
-        elif status is None or status in (401, 403, 408) or status >= 500:
+        elif trouble(status):
             self.last_trouble = said
             if self.trouble_since is None:
                 self.trouble_since = said.at

@@ -278,6 +278,7 @@ class Relay:
         deadline = time.monotonic() + grace
         left = await self._stages["score"].stop(grace)
         left += await self._stages["post"].stop(max(0.0, deadline - time.monotonic()))
+        await self.delivery.close(max(0.0, deadline - time.monotonic()))
         if not left:
             return
         try:

@@ -130,7 +130,6 @@ class View:
             "backlog_calls": figures.backlog_calls,
             "drain_seconds": figures.seconds,  # None: the backlog grows
             "max_age_seconds": s.max_age,
-            "retry_cap_seconds": s.retry_cap,
             "late": late,
             "advice": figures.advice(s.max_age, self.sample) if late else None,
             "sample_percent": figures.sample,
