@@ -479,6 +479,30 @@ async def test_a_pause_holds_in_its_process_before_its_write_commits(postgres_ur
         assert await budget.take() is None
 
 
+async def test_a_place_being_taken_is_not_counted_free(postgres_url: str) -> None:
+    """A take under way (here held on the budget row's lock) holds its place for room and
+    wait_time before the database has it: the relay claims again as soon as the last claim's
+    jobs have started their takes, and counted those places free (test_priorities, in CI: a
+    reconciled post took a live one's place)."""
+    async with (
+        opened(postgres_url) as store,
+        await psycopg.AsyncConnection.connect(postgres_url) as locker,
+    ):
+        budget = store.budget(1, 60.0)
+        assert await budget.room() == 1
+        await locker.execute("SELECT 1 FROM budget WHERE id = 1 FOR UPDATE")
+        taking = asyncio.ensure_future(budget.take())
+        await asyncio.sleep(0.2)
+        assert not taking.done()  # it waits for the lock
+        assert await asyncio.wait_for(budget.room(), 5) == 0
+        assert await asyncio.wait_for(budget.wait_time(), 5) > 30
+        await locker.rollback()
+        slot = await asyncio.wait_for(taking, 10)
+        assert slot is not None
+        assert await budget.room() == 0
+        await budget.spent(slot)
+
+
 async def test_a_database_that_goes_away_and_comes_back(postgres_url: str) -> None:
     async with (
         Link(postgres_url) as link,

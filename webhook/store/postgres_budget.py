@@ -98,6 +98,10 @@ class PostgresBudget:
         # (monotonic) This process's latest pause: it holds here from the moment the 429 is
         # known, before its write commits (a round trip, or never if the database is away).
         self._paused_until = 0.0
+        # Takes under way here: places that may be held before the database says so. Counted
+        # as held by room and wait_time (as the SQLite budget counts its unwritten places), so a
+        # claim made while the last claim's jobs take their places does not count those free.
+        self._taking = 0
 
     async def _state(self) -> tuple[float, list[float]]:
         """Seconds the pause still runs (<= 0: none), and when each held place ended, oldest
@@ -133,7 +137,7 @@ class PostgresBudget:
         )
         if not row or row[0][0] or row[0][1] is None:
             return 0
-        return max(0, self._limit(priority) - int(row[0][1]))
+        return max(0, self._limit(priority) - int(row[0][1]) - self._taking)
 
     async def room(self, priority: Priority = "live") -> int:
         await self._write_ends()  # before a claim: the places this process freed, freed
@@ -142,7 +146,7 @@ class PostgresBudget:
         if free := await self._surely_free(priority):
             return free
         paused, held = await self._state()
-        return 0 if paused > 0 else max(0, self._limit(priority) - len(held))
+        return 0 if paused > 0 else max(0, self._limit(priority) - len(held) - self._taking)
 
     def _end_pending(self) -> None:
         """Write ends left unwritten (a failed write), in the background."""
@@ -153,6 +157,13 @@ class PostgresBudget:
         self._end_pending()
         if self._paused_here() > 0:
             return None
+        self._taking += 1
+        try:
+            return await self._take(priority)
+        finally:
+            self._taking -= 1
+
+    async def _take(self, priority: Priority) -> Slot | None:
         limit = self._limit(priority)
         params = self._params | {"holder": self._holder, "limit": limit}
         # Far from the limit: one statement, one round trip, the budget row locked only for it.
@@ -250,6 +261,7 @@ class PostgresBudget:
         if here <= 0 and await self._surely_free(priority):
             return 0.0
         paused, held = await self._state()
+        held += [0.0] * self._taking  # a call about to start ends no earlier than now
         wait = max(0.0, paused, here)
         limit = self._limit(priority)
         if 0 < limit <= len(held):
