@@ -75,7 +75,12 @@ def test_live_webhooks_are_posted_before_a_backlog_of_reconciled_and_backfilled_
     resumed = [str(c.request_id) for c in posts if c.arrived > paused_at + 9.5]
     # When the pause ends, every live webhook is posted before any of the backlog (which was
     # due before them): the first claim takes them first, and they fill the window.
-    assert set(resumed[: len(live)]) == set(live), resumed
+    kinds = {**dict.fromkeys(live, "live"), **dict.fromkeys(reconciled, "reconciled")}
+    timeline = " ".join(
+        f"{kinds.get(str(c.request_id), 'backfill')}:{c.status}@{c.arrived - paused_at:.3f}"
+        for c in standin.calls
+    )
+    assert set(resumed[: len(live)]) == set(live), timeline
     # The backlog is all posted, once each.
     done = sorted(str(c.request_id) for c in posts)
     assert done == sorted({*done}) == sorted([*live, *reconciled, *backfilled])
