@@ -5,10 +5,12 @@ by two at once), the schema version, and a database that goes away and comes bac
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import signal
 import sys
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import psycopg
 import pytest
@@ -19,6 +21,7 @@ from tests.standin import free_port
 from tests.stores import every_kind, opened, postgres_counts_agree, with_query
 from webhook.helicone import SCORING_WINDOW
 from webhook.store import (
+    PostBudget,
     Retry,
     Scored,
     Stage,
@@ -457,46 +460,49 @@ async def test_a_statement_past_the_statement_timeout_fails_and_the_store_goes_o
         await store.ping()
 
 
-async def test_a_pause_holds_in_its_process_before_its_write_commits(postgres_url: str) -> None:
-    """A 429's pause stops this process's calls the moment it is known. Its write (which the
-    other instances wait for) is held here on the budget row's lock: before, room and take
-    went on, and a live post started inside a pause (test_priorities, in CI)."""
+@contextlib.asynccontextmanager
+async def budget_row_held(
+    postgres_url: str, limit: int
+) -> AsyncIterator[tuple[PostBudget, Callable[[], Awaitable[None]]]]:
+    """A budget of ``limit`` calls a minute while another session holds the budget row's lock
+    (every write of the budget waits for it), and the call that lets it go."""
     async with (
         opened(postgres_url) as store,
         await psycopg.AsyncConnection.connect(postgres_url) as locker,
     ):
-        budget = store.budget(5, 60.0)
-        assert await budget.room() == 5
+        budget = store.budget(limit, 60.0)
+        assert await budget.room() == limit
         await locker.execute("SELECT 1 FROM budget WHERE id = 1 FOR UPDATE")
+        yield budget, locker.rollback
+
+
+async def test_a_pause_holds_in_its_process_before_its_write_commits(postgres_url: str) -> None:
+    """A 429's pause stops this process's calls the moment it is known, not once its write
+    (which the other instances wait for) commits: a round trip later, or never."""
+    async with budget_row_held(postgres_url, 5) as (budget, release):
         pausing = asyncio.ensure_future(budget.pause(60))
         await asyncio.sleep(0.2)
         assert not pausing.done()  # its write waits for the lock
         assert await asyncio.wait_for(budget.room(), 5) == 0
         assert await asyncio.wait_for(budget.take(), 5) is None
         assert await asyncio.wait_for(budget.wait_time(), 5) > 30
-        await locker.rollback()
+        await release()
         await asyncio.wait_for(pausing, 10)
         assert await budget.take() is None
 
 
 async def test_a_place_being_taken_is_not_counted_free(postgres_url: str) -> None:
-    """A take under way (here held on the budget row's lock) holds its place for room and
-    wait_time before the database has it: the relay claims again as soon as the last claim's
-    jobs have started their takes, and counted those places free (test_priorities, in CI: a
-    reconciled post took a live one's place)."""
-    async with (
-        opened(postgres_url) as store,
-        await psycopg.AsyncConnection.connect(postgres_url) as locker,
-    ):
-        budget = store.budget(1, 60.0)
-        assert await budget.room() == 1
-        await locker.execute("SELECT 1 FROM budget WHERE id = 1 FOR UPDATE")
+    """A take under way holds its place for room and wait_time before the database has it:
+    the relay claims again as soon as the last claim's jobs have started their takes, and
+    counted those places free (test_priorities, in CI: a reconciled post took a live one's
+    place)."""
+    async with budget_row_held(postgres_url, 1) as (budget, release):
         taking = asyncio.ensure_future(budget.take())
         await asyncio.sleep(0.2)
         assert not taking.done()  # it waits for the lock
         assert await asyncio.wait_for(budget.room(), 5) == 0
         assert await asyncio.wait_for(budget.wait_time(), 5) > 30
-        await locker.rollback()
+        await release()
         slot = await asyncio.wait_for(taking, 10)
         assert slot is not None
         assert await budget.room() == 0
