@@ -9,6 +9,7 @@ from tests.eventually import eventually
 from tests.server import Rows, payload
 from tests.standin import Call, Injected, StandIn
 from tests.stores import with_store
+from webhook.deliver import RetryPolicy
 from webhook.store import Store
 
 
@@ -118,6 +119,17 @@ def test_stall_longer_than_the_client_timeout_is_retried(
     assert row["attempts"] == 2
     retried = [line for line in server.log().splitlines() if f"request_id={rid}" in line]
     assert any("outcome=retry" in line and "Timeout" in line for line in retried), retried
+
+
+def test_the_default_attempts_span_at_least_18_minutes() -> None:
+    """An outage shorter than that makes no dead letter, whatever the jitter draws: with full
+    jitter (a wait anywhere from 0), a 10-minute outage made 1 or 2 in 300 webhooks."""
+    policy = RetryPolicy()
+    for _ in range(1000):
+        waits = [policy.delay(attempt) for attempt in range(1, policy.max_attempts)]
+        assert sum(waits) >= 18 * 60
+        assert all(w <= policy.cap for w in waits)
+    assert policy.delay(1, retry_after=30.0) == 30.0  # a longer Retry-After wins
 
 
 def test_exhausted_retries_become_dead_letters(

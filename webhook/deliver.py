@@ -23,8 +23,11 @@ Retry policy, all of it in :class:`RetryPolicy`:
   never gets near this. A call under way is not cut off when its lease runs short (its lease is
   extended while it runs; and what was sent may have been applied all the same).
 - No answer (connection error, timeout), 408, 429 and 5xx are retried with exponential backoff
-  and full jitter: attempt *n* waits a random time up to ``base * 2**(n-1)``, capped at ``cap``;
-  a ``Retry-After`` that asks for longer wins. A 429 also pauses *all* calls until then.
+  and equal jitter: attempt *n* waits a random time between half and all of
+  ``base * 2**(n-1)``, capped at ``cap``; a ``Retry-After`` that asks for longer wins. A 429
+  also pauses *all* calls until then. Half the delay is certain so that ``max_attempts`` spans
+  a known time: with the defaults, at least 18 minutes from the first failure to a dead letter
+  (with full jitter, a 10-minute outage made 1 or 2 dead letters in 300 webhooks).
 - The first call that succeeds after calls that got no answer, a 408 or a 5xx (the API was
   down) makes every post waiting out a retry after such a failure due at once
   (:meth:`webhook.store.Store.retry_now`), attempts unchanged: the delays grown during an
@@ -90,7 +93,8 @@ class RetryPolicy:
     lease: float = 120.0
 
     def delay(self, attempt: int, retry_after: float | None = None) -> float:
-        backoff = random.uniform(0, min(self.cap, self.base * 2 ** (attempt - 1)))
+        ceiling = min(self.cap, self.base * 2 ** (attempt - 1))
+        backoff = random.uniform(ceiling / 2, ceiling)
         return max(backoff, retry_after or 0.0)
 
     @staticmethod
