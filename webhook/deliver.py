@@ -28,8 +28,9 @@ Retry policy, all of it in :class:`RetryPolicy`:
   also pauses *all* calls until then. Half the delay is certain so that ``max_attempts`` spans
   a known time: with the defaults, at least 18 minutes from the first failure to a dead letter
   (with full jitter, a 10-minute outage made 1 or 2 dead letters in 300 webhooks).
-- The first call that succeeds after calls that got no answer, a 408 or a 5xx (the API was
-  down) makes every post waiting out a retry after such a failure due at once
+- When the API answers again after trouble (a success after failures the client counts as
+  the API's own: :class:`webhook.helicone.Heard`), the next post made here makes every post
+  waiting out a retry after no answer, a 408 or a 5xx due at once
   (:meth:`webhook.store.Store.retry_now`), attempts unchanged: the delays grown during an
   outage would hold the backlog back for up to ``cap`` once the API is back; the budget sets
   the pace instead.
@@ -58,7 +59,7 @@ from prometheus_client import Counter
 
 from webhook import metrics
 from webhook.flow import Sample
-from webhook.helicone import SCORING_WINDOW, Answer, Helicone, spend, trouble
+from webhook.helicone import SCORING_WINDOW, Answer, Helicone, spend
 from webhook.logs import event
 from webhook.store import (
     Call,
@@ -142,7 +143,7 @@ class Delivery:
         self.sample = sample or Sample()
         # Calls made here that no recorded outcome carries yet: request id -> calls.
         self._posted: dict[str, Posted] = {}
-        self._failing = False  # trouble since the last success here: the API is down
+        self._recoveries = 0  # the client's recoveries from trouble acted on
         self._retrying: asyncio.Task[None] | None = None  # making the retries due now
 
     def posted(self, job: Job) -> Posted:
@@ -232,9 +233,9 @@ class Delivery:
         answer = await spend(self.budget, slot, send)
         if not answer.ok:
             metrics.POST_FAILURES.labels(str(answer.status or "none")).inc()
-            self._failing = self._failing or trouble(answer.status)
-        elif self._failing:
-            self._failing = False
+        assert self.client is not None
+        if self.client.heard.recoveries > self._recoveries:  # the API answers again
+            self._recoveries = self.client.heard.recoveries
             if self._retrying is None or self._retrying.done():
                 self._retrying = asyncio.create_task(self._retry_now(), name="retry-now")
         return answer

@@ -37,7 +37,6 @@ __all__ = [
     "request_path",
     "retry_after_seconds",
     "spend",
-    "trouble",
 ]
 
 USER_AGENT = "helicone-scorer/0.1"
@@ -137,19 +136,15 @@ class Said:
     error: str | None
 
 
-def trouble(status: int | None) -> bool:
-    """An answer that says the API itself is unwell or refuses us, whichever call asked: no
-    answer, 401 or 403 (the key), 408, or a 5xx. A 429 is the rate limit; another 4xx is about
-    one call."""
-    return status is None or status in (401, 403, 408) or status >= 500
-
-
 class Heard:
     """What the API said lately to this process, for the status page: the last answer, the
     last success, the last *trouble*, and the 429s of the last hour (at most ``keep``).
 
-    Trouble is what :func:`trouble` says; a 429 is counted apart (:meth:`throttled`); another
-    4xx is about one webhook's call (a dead letter).
+    Trouble is an answer that says the API itself is unwell or refuses us, whichever webhook
+    asked: no answer, 401 or 403 (the key), 408, or a 5xx. A 429 is the rate limit, counted
+    apart (:meth:`throttled`); another 4xx is about one webhook's call (a dead letter). A
+    success after trouble counts a recovery (:attr:`recoveries`): delivery then makes the
+    retries waiting since due at once.
     """
 
     def __init__(self, keep: int = 10_000) -> None:
@@ -157,6 +152,7 @@ class Heard:
         self.last_ok: Said | None = None
         self.last_trouble: Said | None = None
         self.trouble_since: float | None = None  # the first trouble since the last success
+        self.recoveries = 0  # successes that ended a spell of trouble
         self._throttled: deque[float] = deque(maxlen=keep)
 
     def note(self, path: str, answer: Answer) -> None:
@@ -171,8 +167,10 @@ class Heard:
         status = answer.status
         if answer.ok:
             self.last_ok = said
+            if self.trouble_since is not None:
+                self.recoveries += 1
             self.trouble_since = None
-        elif trouble(status):
+        elif status is None or status in (401, 403, 408) or status >= 500:
             self.last_trouble = said
             if self.trouble_since is None:
                 self.trouble_since = said.at
